@@ -1,0 +1,108 @@
+use bytes::BufMut;
+use memchr::memchr2;
+
+/// The sending side of dot transparency: turns any message into DATA bytes.
+///
+/// Every line end in the output is CRLF (bare CR and bare LF become CRLF), a `.` starting any
+/// line is doubled, and [`DotStuffer::finish`] ends the data with CRLF "." CRLF. Whatever the
+/// caller's body holds, it cannot end the data early or inject commands (RUSTSEC-2021-0069).
+/// The output is the same for any split of the input into chunks.
+#[derive(Debug, Clone)]
+pub struct DotStuffer {
+    line_start: bool,
+    after_cr: bool,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DotStuffer {
+    /// A stuffer at the start of a message.
+    pub fn new() -> Self {
+        DotStuffer { line_start: true, after_cr: false }
+    }
+
+    /// Stuffs one chunk of the message into `out`.
+    pub fn stuff(&mut self, input: &[u8], out: &mut impl BufMut) {
+        let mut i = 0;
+        while i < input.len() {
+            if self.after_cr {
+                self.after_cr = false;
+                if input[i] == b'\n' {
+                    i += 1;
+                    continue;
+                }
+            }
+            if self.line_start {
+                self.line_start = false;
+                if input[i] == b'.' {
+                    out.put_u8(b'.');
+                }
+            }
+            match memchr2(b'\r', b'\n', &input[i..]) {
+                None => {
+                    out.put_slice(&input[i..]);
+                    return;
+                }
+                Some(off) => {
+                    let j = i + off;
+                    out.put_slice(&input[i..j]);
+                    out.put_slice(b"\r\n");
+                    self.line_start = true;
+                    self.after_cr = input[j] == b'\r';
+                    i = j + 1;
+                }
+            }
+        }
+    }
+
+    /// Ends the data: a CRLF if the last line is unfinished, then "." CRLF. Resets the stuffer.
+    pub fn finish(&mut self, out: &mut impl BufMut) {
+        if !self.line_start {
+            out.put_slice(b"\r\n");
+        }
+        out.put_slice(b".\r\n");
+        *self = Self::new();
+    }
+
+    /// Stuffs a whole message, terminator included.
+    pub fn stuff_all(input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(input.len() + input.len() / 64 + 8);
+        let mut s = DotStuffer::new();
+        s.stuff(input, &mut out);
+        s.finish(&mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vectors() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"", b".\r\n"),
+            (b".", b"..\r\n.\r\n"),
+            (b"a\r\n.\r\nMAIL FROM:<x@y>\r\n", b"a\r\n..\r\nMAIL FROM:<x@y>\r\n.\r\n"),
+            (b"a\n.\nb", b"a\r\n..\r\nb\r\n.\r\n"),
+            (b"a\r.\rb", b"a\r\n..\r\nb\r\n.\r\n"),
+            (b"a\r\n", b"a\r\n.\r\n"),
+            (b"\r\n\r\n", b"\r\n\r\n.\r\n"),
+            (b"..x", b"...x\r\n.\r\n"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(DotStuffer::stuff_all(input), *want, "{:?}", String::from_utf8_lossy(input));
+            let mut out = Vec::new();
+            let mut s = DotStuffer::new();
+            for b in *input {
+                s.stuff(std::slice::from_ref(b), &mut out);
+            }
+            s.finish(&mut out);
+            assert_eq!(out, *want);
+        }
+    }
+}

@@ -1,0 +1,831 @@
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes, BytesMut};
+use memchr::memchr;
+
+use crate::address::{Domain, ForwardPath, ReversePath};
+use crate::auth::{decode_b64, parse_plain, AuthMechanism, Credentials, Secret};
+use crate::command::{Body, Command, MailParams, MailVerb, RcptParams};
+use crate::data::{DotUnstuffer, LineEndingPolicy, Unstuffed};
+use crate::extension::{Capabilities, Limits};
+use crate::reply::{codes, EnhancedCode, Reply};
+
+/// Default longest command line, CRLF included. RFC 5321 4.5.3.1.4 sets 512 octets as the floor
+/// a server must accept and lets extensions raise it; we accept 2048 so long ESMTP parameter
+/// lists (ORCPT, ENVID, AUTH=) fit.
+pub const DEFAULT_MAX_LINE: usize = 2048;
+
+/// Unprocessed input above which [`ServerSession::wants_input`] says stop reading: a client that
+/// pipelines without end while a decision is pending cannot grow the buffer further.
+pub const MAX_BUFFERED_INPUT: usize = 64 * 1024;
+
+/// What the session enforces and advertises.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The name in the greeting, EHLO reply and HELP.
+    pub hostname: String,
+    /// Longest command line, CRLF included (RFC 5321 4.5.3.1.4).
+    pub max_line_len: usize,
+    /// Most recipients per transaction; more get `452 4.5.3` (RFC 5321 4.5.3.1.8: at least 100).
+    pub max_recipients: usize,
+    /// Most transactions per session (RFC 9422 MAILMAX); `None` for no limit.
+    pub max_transactions: Option<u32>,
+    /// Largest message in octets (RFC 1870 SIZE).
+    pub max_message_size: u64,
+    /// Errors after which the session answers `421 4.7.0` and closes.
+    pub max_errors: u32,
+    /// Bare CR / LF handling in DATA.
+    pub line_endings: LineEndingPolicy,
+    /// Offer PIPELINING (RFC 2920).
+    pub pipelining: bool,
+    /// Offer 8BITMIME (RFC 6152).
+    pub eight_bit_mime: bool,
+    /// Offer SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
+    /// Offer CHUNKING / BDAT (RFC 3030).
+    pub chunking: bool,
+    /// Offer DSN (RFC 3461).
+    pub dsn: bool,
+    /// Offer STARTTLS (the driver must have a TLS configuration).
+    pub starttls: bool,
+    /// AUTH mechanisms to offer (RFC 4954); empty for no AUTH.
+    pub auth_mechanisms: Vec<AuthMechanism>,
+    /// Offer AUTH on an unencrypted connection (off by default: credentials would be in clear).
+    pub auth_without_tls: bool,
+    /// Accept and advertise RFC 788's SEND, SOML and SAML.
+    pub rfc788_commands: bool,
+    /// Answer VRFY (through the driver) rather than `502`.
+    pub vrfy: bool,
+    /// Answer EXPN (through the driver) rather than `502`.
+    pub expn: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            hostname: "localhost".into(),
+            max_line_len: DEFAULT_MAX_LINE,
+            max_recipients: 100,
+            max_transactions: None,
+            max_message_size: 25 * 1024 * 1024,
+            max_errors: 20,
+            line_endings: LineEndingPolicy::Reject,
+            pipelining: true,
+            eight_bit_mime: true,
+            smtputf8: true,
+            chunking: true,
+            dsn: true,
+            starttls: false,
+            auth_mechanisms: Vec::new(),
+            auth_without_tls: false,
+            rfc788_commands: true,
+            vrfy: true,
+            expn: true,
+        }
+    }
+}
+
+/// A recipient accepted in the current transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// The forward-path as given.
+    pub path: ForwardPath,
+    /// Its ESMTP parameters.
+    pub params: RcptParams,
+}
+
+/// The envelope of the current transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The verb that started it: MAIL, SEND, SOML or SAML.
+    pub verb: MailVerb,
+    /// The reverse-path.
+    pub from: ReversePath,
+    /// MAIL parameters.
+    pub params: MailParams,
+    /// Accepted recipients, in order.
+    pub recipients: Vec<Recipient>,
+}
+
+/// Why a message body was refused after it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortReason {
+    /// Larger than the size limit (`552 5.3.4` was sent).
+    TooBig,
+    /// A bare CR or LF under [`LineEndingPolicy::Reject`] (`550 5.6.0` was sent).
+    BareLineEnding,
+    /// A BDAT chunk was refused; the transaction was reset.
+    ChunkRefused,
+}
+
+/// Why the session asks the driver to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent QUIT (`221` was sent).
+    Quit,
+    /// Too many errors (`421 4.7.0` was sent).
+    TooManyErrors,
+    /// A BDAT chunk too large even to discard (`421` was sent).
+    ChunkTooLarge,
+}
+
+/// Which RFC 5321 4.5.3.2 timeout applies while the driver waits for input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    /// Waiting for a command (server timeout: 5 minutes).
+    Command,
+    /// Waiting for message data (data block: 3 minutes; server side often 10).
+    Data,
+}
+
+/// What the session reports to its driver.
+///
+/// Events marked *decision* leave the session waiting until the driver calls
+/// [`ServerSession::respond`] or [`ServerSession::accept`]; until then no further input is
+/// processed (later pipelined commands stay buffered in order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Event {
+    /// *Decision*: HELO or EHLO. `accept` sends the greeting and, for EHLO, the extensions.
+    Hello {
+        /// EHLO rather than HELO.
+        extended: bool,
+        /// The name the client gave.
+        domain: Domain,
+    },
+    /// *Decision*: MAIL, SEND, SOML or SAML passed the session's checks.
+    Mail {
+        /// Which verb.
+        verb: MailVerb,
+        /// The reverse-path.
+        from: ReversePath,
+        /// Its parameters.
+        params: MailParams,
+    },
+    /// *Decision*: RCPT passed the session's checks.
+    Rcpt {
+        /// The forward-path.
+        to: ForwardPath,
+        /// Its parameters.
+        params: RcptParams,
+    },
+    /// The message body starts (after `354`, or with the first BDAT chunk).
+    DataStart,
+    /// Part of the message body, unstuffed.
+    DataChunk(Bytes),
+    /// *Decision*: the body is complete; read [`ServerSession::envelope`] and answer with the
+    /// outcome (normally `250` with a queue id).
+    DataEnd,
+    /// The body was refused and the session already replied; drop the chunks.
+    DataAborted(AbortReason),
+    /// *Decision*: VRFY. `accept` sends `252`.
+    Verify(String),
+    /// *Decision*: EXPN. `accept` sends `252`.
+    Expand(String),
+    /// *Decision*: AUTH credentials to check. Answer `235` to accept; `accept` does so.
+    Auth {
+        /// The mechanism used.
+        mechanism: AuthMechanism,
+        /// What the client presented.
+        credentials: Credentials,
+    },
+    /// RSET or a new HELO/EHLO cleared the transaction.
+    Reset,
+    /// Write all output, run the TLS handshake on the raw connection, then call
+    /// [`ServerSession::tls_established`]. Input fed before that is discarded (CVE-2011-0411).
+    StartTls,
+    /// Write all output, then close the connection.
+    Close(CloseReason),
+}
+
+/// ```text
+///  connect ──220──▶ Greeted ──HELO/EHLO──▶ Ready ──MAIL/SEND/SOML/SAML──▶ Mail ◀─┐
+///                     ▲                      ▲ ▲                            │ RCPT┘
+///                     │ tls_established      │ └──── RSET, HELO/EHLO ───────┤
+///                  TlsPending ◀─STARTTLS─ Ready      end of data ◀─ Data ◀──┤ DATA (≥1 RCPT)
+///                                                    last chunk ◀── Bdat ◀──┘ BDAT
+///  QUIT, too many errors ─▶ Closed         AUTH ─▶ AuthWait ─▶ Ready
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Greeted,
+    Ready,
+    Mail,
+    Data,
+    Bdat { remaining: u64, last: bool, refuse: Option<Reply> },
+    AuthWait(AuthStep),
+    TlsPending,
+    Closed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AuthStep {
+    Plain,
+    LoginUser,
+    LoginPassword(String),
+}
+
+#[derive(Debug)]
+enum Pending {
+    Hello { extended: bool, domain: Domain },
+    Mail(Envelope),
+    Rcpt(Recipient),
+    DataEnd,
+    Verify,
+    Auth,
+}
+
+/// The sans-io SMTP receiver.
+///
+/// Call order: [`new`](Self::new) (the greeting is queued); then loop: write
+/// [`poll_output`](Self::poll_output), handle every [`poll_event`](Self::poll_event) (answering
+/// decisions), and when no event is left read from the peer (if [`wants_input`](Self::wants_input))
+/// and [`handle_input`](Self::handle_input). Write output before waiting for input: replies to a
+/// pipelined group then go out in one write (RFC 2920).
+#[derive(Debug)]
+pub struct ServerSession {
+    config: ServerConfig,
+    state: State,
+    input: BytesMut,
+    output: BytesMut,
+    events: VecDeque<Event>,
+    pending: Option<Pending>,
+    tls: bool,
+    authenticated: bool,
+    helo: Option<(bool, Domain)>,
+    envelope: Option<Envelope>,
+    in_bdat: bool,
+    transactions: u32,
+    errors: u32,
+    discarding_line: bool,
+    unstuffer: DotUnstuffer,
+    data_size: u64,
+}
+
+impl ServerSession {
+    /// A new session; the `220` greeting is queued as output.
+    pub fn new(config: ServerConfig) -> Self {
+        let mut s = ServerSession {
+            unstuffer: DotUnstuffer::new(config.line_endings),
+            config,
+            state: State::Greeted,
+            input: BytesMut::new(),
+            output: BytesMut::new(),
+            events: VecDeque::new(),
+            pending: None,
+            tls: false,
+            authenticated: false,
+            helo: None,
+            envelope: None,
+            in_bdat: false,
+            transactions: 0,
+            errors: 0,
+            discarding_line: false,
+            data_size: 0,
+        };
+        let greeting = Reply::new(220, None, &format!("{} ESMTP Tern", s.config.hostname));
+        greeting.write_to(&mut s.output);
+        s
+    }
+
+    /// A session on an implicit-TLS connection (RFC 8314): TLS is already up.
+    pub fn new_tls(config: ServerConfig) -> Self {
+        let mut s = Self::new(config);
+        s.tls = true;
+        s
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Feeds bytes read from the peer. Ignored while a TLS handshake is due or after close.
+    pub fn handle_input(&mut self, data: &[u8]) {
+        if !matches!(self.state, State::TlsPending | State::Closed) {
+            self.input.extend_from_slice(data);
+        }
+    }
+
+    /// Whether the driver should read more: false after close or while much input is buffered.
+    pub fn wants_input(&self) -> bool {
+        !matches!(self.state, State::Closed | State::TlsPending)
+            && self.input.len() < MAX_BUFFERED_INPUT.max(self.config.max_line_len)
+    }
+
+    /// Bytes to write to the peer, if any.
+    pub fn poll_output(&mut self) -> Option<Bytes> {
+        (!self.output.is_empty()).then(|| self.output.split().freeze())
+    }
+
+    /// The next event, or `None` when more input is needed or a decision is pending.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.events.pop_front() {
+                return Some(e);
+            }
+            if self.pending.is_some() || !self.step() {
+                return None;
+            }
+        }
+    }
+
+    /// Whether a decision event is waiting for [`respond`](Self::respond).
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// The timeout that applies while waiting for input now.
+    pub fn timeout(&self) -> Timeout {
+        match self.state {
+            State::Data | State::Bdat { .. } => Timeout::Data,
+            _ => Timeout::Command,
+        }
+    }
+
+    /// The current transaction, if MAIL was accepted.
+    pub fn envelope(&self) -> Option<&Envelope> {
+        self.envelope.as_ref()
+    }
+
+    /// The HELO/EHLO name, once accepted.
+    pub fn helo(&self) -> Option<&Domain> {
+        self.helo.as_ref().map(|(_, d)| d)
+    }
+
+    /// Whether the connection is under TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Whether AUTH succeeded.
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// Whether the session is closed (after QUIT or an error limit).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// The TLS handshake after [`Event::StartTls`] succeeded: the session forgets everything
+    /// learned before it (RFC 3207 4.2) and waits for a new EHLO.
+    pub fn tls_established(&mut self) {
+        self.input.clear();
+        self.tls = true;
+        self.authenticated = false;
+        self.helo = None;
+        self.envelope = None;
+        self.state = State::Greeted;
+    }
+
+    /// Answers the pending decision with `reply`. A positive (2xx) reply accepts.
+    pub fn respond(&mut self, reply: Reply) {
+        let Some(pending) = self.pending.take() else { return };
+        let ok = reply.is_positive();
+        match pending {
+            Pending::Hello { extended, domain } => {
+                if ok {
+                    self.helo = Some((extended, domain));
+                    self.state = State::Ready;
+                }
+            }
+            Pending::Mail(env) => {
+                if ok {
+                    self.envelope = Some(env);
+                    self.transactions += 1;
+                    self.state = State::Mail;
+                }
+            }
+            Pending::Rcpt(r) => {
+                if let (true, Some(env)) = (ok, self.envelope.as_mut()) {
+                    env.recipients.push(r);
+                }
+            }
+            Pending::DataEnd => self.end_transaction(),
+            Pending::Verify => {}
+            Pending::Auth => {
+                self.authenticated = reply.code() == 235;
+                self.state = State::Ready;
+            }
+        }
+        self.send(reply);
+    }
+
+    /// Answers the pending decision with the standard positive reply.
+    pub fn accept(&mut self) {
+        let reply = match &self.pending {
+            None => return,
+            Some(Pending::Hello { extended, domain }) => self.hello_reply(*extended, domain),
+            Some(Pending::Mail(_)) => codes::sender_ok(),
+            Some(Pending::Rcpt(_)) => codes::recipient_ok(),
+            Some(Pending::DataEnd) => codes::message_accepted(),
+            Some(Pending::Verify) => codes::cannot_verify(),
+            Some(Pending::Auth) => codes::auth_ok(),
+        };
+        self.respond(reply);
+    }
+
+    /// The extensions the next EHLO reply advertises.
+    pub fn capabilities(&self) -> Capabilities {
+        let c = &self.config;
+        let auth_ok = self.tls || c.auth_without_tls;
+        Capabilities {
+            pipelining: c.pipelining,
+            size: Some(c.max_message_size),
+            eight_bit_mime: c.eight_bit_mime,
+            smtputf8: c.smtputf8,
+            enhanced_status_codes: true,
+            chunking: c.chunking,
+            dsn: c.dsn,
+            starttls: c.starttls && !self.tls,
+            auth: if auth_ok { c.auth_mechanisms.iter().map(|m| m.as_str().to_string()).collect() } else { Vec::new() },
+            limits: Some(Limits { rcpt_max: u32::try_from(c.max_recipients).ok(), mail_max: c.max_transactions }),
+            send: c.rfc788_commands,
+            soml: c.rfc788_commands,
+            saml: c.rfc788_commands,
+            vrfy: c.vrfy,
+            expn: c.expn,
+            help: true,
+            other: Vec::new(),
+        }
+    }
+
+    fn hello_reply(&self, extended: bool, domain: &Domain) -> Reply {
+        let greet = format!("{} greets {domain}", self.config.hostname);
+        if extended {
+            let mut lines = vec![greet];
+            lines.extend(self.capabilities().to_lines());
+            Reply::multiline(250, None, lines)
+        } else {
+            Reply::new(250, None, &greet)
+        }
+    }
+
+    fn end_transaction(&mut self) {
+        self.envelope = None;
+        self.in_bdat = false;
+        self.data_size = 0;
+        if matches!(self.state, State::Mail | State::Data | State::Bdat { .. }) {
+            self.state = State::Ready;
+        }
+    }
+
+    /// Writes a reply; counts errors and closes with `421` past the limit.
+    fn send(&mut self, reply: Reply) {
+        reply.write_to(&mut self.output);
+        if reply.code() >= 400 && reply.code() != 421 {
+            self.errors += 1;
+            if self.errors >= self.config.max_errors {
+                self.close(codes::too_many_errors(), CloseReason::TooManyErrors);
+            }
+        }
+    }
+
+    fn close(&mut self, reply: Reply, reason: CloseReason) {
+        reply.write_to(&mut self.output);
+        self.state = State::Closed;
+        self.input.clear();
+        self.events.push_back(Event::Close(reason));
+    }
+
+    fn decide(&mut self, pending: Pending, event: Event) {
+        self.pending = Some(pending);
+        self.events.push_back(event);
+    }
+
+    /// Processes buffered input; false when nothing could be done.
+    fn step(&mut self) -> bool {
+        match self.state {
+            State::Closed | State::TlsPending => false,
+            State::Data => self.step_data(),
+            State::Bdat { .. } => self.step_bdat(),
+            _ => self.step_line(),
+        }
+    }
+
+    /// Takes one line; RFC 5321 4.5.3.1.4 line limit, then discard to the next LF and recover.
+    fn step_line(&mut self) -> bool {
+        let Some(nl) = memchr(b'\n', &self.input) else {
+            if self.input.len() > self.config.max_line_len {
+                self.discarding_line = true;
+                self.input.clear();
+            }
+            return false;
+        };
+        let line = self.input.split_to(nl + 1);
+        if std::mem::take(&mut self.discarding_line) || line.len() > self.config.max_line_len {
+            if let State::AuthWait(_) = self.state {
+                self.state = State::Ready;
+            }
+            self.send(codes::line_too_long());
+            return true;
+        }
+        let mut l = &line[..nl];
+        if let [head @ .., b'\r'] = l {
+            l = head;
+        }
+        if let State::AuthWait(step) = &self.state {
+            let step = step.clone();
+            self.auth_line(step, l);
+        } else {
+            match Command::parse(l) {
+                Ok(cmd) => self.command(cmd),
+                Err(e) => self.send(e.reply()),
+            }
+        }
+        true
+    }
+
+    fn step_data(&mut self) -> bool {
+        if self.input.is_empty() {
+            return false;
+        }
+        let mut chunk = BytesMut::with_capacity(self.input.len());
+        let consumed = match self.unstuffer.unstuff(&self.input, &mut chunk) {
+            Unstuffed::NeedMore => None,
+            Unstuffed::Done { consumed } => Some(consumed),
+        };
+        self.input.advance(consumed.unwrap_or(self.input.len()));
+        self.data_size = self.data_size.saturating_add(chunk.len() as u64);
+        let too_big = self.data_size > self.config.max_message_size;
+        let bare = self.config.line_endings == LineEndingPolicy::Reject && self.unstuffer.saw_bare_line_ending();
+        if !too_big && !bare && !chunk.is_empty() {
+            self.events.push_back(Event::DataChunk(chunk.freeze()));
+        }
+        if consumed.is_some() {
+            if too_big || bare {
+                self.end_transaction();
+                let (reply, reason) = if too_big {
+                    (codes::too_big(), AbortReason::TooBig)
+                } else {
+                    (codes::bare_line_ending(), AbortReason::BareLineEnding)
+                };
+                self.events.push_back(Event::DataAborted(reason));
+                self.send(reply);
+            } else {
+                self.state = State::Ready;
+                self.decide(Pending::DataEnd, Event::DataEnd);
+            }
+        }
+        true
+    }
+
+    fn step_bdat(&mut self) -> bool {
+        let State::Bdat { remaining, last, refuse } = &mut self.state else { return false };
+        if *remaining > 0 {
+            if self.input.is_empty() {
+                return false;
+            }
+            let take = (*remaining).min(self.input.len() as u64) as usize;
+            *remaining -= take as u64;
+            let bytes = self.input.split_to(take).freeze();
+            if refuse.is_none() {
+                self.data_size += take as u64;
+                self.events.push_back(Event::DataChunk(bytes));
+            }
+            return true;
+        }
+        let (last, refuse) = (*last, refuse.take());
+        self.state = State::Mail;
+        if let Some(reply) = refuse {
+            if self.envelope.is_some() {
+                self.events.push_back(Event::DataAborted(AbortReason::ChunkRefused));
+            }
+            self.end_transaction();
+            self.send(reply);
+        } else if last {
+            self.state = State::Ready;
+            self.decide(Pending::DataEnd, Event::DataEnd);
+        } else {
+            let n = self.data_size;
+            self.send(Reply::new(250, Some(EnhancedCode::new(2, 0, 0)), &format!("{n} octets received")));
+        }
+        true
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Hello { extended, domain } => {
+                // RFC 5321 4.1.4: EHLO/HELO later in the session resets like RSET.
+                if self.envelope.is_some() {
+                    self.events.push_back(Event::Reset);
+                }
+                self.end_transaction();
+                if !matches!(self.state, State::Greeted) {
+                    self.state = State::Ready;
+                }
+                self.decide(Pending::Hello { extended, domain: domain.clone() }, Event::Hello { extended, domain });
+            }
+            Command::Mail { verb, from, params } => self.mail(verb, from, params),
+            Command::Rcpt { to, params } => self.rcpt(to, params),
+            Command::Data => {
+                let Some(env) = &self.envelope else { return self.send(codes::bad_sequence()) };
+                if self.in_bdat {
+                    return self.send(codes::bad_sequence());
+                }
+                if env.recipients.is_empty() {
+                    return self.send(codes::no_valid_recipients());
+                }
+                self.send(codes::start_data());
+                self.unstuffer.reset();
+                self.data_size = 0;
+                self.state = State::Data;
+                self.events.push_back(Event::DataStart);
+            }
+            Command::Bdat { size, last } => self.bdat(size, last),
+            Command::Rset => {
+                self.end_transaction();
+                self.events.push_back(Event::Reset);
+                self.send(codes::ok());
+            }
+            Command::Vrfy(s) => {
+                if !self.config.vrfy {
+                    return self.send(codes::not_implemented());
+                }
+                self.decide(Pending::Verify, Event::Verify(s));
+            }
+            Command::Expn(s) => {
+                if !self.config.expn {
+                    return self.send(codes::not_implemented());
+                }
+                self.decide(Pending::Verify, Event::Expand(s));
+            }
+            Command::Help(topic) => self.send(super::help::reply(topic.as_deref())),
+            Command::Noop(_) => self.send(codes::ok()),
+            Command::Quit => self.close(codes::closing(), CloseReason::Quit),
+            Command::StartTls => {
+                if !self.config.starttls {
+                    return self.send(codes::not_implemented());
+                }
+                if self.tls {
+                    return self.send(Reply::new(503, Some(EnhancedCode::new(5, 5, 1)), "TLS already active"));
+                }
+                if self.helo.is_none() || self.envelope.is_some() {
+                    return self.send(codes::bad_sequence());
+                }
+                self.send(codes::ready_for_tls());
+                // RFC 3207 4.2 / CVE-2011-0411: nothing pipelined behind STARTTLS survives.
+                self.input.clear();
+                self.state = State::TlsPending;
+                self.events.push_back(Event::StartTls);
+            }
+            Command::Auth { mechanism, initial } => self.auth(mechanism, initial),
+        }
+    }
+
+    fn mail(&mut self, verb: MailVerb, from: ReversePath, params: MailParams) {
+        let c = &self.config;
+        let Some((extended, _)) = &self.helo else {
+            return self.send(Reply::new(503, Some(EnhancedCode::new(5, 5, 1)), "Send HELO/EHLO first"));
+        };
+        if self.envelope.is_some() {
+            return self.send(Reply::new(503, Some(EnhancedCode::new(5, 5, 1)), "Nested MAIL command"));
+        }
+        if verb != MailVerb::Mail && !c.rfc788_commands {
+            return self.send(codes::not_implemented());
+        }
+        if !extended && params != MailParams::default() {
+            return self.send(codes::params_unrecognized());
+        }
+        let unrecognized = (params.smtputf8 && !c.smtputf8)
+            || (params.body == Some(Body::EightBitMime) && !c.eight_bit_mime)
+            || ((params.ret.is_some() || params.envid.is_some()) && !c.dsn)
+            || (params.auth.is_some() && c.auth_mechanisms.is_empty());
+        if unrecognized {
+            return self.send(codes::params_unrecognized());
+        }
+        if params.size.is_some_and(|n| n > c.max_message_size) {
+            return self.send(codes::too_big());
+        }
+        if let ReversePath::Path(p) = &from {
+            if p.is_utf8() && !params.smtputf8 {
+                return self.send(Reply::new(
+                    553,
+                    Some(EnhancedCode::new(5, 6, 7)),
+                    "Non-ASCII address needs SMTPUTF8",
+                ));
+            }
+        }
+        if c.max_transactions.is_some_and(|m| self.transactions >= m) {
+            return self.send(codes::too_many_transactions());
+        }
+        let env = Envelope { verb, from: from.clone(), params: params.clone(), recipients: Vec::new() };
+        self.decide(Pending::Mail(env), Event::Mail { verb, from, params });
+    }
+
+    fn rcpt(&mut self, to: ForwardPath, params: RcptParams) {
+        let Some(env) = &self.envelope else {
+            return self.send(Reply::new(503, Some(EnhancedCode::new(5, 5, 1)), "Need MAIL before RCPT"));
+        };
+        if self.in_bdat {
+            return self.send(codes::bad_sequence());
+        }
+        if env.recipients.len() >= self.config.max_recipients {
+            return self.send(codes::too_many_recipients());
+        }
+        if (params.notify.is_some() || params.orcpt.is_some()) && !self.config.dsn {
+            return self.send(codes::params_unrecognized());
+        }
+        if let ForwardPath::Path(p) = &to {
+            if p.is_utf8() && !env.params.smtputf8 {
+                return self.send(Reply::new(
+                    553,
+                    Some(EnhancedCode::new(5, 6, 7)),
+                    "Non-ASCII address needs SMTPUTF8",
+                ));
+            }
+        }
+        let r = Recipient { path: to.clone(), params: params.clone() };
+        self.decide(Pending::Rcpt(r), Event::Rcpt { to, params });
+    }
+
+    /// RFC 3030: a BDAT chunk is always read, even when refused, so its octets are never taken
+    /// as commands. A chunk too large to discard in reasonable time ends the session.
+    fn bdat(&mut self, size: u64, last: bool) {
+        let max = self.config.max_message_size;
+        let refuse = if !self.config.chunking {
+            Some(codes::not_implemented())
+        } else if self.envelope.is_none() {
+            Some(codes::bad_sequence())
+        } else if self.envelope.as_ref().is_some_and(|e| e.recipients.is_empty()) {
+            Some(codes::no_valid_recipients())
+        } else if self.data_size.saturating_add(size) > max {
+            Some(codes::too_big())
+        } else {
+            None
+        };
+        if refuse.is_some() && size > max.saturating_mul(2).max(1 << 20) {
+            let r = Reply::new(421, Some(EnhancedCode::new(4, 3, 4)), "BDAT chunk too large to discard, closing");
+            return self.close(r, CloseReason::ChunkTooLarge);
+        }
+        if refuse.is_none() && !self.in_bdat {
+            self.in_bdat = true;
+            self.data_size = 0;
+            self.events.push_back(Event::DataStart);
+        }
+        self.state = State::Bdat { remaining: size, last, refuse };
+    }
+
+    fn auth(&mut self, mechanism: String, initial: Option<String>) {
+        let c = &self.config;
+        if !matches!(self.helo, Some((true, _))) || self.envelope.is_some() {
+            return self.send(codes::bad_sequence());
+        }
+        if self.authenticated {
+            return self.send(Reply::new(503, Some(EnhancedCode::new(5, 5, 1)), "Already authenticated"));
+        }
+        if c.auth_mechanisms.is_empty() {
+            return self.send(codes::not_implemented());
+        }
+        if !self.tls && !c.auth_without_tls {
+            return self.send(codes::encryption_required());
+        }
+        let Some(mech) = AuthMechanism::from_name(&mechanism).filter(|m| c.auth_mechanisms.contains(m)) else {
+            return self.send(Reply::new(504, Some(EnhancedCode::new(5, 5, 4)), "Unrecognized authentication type"));
+        };
+        match (mech, initial) {
+            (AuthMechanism::Plain, Some(i)) => self.auth_line(AuthStep::Plain, i.as_bytes()),
+            (AuthMechanism::Plain, None) => {
+                self.state = State::AuthWait(AuthStep::Plain);
+                self.send(Reply::new(334, None, ""));
+            }
+            (AuthMechanism::Login, Some(u)) => self.auth_line(AuthStep::LoginUser, u.as_bytes()),
+            (AuthMechanism::Login, None) => {
+                self.state = State::AuthWait(AuthStep::LoginUser);
+                self.send(Reply::new(334, None, "VXNlcm5hbWU6"));
+            }
+        }
+    }
+
+    fn auth_line(&mut self, step: AuthStep, line: &[u8]) {
+        self.state = State::Ready;
+        if line == b"*" {
+            return self.send(codes::auth_cancelled());
+        }
+        let Some(decoded) = decode_b64(line) else {
+            return self.send(Reply::new(501, Some(EnhancedCode::new(5, 5, 2)), "Invalid base64 data"));
+        };
+        let (mechanism, credentials) = match step {
+            AuthStep::Plain => match parse_plain(&decoded) {
+                Some(c) => (AuthMechanism::Plain, c),
+                None => {
+                    return self.send(Reply::new(501, Some(EnhancedCode::new(5, 5, 2)), "Malformed PLAIN response"))
+                }
+            },
+            AuthStep::LoginUser => {
+                self.state = State::AuthWait(AuthStep::LoginPassword(String::from_utf8_lossy(&decoded).into_owned()));
+                return self.send(Reply::new(334, None, "UGFzc3dvcmQ6"));
+            }
+            AuthStep::LoginPassword(username) => (
+                AuthMechanism::Login,
+                Credentials {
+                    authzid: String::new(),
+                    username,
+                    password: Secret::new(String::from_utf8_lossy(&decoded)),
+                },
+            ),
+        };
+        self.decide(Pending::Auth, Event::Auth { mechanism, credentials });
+    }
+}
