@@ -1,1 +1,7 @@
-//! client
+//! The sender's state machine.
+
+mod session;
+
+pub use session::{
+    ClientConfig, ClientError, ClientEvent, ClientSession, CommandKind, DataMode, EnvelopeOutcome, MessageEnvelope,
+};

@@ -1,0 +1,157 @@
+//! Property tests: round trips for commands, replies and paths; dot stuffing for any bytes and
+//! any chunking; the server session never panics and does not depend on chunking.
+
+use proptest::prelude::*;
+use smtp_proto::server::{ServerConfig, ServerSession};
+use smtp_proto::{Command, DotStuffer, DotUnstuffer, EnhancedCode, LineEndingPolicy, Reply, ReplyParser};
+
+fn label() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9]([a-zA-Z0-9-]{0,8}[a-zA-Z0-9])?"
+}
+
+fn domain() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::collection::vec(label(), 1..4).prop_map(|v| v.join(".")),
+        any::<[u8; 4]>().prop_map(|a| format!("[{}.{}.{}.{}]", a[0], a[1], a[2], a[3])),
+        any::<[u16; 8]>().prop_map(|a| format!("[IPv6:{}]", std::net::Ipv6Addr::from(a))),
+    ]
+}
+
+fn local() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]{1,8}(\\.[a-zA-Z0-9_-]{1,5}){0,2}",
+        "[ a-z@,:<>\\\\\"]{0,8}".prop_map(|s| {
+            let escaped: String =
+                s.chars().flat_map(|c| if c == '\\' || c == '"' { vec!['\\', c] } else { vec![c] }).collect();
+            format!("\"{escaped}\"")
+        }),
+    ]
+}
+
+fn path() -> impl Strategy<Value = String> {
+    (prop::collection::vec(domain(), 0..3), any::<bool>(), local(), domain()).prop_map(|(route, comma, l, d)| {
+        let mut s = String::from("<");
+        if !route.is_empty() {
+            s.push_str(&route.iter().map(|r| format!("@{r}")).collect::<Vec<_>>().join(","));
+            s.push(if comma { ',' } else { ':' });
+        }
+        s.push_str(&format!("{l}@{d}>"));
+        s
+    })
+}
+
+fn command_line() -> impl Strategy<Value = String> {
+    prop_oneof![
+        domain().prop_map(|d| format!("EHLO {d}")),
+        domain().prop_map(|d| format!("HELO {d}")),
+        (prop_oneof!["MAIL", "SEND", "SOML", "SAML"], path(), proptest::option::of(0u64..u64::MAX)).prop_map(
+            |(v, p, s)| match s {
+                Some(n) => format!("{v} FROM:{p} SIZE={n}"),
+                None => format!("{v} FROM:{p}"),
+            }
+        ),
+        Just("MAIL FROM:<>".to_string()),
+        path().prop_map(|p| format!("RCPT TO:{p} NOTIFY=SUCCESS,DELAY")),
+        (any::<u64>(), any::<bool>()).prop_map(|(n, l)| format!("BDAT {n}{}", if l { " LAST" } else { "" })),
+        Just("DATA".to_string()),
+        Just("QUIT".to_string()),
+        "[a-zA-Z]{1,10}".prop_map(|s| format!("VRFY {s}")),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn command_round_trip(line in command_line()) {
+        let cmd = Command::parse(line.as_bytes()).unwrap();
+        let written = cmd.to_bytes();
+        prop_assert!(written.ends_with(b"\r\n"));
+        let again = Command::parse(&written[..written.len() - 2]).unwrap();
+        prop_assert_eq!(cmd, again);
+    }
+
+    #[test]
+    fn parse_never_panics(line in prop::collection::vec(any::<u8>(), 0..200)) {
+        let _ = Command::parse(&line);
+    }
+
+    #[test]
+    fn reply_round_trip(code in 200u16..600, enh in any::<bool>(), lines in prop::collection::vec("[ -~]{0,30}", 1..5)) {
+        let e = enh.then(|| EnhancedCode::new(match code / 100 { 2 | 3 => 2, 4 => 4, _ => 5 }, 1, 5));
+        let e = e.filter(|e| e.class as u16 == code / 100);
+        let r = Reply::multiline(code, e, &lines);
+        let mut buf = bytes::BytesMut::from(&r.to_bytes()[..]);
+        let parsed = ReplyParser::default().parse(&mut buf).unwrap().unwrap();
+        prop_assert_eq!(parsed.code(), code);
+        prop_assert_eq!(parsed.enhanced(), e);
+        if e.is_some() { prop_assert_eq!(parsed.lines(), r.lines()); }
+    }
+
+    #[test]
+    fn stuff_unstuff_any_bytes_any_chunking(body in prop::collection::vec(prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), any::<u8>()], 0..400),
+                                            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6)) {
+        // Stuff in pieces.
+        let mut stuffed = Vec::new();
+        let mut s = DotStuffer::new();
+        let mut pos: Vec<usize> = cuts.iter().map(|c| c.index(body.len() + 1)).collect();
+        pos.sort();
+        let mut last = 0;
+        for p in pos.iter().copied().chain([body.len()]) {
+            s.stuff(&body[last..p], &mut stuffed);
+            last = p;
+        }
+        s.finish(&mut stuffed);
+        prop_assert_eq!(&stuffed, &DotStuffer::stuff_all(&body));
+        // Only CRLF line ends on the wire.
+        for (i, &b) in stuffed.iter().enumerate() {
+            if b == b'\n' { prop_assert_eq!(stuffed[i - 1], b'\r'); }
+            if b == b'\r' { prop_assert_eq!(stuffed.get(i + 1), Some(&b'\n')); }
+        }
+        // Unstuff in other pieces: the canonical body comes back and the end is the end.
+        let mut canonical = Vec::new();
+        let mut i = 0;
+        while i < body.len() {
+            match body[i] {
+                b'\r' => { canonical.extend_from_slice(b"\r\n"); if body.get(i + 1) == Some(&b'\n') { i += 1; } }
+                b'\n' => canonical.extend_from_slice(b"\r\n"),
+                b => canonical.push(b),
+            }
+            i += 1;
+        }
+        if !canonical.is_empty() && !canonical.ends_with(b"\r\n") { canonical.extend_from_slice(b"\r\n"); }
+        let mut u = DotUnstuffer::new(LineEndingPolicy::Reject);
+        let mut out = Vec::new();
+        let mut done = None;
+        let mut start = 0;
+        for p in pos.iter().map(|&p| p * stuffed.len() / (body.len() + 1)).chain([stuffed.len()]) {
+            let p = p.max(start);
+            if let smtp_proto::data::Unstuffed::Done { consumed } = u.unstuff(&stuffed[start..p], &mut out) {
+                done = Some(start + consumed);
+                break;
+            }
+            start = p;
+        }
+        prop_assert_eq!(done, Some(stuffed.len()));
+        prop_assert!(!u.saw_bare_line_ending());
+        prop_assert_eq!(out, canonical);
+    }
+
+    #[test]
+    fn server_session_any_input(input in prop::collection::vec(prop_oneof![
+            Just(b"EHLO a\r\n".to_vec()), Just(b"MAIL FROM:<a@b>\r\n".to_vec()), Just(b"RCPT TO:<c@d>\r\n".to_vec()),
+            Just(b"DATA\r\n".to_vec()), Just(b"\r\n.\r\n".to_vec()), Just(b"BDAT 3\r\n".to_vec()), Just(b"STARTTLS\r\n".to_vec()),
+            Just(b"RSET\r\n".to_vec()), prop::collection::vec(any::<u8>(), 0..20)], 0..30),
+        split in 1usize..7) {
+        let input: Vec<u8> = input.concat();
+        let run = |chunk: usize| {
+            let mut s = ServerSession::new(ServerConfig { starttls: true, ..Default::default() });
+            let mut out = Vec::new();
+            for c in input.chunks(chunk) {
+                s.handle_input(c);
+                while let Some(_e) = s.poll_event() { if s.is_pending() { s.accept(); } }
+                if let Some(o) = s.poll_output() { out.extend_from_slice(&o); }
+            }
+            out
+        };
+        prop_assert_eq!(run(split), run(input.len().max(1)));
+    }
+}

@@ -1,0 +1,313 @@
+//! Byte-exact transcripts of the server session, each run with the input whole and one byte at
+//! a time: the output must not depend on how the input was split.
+
+use smtp_proto::server::{AbortReason, CloseReason, Event, ServerConfig, ServerSession};
+use smtp_proto::{codes, MailVerb, Reply};
+
+/// Decides every decision event; `refuse` returns a reply for events to refuse.
+struct Run {
+    output: String,
+    events: Vec<Event>,
+    body: Vec<u8>,
+}
+
+fn drive(config: ServerConfig, chunks: &[&[u8]], refuse: &dyn Fn(&Event) -> Option<Reply>) -> Run {
+    let mut s = ServerSession::new(config);
+    let mut run = Run { output: String::new(), events: Vec::new(), body: Vec::new() };
+    let pump = |s: &mut ServerSession, run: &mut Run| {
+        while let Some(ev) = s.poll_event() {
+            if let Event::DataChunk(b) = &ev {
+                run.body.extend_from_slice(b);
+            }
+            if s.is_pending() {
+                match refuse(&ev) {
+                    Some(r) => s.respond(r),
+                    None => s.accept(),
+                }
+            }
+            if matches!(ev, Event::DataAborted(_)) {
+                run.body.clear();
+            }
+            run.events.push(ev);
+        }
+        if let Some(o) = s.poll_output() {
+            run.output.push_str(&String::from_utf8_lossy(&o));
+        }
+    };
+    pump(&mut s, &mut run);
+    for c in chunks {
+        s.handle_input(c);
+        pump(&mut s, &mut run);
+    }
+    run
+}
+
+fn transcript(config: ServerConfig, input: &[u8], refuse: &dyn Fn(&Event) -> Option<Reply>) -> Run {
+    let whole = drive(config.clone(), &[input], refuse);
+    let bytes: Vec<&[u8]> = input.chunks(1).collect();
+    let split = drive(config, &bytes, refuse);
+    assert_eq!(whole.output, split.output, "output depends on chunking");
+    assert_eq!(whole.body, split.body, "body depends on chunking");
+    whole
+}
+
+fn cfg() -> ServerConfig {
+    ServerConfig { hostname: "mx.test".into(), ..ServerConfig::default() }
+}
+
+fn accept_all(_: &Event) -> Option<Reply> {
+    None
+}
+
+fn codes_of(output: &str) -> Vec<&str> {
+    output.lines().filter(|l| l.as_bytes().get(3) == Some(&b' ')).map(|l| &l[..3]).collect()
+}
+
+#[test]
+fn rfc788_example_one_recipient_refused() {
+    // RFC 788 3.1's example: Green is refused, the others get the message.
+    let input = b"HELO Alpha.ARPA\r\nMAIL FROM:<Smith@Alpha.ARPA>\r\nRCPT TO:<Jones@Beta.ARPA>\r\n\
+RCPT TO:<Green@Beta.ARPA>\r\nRCPT TO:<Brown@Beta.ARPA>\r\nDATA\r\nBlah blah\r\n..dots\r\n.\r\nQUIT\r\n";
+    let refuse = |e: &Event| match e {
+        Event::Rcpt { to, .. } if to.to_string().contains("Green") => {
+            Some(Reply::new(550, Some(smtp_proto::EnhancedCode::new(5, 1, 1)), "No such user here"))
+        }
+        _ => None,
+    };
+    let run = transcript(cfg(), input, &refuse);
+    assert_eq!(codes_of(&run.output), ["220", "250", "250", "250", "550", "250", "354", "250", "221"]);
+    assert!(run.output.starts_with("220 mx.test ESMTP Tern\r\n250 mx.test greets Alpha.ARPA\r\n"));
+    assert_eq!(run.body, b"Blah blah\r\n.dots\r\n");
+    assert!(matches!(run.events.last(), Some(Event::Close(CloseReason::Quit))));
+}
+
+#[test]
+fn ehlo_lists_extensions_including_rfc788_verbs_and_limits() {
+    let run = transcript(cfg(), b"EHLO client.test\r\n", &accept_all);
+    for ext in [
+        "PIPELINING",
+        "SIZE 26214400",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+        "DSN",
+        "LIMITS RCPTMAX=100",
+        "SEND",
+        "SOML",
+        "SAML",
+        "HELP",
+    ] {
+        assert!(
+            run.output.contains(&format!("250-{ext}\r\n")) || run.output.contains(&format!("250 {ext}\r\n")),
+            "{ext}"
+        );
+    }
+    assert!(!run.output.contains("STARTTLS"));
+    assert!(!run.output.contains("AUTH"));
+}
+
+#[test]
+fn send_soml_saml_start_transactions() {
+    for verb in [MailVerb::Send, MailVerb::Soml, MailVerb::Saml] {
+        let input = format!("HELO a\r\n{verb} FROM:<x@y>\r\nRCPT TO:<u@h>\r\nDATA\r\nhi\r\n.\r\n");
+        let run = transcript(cfg(), input.as_bytes(), &accept_all);
+        assert!(run.events.iter().any(|e| matches!(e, Event::Mail { verb: v, .. } if *v == verb)));
+        assert_eq!(codes_of(&run.output), ["220", "250", "250", "250", "354", "250"]);
+    }
+}
+
+#[test]
+fn sequence_errors() {
+    let input = b"MAIL FROM:<a@b>\r\nHELO a\r\nRCPT TO:<a@b>\r\nDATA\r\nMAIL FROM:<a@b>\r\nDATA\r\nMAIL FROM:<a@b>\r\nRSET\r\nRCPT TO:<a@b>\r\n";
+    let run = transcript(cfg(), input, &accept_all);
+    assert_eq!(codes_of(&run.output), ["220", "503", "250", "503", "503", "250", "554", "503", "250", "503"]);
+}
+
+#[test]
+fn starttls_discards_pipelined_plaintext() {
+    let config = ServerConfig { starttls: true, ..cfg() };
+    let run = transcript(config, b"EHLO a\r\nSTARTTLS\r\nNOOP\r\n", &accept_all);
+    assert!(run.output.ends_with("220 2.0.0 Ready to start TLS\r\n"), "{}", run.output);
+    assert!(!run.output.contains("250 2.0.0 OK"));
+}
+
+#[test]
+fn starttls_state_after_upgrade() {
+    let config = ServerConfig { starttls: true, ..cfg() };
+    let mut s = ServerSession::new(config);
+    s.handle_input(b"EHLO a\r\nSTARTTLS\r\n");
+    while let Some(e) = s.poll_event() {
+        if s.is_pending() {
+            s.accept();
+        }
+        if e == Event::StartTls {
+            break;
+        }
+    }
+    s.handle_input(b"NOOP\r\n"); // arrives before the handshake: dropped
+    s.tls_established();
+    let _ = s.poll_output();
+    s.handle_input(b"MAIL FROM:<a@b>\r\nEHLO a\r\nSTARTTLS\r\n");
+    while let Some(_e) = s.poll_event() {
+        if s.is_pending() {
+            s.accept();
+        }
+    }
+    let out = String::from_utf8(s.poll_output().unwrap().to_vec()).unwrap();
+    assert!(out.starts_with("503 5.5.1 Send HELO/EHLO first\r\n"), "{out}");
+    assert!(!out.contains("STARTTLS\r\n"), "STARTTLS advertised again: {out}");
+    assert!(out.ends_with("503 5.5.1 TLS already active\r\n"), "{out}");
+}
+
+#[test]
+fn over_long_line_then_recovers() {
+    let mut input = b"HELO a\r\nNOOP ".to_vec();
+    input.extend(std::iter::repeat_n(b'x', 1 << 20));
+    input.extend_from_slice(b"\r\nNOOP\r\n");
+    let run = drive(cfg(), &input.chunks(4096).collect::<Vec<_>>(), &accept_all);
+    assert_eq!(codes_of(&run.output), ["220", "250", "500", "250"]);
+    assert!(run.output.contains("500 5.5.2 Line too long"));
+}
+
+#[test]
+fn smuggling_bodies_are_refused_and_session_stays_in_sync() {
+    for body in [&b"a\n.\nMAIL FROM:<evil@x>\n"[..], b"a\r\n.\rRSET\r\n", b"a\r.\r\nb", b"a\n.\r\nb"] {
+        let mut input = b"HELO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n".to_vec();
+        input.extend_from_slice(body);
+        input.extend_from_slice(b"\r\n.\r\nNOOP\r\n");
+        let run = transcript(cfg(), &input, &accept_all);
+        assert_eq!(
+            codes_of(&run.output),
+            ["220", "250", "250", "250", "354", "550", "250"],
+            "{:?}",
+            String::from_utf8_lossy(body)
+        );
+        assert!(run.events.contains(&Event::DataAborted(AbortReason::BareLineEnding)));
+        assert!(!run.events.contains(&Event::DataEnd));
+    }
+    // NUL before the dot is content, not a terminator.
+    let run =
+        transcript(cfg(), b"HELO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n\0.\r\n.\r\n", &accept_all);
+    assert_eq!(run.body, b"x\r\n\0.\r\n");
+}
+
+#[test]
+fn size_limits() {
+    let config = ServerConfig { max_message_size: 10, ..cfg() };
+    let run = transcript(
+        config.clone(),
+        b"EHLO a\r\nMAIL FROM:<a@b> SIZE=11\r\nMAIL FROM:<a@b> SIZE=99999999999999999999\r\n",
+        &accept_all,
+    );
+    assert_eq!(codes_of(&run.output), ["220", "250", "552", "501"]);
+    let run = transcript(
+        config,
+        b"EHLO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n0123456789abcdef\r\n.\r\nNOOP\r\n",
+        &accept_all,
+    );
+    assert_eq!(codes_of(&run.output), ["220", "250", "250", "250", "354", "552", "250"]);
+    assert!(run.body.len() <= 10);
+}
+
+#[test]
+fn recipient_limit() {
+    let config = ServerConfig { max_recipients: 2, ..cfg() };
+    let run = transcript(
+        config,
+        b"EHLO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<1@d>\r\nRCPT TO:<2@d>\r\nRCPT TO:<3@d>\r\n",
+        &accept_all,
+    );
+    assert_eq!(codes_of(&run.output), ["220", "250", "250", "250", "250", "452"]);
+}
+
+#[test]
+fn bdat_chunks_and_refused_chunks_are_never_commands() {
+    let run = transcript(
+        cfg(),
+        b"EHLO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 5\r\nab\r\nxBDAT 3 LAST\r\ny\r\nNOOP\r\n",
+        &accept_all,
+    );
+    assert_eq!(codes_of(&run.output), ["220", "250", "250", "250", "250", "250", "250"]);
+    assert_eq!(run.body, b"ab\r\nxy\r\n");
+    // Refused (no transaction): its 14 octets hold a command that must not run.
+    let run = transcript(cfg(), b"EHLO a\r\nBDAT 14\r\nQUIT\r\nQUIT\r\n\r\nNOOP\r\n", &accept_all);
+    assert_eq!(codes_of(&run.output), ["220", "250", "503", "250"]);
+    let run = transcript(
+        cfg(),
+        b"EHLO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 18446744073709551615 LAST\r\nQUIT\r\n",
+        &accept_all,
+    );
+    assert!(run.output.ends_with("421 4.3.4 BDAT chunk too large to discard, closing\r\n"), "{}", run.output);
+    assert!(run.events.contains(&Event::Close(CloseReason::ChunkTooLarge)));
+}
+
+#[test]
+fn too_many_errors_closes() {
+    let config = ServerConfig { max_errors: 3, ..cfg() };
+    let run = transcript(config, b"X\r\nY\r\nZ\r\nNOOP\r\n", &accept_all);
+    assert_eq!(codes_of(&run.output), ["220", "500", "500", "500", "421"]);
+    assert!(matches!(run.events.last(), Some(Event::Close(CloseReason::TooManyErrors))));
+}
+
+#[test]
+fn auth_only_under_tls_and_both_mechanisms() {
+    use smtp_proto::auth::AuthMechanism;
+    let config = ServerConfig { auth_mechanisms: vec![AuthMechanism::Plain, AuthMechanism::Login], ..cfg() };
+    let run = transcript(config.clone(), b"EHLO a\r\nAUTH PLAIN AHUAcA==\r\n", &accept_all);
+    assert_eq!(codes_of(&run.output), ["220", "250", "538"]);
+    let mut s = ServerSession::new_tls(config);
+    s.handle_input(b"EHLO a\r\nAUTH PLAIN AHUAcA==\r\n");
+    let mut creds = Vec::new();
+    while let Some(e) = s.poll_event() {
+        if let Event::Auth { credentials, .. } = &e {
+            creds.push(credentials.clone());
+            s.respond(codes::auth_failed());
+            continue;
+        }
+        s.accept();
+    }
+    s.handle_input(b"AUTH LOGIN\r\ndQ==\r\ncA==\r\nAUTH LOGIN\r\n*\r\n");
+    while let Some(e) = s.poll_event() {
+        if let Event::Auth { credentials, .. } = &e {
+            creds.push(credentials.clone());
+        }
+        s.accept();
+    }
+    let out = String::from_utf8(s.poll_output().unwrap().to_vec()).unwrap();
+    assert!(out.contains("250-AUTH PLAIN LOGIN\r\n"));
+    assert!(out.contains("535 5.7.8"));
+    assert!(out.contains("334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n235 2.7.0"));
+    assert!(out.ends_with("503 5.5.1 Already authenticated\r\n500 5.5.1 Command unrecognized\r\n"), "{out}");
+    assert_eq!(creds.len(), 2);
+    assert!(creds.iter().all(|c| c.username == "u" && c.password.expose() == "p"));
+}
+
+#[test]
+fn utf8_needs_smtputf8() {
+    let run = transcript(
+        cfg(),
+        "EHLO a\r\nMAIL FROM:<用户@例子.广告>\r\nMAIL FROM:<用户@例子.广告> SMTPUTF8\r\n".as_bytes(),
+        &accept_all,
+    );
+    assert_eq!(codes_of(&run.output), ["220", "250", "553", "250"]);
+}
+
+#[test]
+fn help_vrfy_expn_noop() {
+    let run = transcript(cfg(), b"HELP\r\nHELP mail\r\nHELP bogus\r\nVRFY Smith\r\nEXPN list\r\nNOOP\r\n", &accept_all);
+    assert_eq!(codes_of(&run.output), ["220", "214", "214", "504", "252", "252", "250"]);
+    assert!(run.output.contains("214 2.0.0 MAIL FROM:<reverse-path>"));
+}
+
+#[test]
+fn pipelined_replies_in_one_output() {
+    let mut s = ServerSession::new(cfg());
+    let _ = s.poll_output();
+    s.handle_input(b"EHLO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nRCPT TO:<e@f>\r\nDATA\r\n");
+    while let Some(_e) = s.poll_event() {
+        s.accept();
+    }
+    let out = s.poll_output().unwrap();
+    assert_eq!(codes_of(std::str::from_utf8(&out).unwrap()), ["250", "250", "250", "250", "354"]);
+}
