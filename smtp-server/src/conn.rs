@@ -1,0 +1,289 @@
+//! The per-connection driver: feeds the socket to a `ServerSession`, answers its decisions
+//! through the tower services, swaps plain TCP for TLS on STARTTLS, and applies timeouts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{BufMut, BytesMut};
+use smtp_proto::server::{Event, ServerSession, Timeout};
+use smtp_proto::{codes, ForwardPath, Reply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tower::{Service, ServiceExt};
+
+use crate::error::BoxError;
+use crate::policy::{Decision, PolicyKind, PolicyRequest};
+use crate::server::{MailService, PolicyService, Shared};
+use crate::tls::TlsInfo;
+use crate::transaction::{received_line, SessionInfo, Transaction};
+use crate::transport::Transport;
+
+/// Bytes read per system call.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The one place where a failed service becomes an SMTP reply: `451 4.3.0`, never a dropped
+/// connection.
+pub fn service_error_reply(e: &BoxError) -> Reply {
+    tracing::warn!(error = %e, "service failed");
+    codes::local_error()
+}
+
+async fn call<S, R>(svc: &mut S, req: R) -> Result<S::Response, BoxError>
+where
+    S: Service<R>,
+    S::Error: Into<BoxError>,
+{
+    svc.ready().await.map_err(Into::into)?.call(req).await.map_err(Into::into)
+}
+
+enum End {
+    Closed,
+    Error,
+}
+
+struct Conn<P, M> {
+    shared: Arc<Shared<P, M>>,
+    session: ServerSession,
+    info: SessionInfo,
+    policy: P,
+    mail: M,
+    body: BytesMut,
+    messages: u32,
+}
+
+pub(crate) async fn serve<P: PolicyService, M: MailService>(
+    shared: Arc<Shared<P, M>>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    implicit: bool,
+) {
+    let local = tcp.local_addr().unwrap_or(peer);
+    let mut info = SessionInfo { peer, local, helo: None, extended: false, tls: None, authenticated: None };
+    let cfg = shared.options.session.clone();
+    let (transport, session) = if implicit {
+        let Some(acceptor) = shared.acceptor.clone() else { return };
+        match tokio::time::timeout(shared.options.tls_handshake_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                info.tls = Some(TlsInfo::from_conn(tls.get_ref().1));
+                (Transport::Tls(Box::new(tls)), ServerSession::new_tls(cfg))
+            }
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "implicit TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        }
+    } else {
+        (Transport::Plain(tcp), ServerSession::new(cfg))
+    };
+    let mut conn = Conn {
+        policy: shared.policy.clone(),
+        mail: shared.mail.clone(),
+        shared,
+        session,
+        info,
+        body: BytesMut::new(),
+        messages: 0,
+    };
+    let end = conn.run(transport).await;
+    tracing::info!(%peer, messages = conn.messages, tls = conn.info.tls.is_some(), clean = matches!(end, End::Closed), "connection closed");
+}
+
+impl<P: PolicyService, M: MailService> Conn<P, M> {
+    async fn run(&mut self, mut transport: Transport) -> End {
+        let mut tls_buf = Vec::new();
+        loop {
+            while let Some(ev) = self.session.poll_event() {
+                match ev {
+                    Event::StartTls => {
+                        if !self.write_out(&mut transport).await {
+                            return End::Error;
+                        }
+                        transport = match self.upgrade(transport).await {
+                            Some(t) => t,
+                            None => return End::Error,
+                        };
+                    }
+                    Event::Close(_) => {
+                        self.write_out(&mut transport).await;
+                        let _ = transport.shutdown().await;
+                        return End::Closed;
+                    }
+                    other => self.event(other).await,
+                }
+            }
+            if !self.write_out(&mut transport).await {
+                return End::Error;
+            }
+            if !self.session.wants_input() {
+                // Only reachable with a decision pending, which events above always answer.
+                return End::Error;
+            }
+            let wait = match self.session.timeout() {
+                Timeout::Command => self.shared.options.command_timeout,
+                Timeout::Data => self.shared.options.data_timeout,
+            };
+            let in_transaction = self.session.envelope().is_some();
+            let read = tokio::select! {
+                biased;
+                _ = self.shared.force.cancelled() => return self.goodbye(&mut transport, codes::shutting_down()).await,
+                _ = self.shared.shutdown.cancelled(), if !in_transaction => {
+                    return self.goodbye(&mut transport, codes::shutting_down()).await;
+                }
+                r = tokio::time::timeout(wait, read_some(&mut transport, &mut tls_buf)) => r,
+            };
+            match read {
+                Err(_) => return self.goodbye(&mut transport, codes::timeout()).await,
+                Ok(Ok(None)) | Ok(Err(_)) => {
+                    // Closed without QUIT: treated as RSET, nothing half-received goes on.
+                    return End::Error;
+                }
+                Ok(Ok(Some(data))) => self.session.handle_input(&data),
+            }
+        }
+    }
+
+    async fn goodbye(&mut self, transport: &mut Transport, reply: Reply) -> End {
+        let _ = self.write_out(transport).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), transport.write_all(&reply.to_bytes())).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), transport.shutdown()).await;
+        End::Closed
+    }
+
+    /// Writes pending output (one write per batch of replies: RFC 2920).
+    async fn write_out(&mut self, transport: &mut Transport) -> bool {
+        let Some(out) = self.session.poll_output() else { return true };
+        let wait = self.shared.options.command_timeout;
+        let res = tokio::time::timeout(wait, async {
+            transport.write_all(&out).await?;
+            transport.flush().await
+        })
+        .await;
+        matches!(res, Ok(Ok(())))
+    }
+
+    async fn upgrade(&mut self, transport: Transport) -> Option<Transport> {
+        let (Transport::Plain(tcp), Some(acceptor)) = (transport, self.shared.acceptor.clone()) else { return None };
+        // The session discarded everything buffered behind STARTTLS, and nothing sits in a read
+        // buffer here: the handshake starts from a clean socket (RFC 3207 4.2, CVE-2011-0411).
+        match tokio::time::timeout(self.shared.options.tls_handshake_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                let info = TlsInfo::from_conn(tls.get_ref().1);
+                tracing::debug!(peer = %self.info.peer, version = %info.version, cipher = %info.cipher, resumed = info.resumed, "STARTTLS");
+                self.info.tls = Some(info);
+                self.info.helo = None;
+                self.info.authenticated = None;
+                self.session.tls_established();
+                Some(Transport::Tls(Box::new(tls)))
+            }
+            Ok(Err(e)) => {
+                tracing::info!(peer = %self.info.peer, error = %e, "STARTTLS handshake failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    async fn decide(&mut self, kind: PolicyKind) {
+        let req = PolicyRequest { session: self.info.clone(), kind };
+        match call(&mut self.policy, req).await {
+            Ok(Decision::Accept) => self.session.accept(),
+            Ok(Decision::Respond(r)) => self.session.respond(r),
+            Err(e) => self.session.respond(service_error_reply(&e)),
+        }
+    }
+
+    async fn event(&mut self, ev: Event) {
+        match ev {
+            Event::Hello { extended, domain } => {
+                self.info.helo = Some(domain);
+                self.info.extended = extended;
+                self.session.accept();
+            }
+            Event::Mail { verb, from, params } => self.decide(PolicyKind::Mail { verb, from, params }).await,
+            Event::Rcpt { to, params } => {
+                let env = self.session.envelope().expect("RCPT only inside a transaction");
+                let (verb, from) = (env.verb, env.from.clone());
+                self.decide(PolicyKind::Rcpt { verb, from, to, params }).await
+            }
+            Event::Verify(s) => self.decide(PolicyKind::Verify(s)).await,
+            Event::Expand(s) => self.decide(PolicyKind::Expand(s)).await,
+            Event::Auth { mechanism, credentials } => {
+                let user = credentials.username.clone();
+                self.decide(PolicyKind::Auth { mechanism, credentials }).await;
+                if self.session.is_authenticated() {
+                    self.info.authenticated = Some(user);
+                }
+            }
+            Event::DataStart | Event::DataAborted(_) | Event::Reset => self.body.clear(),
+            Event::DataChunk(b) => self.body.extend_from_slice(&b),
+            Event::DataEnd => {
+                let reply = self.deliver().await;
+                self.session.respond(reply);
+            }
+            Event::StartTls | Event::Close(_) => {}
+        }
+    }
+
+    async fn deliver(&mut self) -> Reply {
+        let env = self.session.envelope().expect("data ends inside a transaction").clone();
+        let id = self.shared.next_id();
+        let at = SystemTime::now();
+        let single = match env.recipients.as_slice() {
+            [r] => match &r.path {
+                ForwardPath::Path(p) => Some(format!("<{}>", p.mailbox)),
+                ForwardPath::Postmaster => Some("<postmaster>".into()),
+            },
+            _ => None,
+        };
+        let private = self.shared.options.private_received_for_auth && self.info.authenticated.is_some();
+        let hostname = &self.shared.options.session.hostname;
+        let received = received_line(hostname, &id, &self.info, single.as_deref(), at, private);
+        let mut body = BytesMut::with_capacity(received.len() + self.body.len());
+        body.put_slice(received.as_bytes());
+        body.put_slice(&self.body);
+        self.body = BytesMut::new();
+        let tx = Transaction {
+            id: id.clone(),
+            session: self.info.clone(),
+            verb: env.verb,
+            from: env.from,
+            params: env.params,
+            recipients: env.recipients,
+            body: body.freeze(),
+            received_at: at,
+        };
+        let n = tx.recipients.len();
+        match call(&mut self.mail, tx).await {
+            Ok(reply) => {
+                self.messages += 1;
+                tracing::info!(peer = %self.info.peer, %id, recipients = n, code = reply.code(), "message");
+                reply
+            }
+            Err(e) => service_error_reply(&e),
+        }
+    }
+}
+
+/// Reads what is available. For plain TCP it waits for readability first and reads into a
+/// stack buffer, so an idle connection holds no read buffer.
+async fn read_some(transport: &mut Transport, tls_buf: &mut Vec<u8>) -> std::io::Result<Option<Vec<u8>>> {
+    match transport {
+        Transport::Plain(tcp) => loop {
+            tcp.readable().await?;
+            let mut buf = [0u8; READ_CHUNK];
+            match tcp.try_read(&mut buf) {
+                Ok(0) => return Ok(None),
+                Ok(n) => return Ok(Some(buf[..n].to_vec())),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        },
+        Transport::Tls(tls) => {
+            tls_buf.resize(READ_CHUNK, 0);
+            let n = tls.read(tls_buf).await?;
+            Ok((n > 0).then(|| tls_buf[..n].to_vec()))
+        }
+    }
+}

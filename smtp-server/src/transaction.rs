@@ -1,0 +1,94 @@
+//! What the mail service receives at the end of data, and the `Received:` line.
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use smtp_proto::command::MailParams;
+use smtp_proto::server::Recipient;
+use smtp_proto::{Domain, MailVerb, ReversePath};
+
+use crate::tls::TlsInfo;
+
+/// Facts about the SMTP session, passed with every policy question and transaction.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
+    /// The HELO/EHLO name, once given.
+    pub helo: Option<Domain>,
+    /// Whether the client used EHLO.
+    pub extended: bool,
+    /// TLS parameters, when TLS is up.
+    pub tls: Option<TlsInfo>,
+    /// The authenticated user, after AUTH.
+    pub authenticated: Option<String>,
+}
+
+/// One received message, handed to the mail service at the end of data.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    /// A unique id for logs and `Received:`.
+    pub id: String,
+    /// The session it arrived in.
+    pub session: SessionInfo,
+    /// The verb that started it: MAIL, SEND, SOML or SAML (RFC 788).
+    pub verb: MailVerb,
+    /// The reverse-path.
+    pub from: ReversePath,
+    /// MAIL parameters (SIZE, BODY, SMTPUTF8, RET, ENVID, AUTH).
+    pub params: MailParams,
+    /// Accepted recipients with their parameters (NOTIFY, ORCPT).
+    pub recipients: Vec<Recipient>,
+    /// The message: this server's `Received:` line, then the data as received.
+    pub body: Bytes,
+    /// When the data was complete.
+    pub received_at: SystemTime,
+}
+
+/// Formats a date as RFC 5322 `date-time`.
+pub fn rfc5322_date(t: SystemTime) -> String {
+    let dt = time::OffsetDateTime::from(t);
+    dt.format(&time::format_description::well_known::Rfc2822)
+        .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".into())
+}
+
+/// The `Received:` time-stamp line (RFC 5321 4.4, RFC 8314 7.4 for TLS) with CRLF.
+///
+/// With `private` (authenticated submissions, when configured) the client's address and HELO name
+/// are left out: fewer long-term identifying values travel with the message.
+pub fn received_line(
+    hostname: &str,
+    id: &str,
+    s: &SessionInfo,
+    single_rcpt: Option<&str>,
+    at: SystemTime,
+    private: bool,
+) -> String {
+    let mut out = String::from("Received: ");
+    if !private {
+        let helo = s.helo.as_ref().map(|d| d.to_string()).unwrap_or_else(|| "unknown".into());
+        out.push_str(&format!("from {helo} ([{}])\r\n\t", s.peer.ip()));
+    }
+    let mut with = String::from(if s.extended { "ESMTP" } else { "SMTP" });
+    if s.tls.is_some() {
+        with.push('S');
+    }
+    if s.authenticated.is_some() {
+        with.push('A');
+    }
+    if !s.extended {
+        with = if s.tls.is_some() { "SMTPS".into() } else { "SMTP".into() };
+    }
+    out.push_str(&format!("by {hostname} (Tern) with {with} id {id}"));
+    if let Some(tls) = &s.tls {
+        out.push_str(&format!("\r\n\t(version={} cipher={})", tls.version, tls.cipher));
+    }
+    if let Some(r) = single_rcpt {
+        out.push_str(&format!("\r\n\tfor {r}"));
+    }
+    out.push_str(&format!(";\r\n\t{}\r\n", rfc5322_date(at)));
+    out
+}

@@ -1,0 +1,396 @@
+//! Integration tests over real loopback TCP and TLS.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use smtp_proto::auth::AuthMechanism;
+use smtp_proto::{codes, Reply};
+use smtp_server::{
+    tls, AcceptAll, Decision, PolicyKind, PolicyRequest, Server, ServerOptions, ShutdownHandle, Transaction,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Upper bound for any single wait in these tests.
+const WAIT: Duration = Duration::from_secs(10);
+
+type Inbox = Arc<Mutex<Vec<Transaction>>>;
+
+struct TestServer {
+    addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    inbox: Inbox,
+    handle: ShutdownHandle,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+    cert: std::path::PathBuf,
+}
+
+/// A policy that knows one user (`u` / `p`) and refuses recipients whose local part is `bad`.
+#[derive(Clone)]
+struct TestPolicy;
+
+impl tower::Service<PolicyRequest> for TestPolicy {
+    type Response = Decision;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Decision, Self::Error>>;
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, req: PolicyRequest) -> Self::Future {
+        std::future::ready(Ok(match req.kind {
+            PolicyKind::Rcpt { to, .. } if to.to_string().starts_with("<bad") => {
+                Decision::Respond(codes::no_such_user())
+            }
+            PolicyKind::Auth { credentials, .. }
+                if credentials.username == "u" && credentials.password.expose() == "p" =>
+            {
+                Decision::Accept
+            }
+            PolicyKind::Auth { .. } => Decision::Respond(codes::auth_failed()),
+            _ => Decision::Accept,
+        }))
+    }
+}
+
+async fn start(tweak: impl FnOnce(&mut ServerOptions)) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let tls_config = tls::self_signed(dir.path(), "mx.test").unwrap();
+    let inbox: Inbox = Arc::default();
+    let inbox2 = inbox.clone();
+    let mail = tower::service_fn(move |tx: Transaction| {
+        let inbox = inbox2.clone();
+        async move {
+            let id = tx.id.clone();
+            inbox.lock().unwrap().push(tx);
+            Ok::<_, std::convert::Infallible>(Reply::new(
+                250,
+                Some(smtp_proto::EnhancedCode::new(2, 0, 0)),
+                &format!("queued as {id}"),
+            ))
+        }
+    });
+    let server = Server::builder("mx.test")
+        .listen("127.0.0.1:0".parse().unwrap())
+        .listen_implicit_tls("127.0.0.1:0".parse().unwrap())
+        .tls(tls_config)
+        .options(|o| {
+            o.session.auth_mechanisms = vec![AuthMechanism::Plain, AuthMechanism::Login];
+            tweak(o)
+        })
+        .bind(TestPolicy, mail)
+        .await
+        .unwrap();
+    let addrs = server.local_addrs();
+    let handle = server.shutdown_handle();
+    let task = tokio::spawn(server.run());
+    TestServer {
+        addr: addrs[0],
+        tls_addr: addrs.get(1).copied(),
+        inbox,
+        handle,
+        task,
+        cert: dir.path().join("cert.pem"),
+        _dir: dir,
+    }
+}
+
+/// Reads one whole reply (all lines), bounded by [`WAIT`].
+async fn reply<S: AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        let mut b = [0u8; 1];
+        loop {
+            if s.read(&mut b).await.unwrap() == 0 {
+                break;
+            }
+            out.push(b[0]);
+            if out.ends_with(b"\r\n") {
+                let last = out[..out.len() - 2].rsplit(|&c| c == b'\n').next().unwrap();
+                if last.len() >= 4 && last[3] == b' ' {
+                    break;
+                }
+            }
+        }
+    })
+    .await
+    .expect("reply in time");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn send<S: AsyncWrite + AsyncRead + Unpin>(s: &mut S, line: &str) -> String {
+    s.write_all(line.as_bytes()).await.unwrap();
+    reply(s).await
+}
+
+async fn connect(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    assert!(reply(&mut s).await.starts_with("220 mx.test ESMTP"));
+    s
+}
+
+async fn wait_for(inbox: &Inbox, n: usize) {
+    tokio::time::timeout(WAIT, async {
+        while inbox.lock().unwrap().len() < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("messages delivered in time");
+}
+
+fn tls_client(
+    cert: &std::path::Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_file(cert).unwrap()).unwrap();
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(tls::provider())
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+#[tokio::test]
+async fn plain_transaction_with_received_line() {
+    let t = start(|_| {}).await;
+    let mut s = connect(t.addr).await;
+    let ehlo = send(&mut s, "EHLO client.test\r\n").await;
+    assert!(
+        ehlo.contains("250-STARTTLS\r\n") && ehlo.contains("LIMITS RCPTMAX=100") && !ehlo.contains("AUTH"),
+        "{ehlo}"
+    );
+    assert!(send(&mut s, "MAIL FROM:<a@b.test>\r\n").await.starts_with("250 2.1.0"));
+    assert!(send(&mut s, "RCPT TO:<bad@x.test>\r\n").await.starts_with("550 5.1.1"));
+    assert!(send(&mut s, "RCPT TO:<c@x.test>\r\n").await.starts_with("250 2.1.5"));
+    assert!(send(&mut s, "DATA\r\n").await.starts_with("354"));
+    let r = send(&mut s, "Subject: hi\r\n\r\n..dot\r\n.\r\n").await;
+    assert!(r.starts_with("250 2.0.0 queued as "), "{r}");
+    assert!(send(&mut s, "QUIT\r\n").await.starts_with("221"));
+    wait_for(&t.inbox, 1).await;
+    let tx = t.inbox.lock().unwrap()[0].clone();
+    let body = String::from_utf8(tx.body.to_vec()).unwrap();
+    assert!(
+        body.starts_with("Received: from client.test ([127.0.0.1])\r\n\tby mx.test (Tern) with ESMTP id "),
+        "{body}"
+    );
+    assert!(body.contains("\tfor <c@x.test>;"));
+    assert!(body.ends_with("\r\nSubject: hi\r\n\r\n.dot\r\n"));
+    assert_eq!(tx.recipients.len(), 1);
+    assert_eq!(tx.verb, smtp_proto::MailVerb::Mail);
+}
+
+#[tokio::test]
+async fn pipelined_and_byte_at_a_time() {
+    let t = start(|_| {}).await;
+    let mut s = connect(t.addr).await;
+    s.write_all(b"EHLO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nRCPT TO:<bad@d>\r\nRCPT TO:<e@f>\r\nDATA\r\n")
+        .await
+        .unwrap();
+    let mut all = String::new();
+    while !all.contains("354 ") {
+        all.push_str(&reply(&mut s).await);
+    }
+    let codes: Vec<&str> = all.lines().filter(|l| l.as_bytes()[3] == b' ').map(|l| &l[..3]).collect();
+    assert_eq!(codes, ["250", "250", "250", "550", "250", "354"]);
+    for b in b"x\r\n.\r\n" {
+        s.write_all(&[*b]).await.unwrap();
+    }
+    assert!(reply(&mut s).await.starts_with("250"));
+    wait_for(&t.inbox, 1).await;
+    assert_eq!(t.inbox.lock().unwrap()[0].recipients.len(), 2);
+    // And a whole session one byte at a time.
+    let mut s = connect(t.addr).await;
+    for b in b"HELO a\r\nSAML FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n" {
+        s.write_all(&[*b]).await.unwrap();
+    }
+    for expect in ["250", "250", "250", "354"] {
+        assert!(reply(&mut s).await.starts_with(expect));
+    }
+    assert!(send(&mut s, "y\r\n.\r\n").await.starts_with("250"));
+    wait_for(&t.inbox, 2).await;
+    assert_eq!(t.inbox.lock().unwrap()[1].verb, smtp_proto::MailVerb::Saml);
+}
+
+#[tokio::test]
+async fn starttls_tls13_discards_plaintext_and_resumes() {
+    let t = start(|_| {}).await;
+    let config = tls_client(&t.cert, &[&rustls::version::TLS13]);
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let mut kinds = Vec::new();
+    for round in 0..2 {
+        let mut s = connect(t.addr).await;
+        send(&mut s, "EHLO a\r\n").await;
+        // A pipelined NOOP behind STARTTLS must not be answered (CVE-2011-0411).
+        assert!(send(&mut s, "STARTTLS\r\nNOOP\r\n").await.starts_with("220 2.0.0"));
+        let name = rustls::pki_types::ServerName::try_from("mx.test").unwrap();
+        let mut tls = connector.connect(name, s).await.unwrap();
+        let (_, conn) = tls.get_ref();
+        assert_eq!(conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+        kinds.push(conn.handshake_kind());
+        let ehlo = send(&mut tls, "EHLO a\r\n").await;
+        assert!(ehlo.starts_with("250-mx.test"), "plaintext NOOP leaked into TLS: {ehlo}");
+        assert!(!ehlo.contains("STARTTLS") && ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
+        assert!(send(&mut tls, "STARTTLS\r\n").await.starts_with("503"));
+        assert!(send(&mut tls, "AUTH PLAIN AHUAcA==\r\n").await.starts_with("235 2.7.0"));
+        send(&mut tls, "MAIL FROM:<a@b>\r\n").await;
+        send(&mut tls, "RCPT TO:<c@d>\r\n").await;
+        send(&mut tls, "DATA\r\n").await;
+        assert!(send(&mut tls, "hi\r\n.\r\n").await.starts_with("250"));
+        wait_for(&t.inbox, round + 1).await;
+    }
+    assert_eq!(kinds, [Some(rustls::HandshakeKind::Full), Some(rustls::HandshakeKind::Resumed)]);
+    let tx = t.inbox.lock().unwrap()[0].clone();
+    let tls = tx.session.tls.clone().unwrap();
+    assert_eq!(tls.version, "TLSv1.3");
+    assert_eq!(tx.session.authenticated.as_deref(), Some("u"));
+    let body = String::from_utf8(tx.body.to_vec()).unwrap();
+    assert!(body.contains("with ESMTPSA id") && body.contains("(version=TLSv1.3 cipher=TLS13_"), "{body}");
+}
+
+#[tokio::test]
+async fn implicit_tls_and_tls12_aead() {
+    let t = start(|o| o.private_received_for_auth = true).await;
+    let config = tls_client(&t.cert, &[&rustls::version::TLS12]);
+    let tcp = TcpStream::connect(t.tls_addr.unwrap()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("mx.test").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
+    let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+    assert!(format!("{suite:?}").contains("GCM") || format!("{suite:?}").contains("CHACHA20"));
+    assert!(reply(&mut tls).await.starts_with("220"));
+    let ehlo = send(&mut tls, "EHLO a\r\n").await;
+    assert!(!ehlo.contains("STARTTLS"));
+    assert!(send(&mut tls, "AUTH LOGIN dQ==\r\n").await.starts_with("334 UGFzc3dvcmQ6"));
+    assert!(send(&mut tls, "cA==\r\n").await.starts_with("235"));
+    for line in ["MAIL FROM:<a@b>\r\n", "RCPT TO:<c@d>\r\n", "DATA\r\n", "x\r\n.\r\n"] {
+        send(&mut tls, line).await;
+    }
+    wait_for(&t.inbox, 1).await;
+    let body = String::from_utf8(t.inbox.lock().unwrap()[0].body.to_vec()).unwrap();
+    assert!(body.starts_with("Received: by mx.test (Tern) with ESMTPSA"), "privacy option: {body}");
+    assert!(!body.contains("127.0.0.1"));
+}
+
+#[tokio::test]
+async fn bad_inputs_never_break_the_server() {
+    let t = start(|_| {}).await;
+    // 1 MiB line without CRLF, then a normal command.
+    let mut s = connect(t.addr).await;
+    s.write_all(&vec![b'A'; 1 << 20]).await.unwrap();
+    assert!(send(&mut s, "\r\nNOOP\r\n").await.starts_with("500 5.5.2"));
+    assert!(reply(&mut s).await.starts_with("250"));
+    // NUL bytes.
+    assert!(send(&mut s, "NO\0OP\r\n").await.starts_with("50"));
+    // 10 000 RCPTs pipelined on a fresh session: 100 accepted, then 452 up to the error limit
+    // (20) closes the session with 421; the server itself keeps serving.
+    let mut s = connect(t.addr).await;
+    send(&mut s, "EHLO a\r\n").await;
+    send(&mut s, "MAIL FROM:<a@b>\r\n").await;
+    let rcpts = "RCPT TO:<x@y>\r\n".repeat(10_000);
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move { w.write_all(rcpts.as_bytes()).await.is_ok() });
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), r.read_to_end(&mut all)).await.expect("closed in time").unwrap();
+    let all = String::from_utf8(all).unwrap();
+    let count = |code: &str| all.lines().filter(|l| l.starts_with(code)).count();
+    assert_eq!(count("250"), 100);
+    assert_eq!(count("452 4.5.3"), 20);
+    assert!(all.ends_with("421 4.7.0 Too many errors, closing connection\r\n"), "{all}");
+    let _ = writer.await;
+    // Smuggling body: refused, session in sync.
+    let mut s = connect(t.addr).await;
+    for l in ["EHLO a\r\n", "MAIL FROM:<a@b>\r\n", "RCPT TO:<c@d>\r\n", "DATA\r\n"] {
+        send(&mut s, l).await;
+    }
+    let r = send(&mut s, "a\n.\nMAIL FROM:<evil@x>\r\n.\r\n").await;
+    assert!(r.starts_with("550 5.6.0"), "{r}");
+    assert!(send(&mut s, "NOOP\r\n").await.starts_with("250"));
+    // Disconnect mid-DATA: nothing is delivered.
+    let mut s = connect(t.addr).await;
+    for l in ["EHLO a\r\n", "MAIL FROM:<a@b>\r\n", "RCPT TO:<c@d>\r\n", "DATA\r\n"] {
+        send(&mut s, l).await;
+    }
+    s.write_all(b"half a message").await.unwrap();
+    drop(s);
+    // The server keeps serving.
+    let mut s = connect(t.addr).await;
+    assert!(send(&mut s, "NOOP\r\n").await.starts_with("250"));
+    assert!(t.inbox.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn idle_client_gets_421_and_limits_apply() {
+    let t = start(|o| {
+        o.command_timeout = Duration::from_millis(300);
+        o.max_connections_per_ip = 2;
+    })
+    .await;
+    let mut a = connect(t.addr).await;
+    let _b = connect(t.addr).await;
+    let mut c = TcpStream::connect(t.addr).await.unwrap();
+    assert!(reply(&mut c).await.starts_with("421 4.7.0"));
+    // `a` sends nothing: the server times out and says so.
+    assert!(reply(&mut a).await.starts_with("421 4.4.2"));
+}
+
+#[tokio::test]
+async fn graceful_shutdown() {
+    let t = start(|_| {}).await;
+    let mut idle = connect(t.addr).await;
+    let mut busy = connect(t.addr).await;
+    for l in ["EHLO a\r\n", "MAIL FROM:<a@b>\r\n", "RCPT TO:<c@d>\r\n", "DATA\r\n"] {
+        send(&mut busy, l).await;
+    }
+    let handle = t.handle.clone();
+    let stopper = tokio::spawn(async move { handle.shutdown(Duration::from_secs(5)).await });
+    assert!(reply(&mut idle).await.starts_with("421 4.3.2"));
+    // The transaction in flight finishes.
+    assert!(send(&mut busy, "body\r\n.\r\n").await.starts_with("250"));
+    assert!(reply(&mut busy).await.starts_with("421 4.3.2"));
+    tokio::time::timeout(WAIT, stopper).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, t.task).await.unwrap().unwrap();
+    assert!(TcpStream::connect(t.addr).await.is_err(), "listener closed");
+    assert_eq!(t.inbox.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn service_errors_become_451_through_tower_middleware() {
+    // A mail service that is too slow, wrapped in tower's timeout layer.
+    let slow = tower::service_fn(|_tx: Transaction| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok::<_, std::convert::Infallible>(codes::message_accepted())
+    });
+    let mail = tower::ServiceBuilder::new().timeout(Duration::from_millis(100)).concurrency_limit(4).service(slow);
+    let server = Server::builder("mx.test").listen("127.0.0.1:0".parse().unwrap()).bind(AcceptAll, mail).await.unwrap();
+    let addr = server.local_addrs()[0];
+    tokio::spawn(server.run());
+    let mut s = connect(addr).await;
+    for l in ["HELO a\r\n", "MAIL FROM:<a@b>\r\n", "RCPT TO:<c@d>\r\n", "DATA\r\n"] {
+        send(&mut s, l).await;
+    }
+    let r = send(&mut s, "x\r\n.\r\n").await;
+    assert!(r.starts_with("451 4.3.0"), "{r}");
+    assert!(send(&mut s, "NOOP\r\n").await.starts_with("250"), "connection kept");
+}
+
+#[tokio::test]
+async fn ipv6_listener() {
+    let Ok(l) = std::net::TcpListener::bind("[::1]:0") else {
+        panic!("IPv6 loopback unavailable on this machine");
+    };
+    drop(l);
+    let server = Server::builder("mx.test")
+        .listen("[::1]:0".parse().unwrap())
+        .bind(AcceptAll, tower::service_fn(|_tx: Transaction| async { Ok::<_, std::convert::Infallible>(codes::ok()) }))
+        .await
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    tokio::spawn(server.run());
+    let mut s = connect(addr).await;
+    assert!(send(&mut s, "EHLO [IPv6:::1]\r\n").await.starts_with("250-mx.test greets [IPv6:::1]"));
+}
