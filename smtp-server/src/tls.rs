@@ -102,7 +102,8 @@ pub fn self_signed(dir: &Path, hostname: &str) -> Result<Arc<ServerConfig>, Erro
     let key = dir.join("key.pem");
     if !cert.exists() || !key.exists() {
         std::fs::create_dir_all(dir)?;
-        let names = vec![hostname.to_string(), "localhost".to_string()];
+        // Loopback names and addresses too, so local clients that verify can trust this file.
+        let names = vec![hostname.to_string(), "localhost".into(), "127.0.0.1".into(), "::1".into()];
         let ck = rcgen::generate_simple_self_signed(names).map_err(|e| Error::CertGen(e.to_string()))?;
         write_private(&key, ck.key_pair.serialize_pem().as_bytes())?;
         write_private(&cert, ck.cert.pem().as_bytes())?;
