@@ -35,6 +35,7 @@ pub mod error;
 pub mod extension;
 pub mod reply;
 pub mod server;
+pub mod tls_policy;
 
 pub use address::{Domain, ForwardPath, Mailbox, Path, ReversePath, RouteStyle};
 pub use command::{Command, MailParams, MailVerb, RcptParams};

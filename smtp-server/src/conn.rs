@@ -10,6 +10,8 @@ use smtp_proto::server::{Event, ServerSession, Timeout};
 use smtp_proto::{codes, ForwardPath, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_util::either::Either;
 use tower::{Service, ServiceExt};
 
 use crate::error::BoxError;
@@ -17,7 +19,9 @@ use crate::policy::{Decision, PolicyKind, PolicyRequest};
 use crate::server::{MailService, PolicyService, Shared};
 use crate::tls::TlsInfo;
 use crate::transaction::{received_line, SessionInfo, Transaction};
-use crate::transport::Transport;
+
+/// Plain TCP, or TLS over it after STARTTLS or on an implicit-TLS listener.
+type Transport = Either<TcpStream, TlsStream<TcpStream>>;
 
 /// Bytes read per system call.
 const READ_CHUNK: usize = 16 * 1024;
@@ -66,7 +70,7 @@ pub(crate) async fn serve<P: PolicyService, M: MailService>(
         match tokio::time::timeout(shared.options.tls_handshake_timeout, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => {
                 info.tls = Some(TlsInfo::from_conn(tls.get_ref().1));
-                (Transport::Tls(Box::new(tls)), ServerSession::new_tls(cfg))
+                (Either::Right(tls), ServerSession::new_tls(cfg))
             }
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "implicit TLS handshake failed");
@@ -75,7 +79,7 @@ pub(crate) async fn serve<P: PolicyService, M: MailService>(
             Err(_) => return,
         }
     } else {
-        (Transport::Plain(tcp), ServerSession::new(cfg))
+        (Either::Left(tcp), ServerSession::new(cfg))
     };
     let mut conn = Conn {
         policy: shared.policy.clone(),
@@ -164,7 +168,7 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
     }
 
     async fn upgrade(&mut self, transport: Transport) -> Option<Transport> {
-        let (Transport::Plain(tcp), Some(acceptor)) = (transport, self.shared.acceptor.clone()) else { return None };
+        let (Either::Left(tcp), Some(acceptor)) = (transport, self.shared.acceptor.clone()) else { return None };
         // The session discarded everything buffered behind STARTTLS, and nothing sits in a read
         // buffer here: the handshake starts from a clean socket (RFC 3207 4.2, CVE-2011-0411).
         match tokio::time::timeout(self.shared.options.tls_handshake_timeout, acceptor.accept(tcp)).await {
@@ -175,7 +179,7 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
                 self.info.helo = None;
                 self.info.authenticated = None;
                 self.session.tls_established();
-                Some(Transport::Tls(Box::new(tls)))
+                Some(Either::Right(tls))
             }
             Ok(Err(e)) => {
                 tracing::info!(peer = %self.info.peer, error = %e, "STARTTLS handshake failed");
@@ -270,7 +274,7 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
 /// stack buffer, so an idle connection holds no read buffer.
 async fn read_some(transport: &mut Transport, tls_buf: &mut Vec<u8>) -> std::io::Result<Option<Vec<u8>>> {
     match transport {
-        Transport::Plain(tcp) => loop {
+        Either::Left(tcp) => loop {
             tcp.readable().await?;
             let mut buf = [0u8; READ_CHUNK];
             match tcp.try_read(&mut buf) {
@@ -280,7 +284,7 @@ async fn read_some(transport: &mut Transport, tls_buf: &mut Vec<u8>) -> std::io:
                 Err(e) => return Err(e),
             }
         },
-        Transport::Tls(tls) => {
+        Either::Right(tls) => {
             tls_buf.resize(READ_CHUNK, 0);
             let n = tls.read(tls_buf).await?;
             Ok((n > 0).then(|| tls_buf[..n].to_vec()))

@@ -40,7 +40,6 @@ pub mod policy;
 mod server;
 pub mod tls;
 pub mod transaction;
-mod transport;
 
 pub use conn::service_error_reply;
 pub use error::{BoxError, Error};

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{CipherSuite, ServerConfig};
+use rustls::ServerConfig;
 
 use crate::error::Error;
 
@@ -40,28 +40,10 @@ impl TlsInfo {
     }
 }
 
-/// Whether a suite is allowed: every TLS 1.3 suite (all AEAD), and TLS 1.2 ECDHE with AES-GCM or
-/// ChaCha20-Poly1305. rustls has no CBC or RC4 suites at all; the filter keeps it that way.
-fn allowed_suite(s: CipherSuite) -> bool {
-    use CipherSuite::*;
-    matches!(
-        s,
-        TLS13_AES_128_GCM_SHA256
-            | TLS13_AES_256_GCM_SHA384
-            | TLS13_CHACHA20_POLY1305_SHA256
-            | TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
-            | TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
-            | TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
-            | TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
-            | TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
-            | TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
-    )
-}
-
 /// The crypto provider Tern uses: aws-lc-rs restricted to AEAD suites.
 pub fn provider() -> Arc<CryptoProvider> {
     let mut p = aws_lc_rs::default_provider();
-    p.cipher_suites.retain(|s| allowed_suite(s.suite()));
+    p.cipher_suites.retain(|s| smtp_proto::tls_policy::is_allowed_cipher_suite(u16::from(s.suite())));
     Arc::new(p)
 }
 

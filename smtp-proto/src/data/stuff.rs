@@ -11,6 +11,7 @@ use memchr::memchr2;
 pub struct DotStuffer {
     line_start: bool,
     after_cr: bool,
+    stuff_dots: bool,
 }
 
 impl Default for DotStuffer {
@@ -22,7 +23,13 @@ impl Default for DotStuffer {
 impl DotStuffer {
     /// A stuffer at the start of a message.
     pub fn new() -> Self {
-        DotStuffer { line_start: true, after_cr: false }
+        DotStuffer { line_start: true, after_cr: false, stuff_dots: true }
+    }
+
+    /// Canonical line ends only (bare CR / LF become CRLF), no dot stuffing: for BDAT (RFC 3030),
+    /// where the data is counted, not terminated. End it with [`DotStuffer::finish_lines`].
+    pub fn line_normalizer() -> Self {
+        DotStuffer { line_start: true, after_cr: false, stuff_dots: false }
     }
 
     /// Stuffs one chunk of the message into `out`.
@@ -38,7 +45,7 @@ impl DotStuffer {
             }
             if self.line_start {
                 self.line_start = false;
-                if input[i] == b'.' {
+                if input[i] == b'.' && self.stuff_dots {
                     out.put_u8(b'.');
                 }
             }
@@ -65,7 +72,17 @@ impl DotStuffer {
             out.put_slice(b"\r\n");
         }
         out.put_slice(b".\r\n");
-        *self = Self::new();
+        self.line_start = true;
+        self.after_cr = false;
+    }
+
+    /// Ends a normalized body with CRLF if its last line is unfinished. Resets the normalizer.
+    pub fn finish_lines(&mut self, out: &mut impl BufMut) {
+        if !self.line_start {
+            out.put_slice(b"\r\n");
+        }
+        self.line_start = true;
+        self.after_cr = false;
     }
 
     /// Stuffs a whole message, terminator included.

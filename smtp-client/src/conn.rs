@@ -1,0 +1,609 @@
+//! Connecting, negotiating (EHLO/HELO, STARTTLS, AUTH) and sending over one SMTP connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use smtp_proto::auth::{AuthMechanism, Secret};
+use smtp_proto::client::{
+    ClientConfig, ClientEvent, ClientSession, CommandKind, DataMode, EnvelopeOutcome, MessageEnvelope,
+};
+use smtp_proto::command::Body as BodyParam;
+use smtp_proto::{Capabilities, Command, Domain, DotStuffer, ForwardPath, Reply, ReversePath};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
+
+use crate::error::{Error, Phase};
+use crate::message::Body;
+use crate::tls::{client_config, CertVerify, TlsMode};
+
+/// How long to wait at each step (RFC 5321 4.5.3.2 defaults).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// The 220 greeting (5 minutes).
+    pub greeting: Duration,
+    /// A reply to MAIL, RCPT, EHLO and other commands (5 minutes).
+    pub command: Duration,
+    /// The TLS handshake.
+    pub tls: Duration,
+    /// Sending a block of data, and the DATA command's 354 (3 and 2 minutes).
+    pub data_block: Duration,
+    /// The reply after the end of data (10 minutes).
+    pub data_end: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(30),
+            greeting: Duration::from_secs(300),
+            command: Duration::from_secs(300),
+            tls: Duration::from_secs(60),
+            data_block: Duration::from_secs(180),
+            data_end: Duration::from_secs(600),
+        }
+    }
+}
+
+/// How the client behaves.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The name sent in EHLO/HELO.
+    pub ehlo_name: Domain,
+    /// When to use TLS.
+    pub tls: TlsMode,
+    /// How to check the server's certificate.
+    pub verify: CertVerify,
+    /// Credentials for AUTH (PLAIN preferred, else LOGIN).
+    pub auth: Option<(String, Secret)>,
+    /// Allow AUTH on an unencrypted connection (off: the password would travel in clear).
+    pub allow_plaintext_auth: bool,
+    /// Use BDAT when the server offers CHUNKING and PIPELINING.
+    pub use_chunking: bool,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl ClientOptions {
+    /// Defaults: opportunistic STARTTLS verified against web PKI roots, no AUTH.
+    pub fn new(ehlo_name: Domain) -> Self {
+        ClientOptions {
+            ehlo_name,
+            tls: TlsMode::Opportunistic,
+            verify: CertVerify::WebPki,
+            auth: None,
+            allow_plaintext_auth: false,
+            use_chunking: true,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// Counts TLS handshakes.
+#[derive(Debug, Default)]
+struct Stats {
+    full: AtomicU64,
+    resumed: AtomicU64,
+}
+
+/// Makes connections. Cheap to clone; clones share the TLS resumption cache and counters.
+#[derive(Debug, Clone)]
+pub struct SmtpClient {
+    options: Arc<ClientOptions>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    stats: Arc<Stats>,
+}
+
+/// Chunk size for reading and writing message data.
+const CHUNK: usize = 64 * 1024;
+
+/// The TLS parameters of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: String,
+    /// The cipher suite.
+    pub cipher: String,
+    /// Whether the handshake resumed an earlier session.
+    pub resumed: bool,
+}
+
+impl SmtpClient {
+    /// A client with these options.
+    pub fn new(options: ClientOptions) -> Result<Self, Error> {
+        let tls = match options.tls {
+            TlsMode::None => None,
+            _ => Some(client_config(&options.verify)?),
+        };
+        Ok(SmtpClient { options: Arc::new(options), tls, stats: Arc::default() })
+    }
+
+    /// The options.
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// (full, resumed) TLS handshakes made so far by this client and its clones.
+    pub fn handshakes(&self) -> (u64, u64) {
+        (self.stats.full.load(Ordering::Relaxed), self.stats.resumed.load(Ordering::Relaxed))
+    }
+
+    /// A copy of this client with another TLS mode, sharing the resumption cache.
+    pub fn with_tls_mode(&self, mode: TlsMode) -> Result<Self, Error> {
+        let mut options = (*self.options).clone();
+        options.tls = mode;
+        let tls = match (mode, &self.tls) {
+            (TlsMode::None, _) => None,
+            (_, Some(t)) => Some(t.clone()),
+            (_, None) => Some(client_config(&options.verify)?),
+        };
+        Ok(SmtpClient { options: Arc::new(options), tls, stats: self.stats.clone() })
+    }
+
+    /// Resolves `host` and connects to the first address that answers.
+    pub async fn connect(&self, host: &str, port: u16) -> Result<Connection, Error> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|source| Error::Resolve { host: host.to_string(), source })?
+            .collect();
+        let mut last = None;
+        for addr in addrs {
+            match self.connect_addr(addr, host).await {
+                Ok(c) => return Ok(c),
+                Err(e @ Error::Connect { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Resolve {
+            host: host.into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
+        }))
+    }
+
+    /// Connects to `addr`; `server_name` is checked against the certificate.
+    pub async fn connect_addr(&self, addr: SocketAddr, server_name: &str) -> Result<Connection, Error> {
+        let t = self.options.timeouts;
+        let tcp = tokio::time::timeout(t.connect, TcpStream::connect(addr))
+            .await
+            .map_err(|_| Error::Timeout(Phase::Connect))?
+            .map_err(|source| Error::Connect { addr: addr.to_string(), source })?;
+        let _ = tcp.set_nodelay(true);
+        let config = ClientConfig::new(self.options.ehlo_name.clone());
+        let mut conn = Connection {
+            client: self.clone(),
+            server_name: server_name.to_string(),
+            io: Some(Either::Left(tcp)),
+            session: ClientSession::new(config.clone()),
+            buf: vec![0u8; 16 * 1024],
+            tls_info: None,
+            transactions: 0,
+        };
+        if self.options.tls == TlsMode::Implicit {
+            conn.upgrade().await?;
+            conn.session = ClientSession::new_tls(config);
+        }
+        conn.expect_ready(t.greeting, Phase::Greeting).await?;
+        let offered = conn.session.capabilities().starttls;
+        match self.options.tls {
+            TlsMode::Required if !offered => return Err(Error::TlsUnavailable),
+            TlsMode::Required | TlsMode::Opportunistic if offered => conn.starttls().await?,
+            _ => {}
+        }
+        if let Some((user, pass)) = &self.options.auth {
+            conn.authenticate(user, pass).await?;
+        }
+        Ok(conn)
+    }
+}
+
+/// An open SMTP connection, ready for transactions.
+pub struct Connection {
+    client: SmtpClient,
+    server_name: String,
+    /// `None` only after a failed TLS upgrade: the connection is then unusable.
+    io: Option<Either<TcpStream, TlsStream<TcpStream>>>,
+    session: ClientSession,
+    buf: Vec<u8>,
+    tls_info: Option<TlsInfo>,
+    transactions: u32,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("server", &self.server_name).field("tls", &self.tls_info).finish()
+    }
+}
+
+/// The result of sending one message: every recipient's reply, and the final reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// Each recipient with the server's reply to its RCPT.
+    pub recipients: Vec<(ForwardPath, Reply)>,
+    /// The reply to the end of data; `None` when no recipient was accepted. With several
+    /// transactions (RCPTMAX), the first failure or else the last success.
+    pub reply: Option<Reply>,
+}
+
+impl SendOutcome {
+    /// Whether the message was accepted for every recipient.
+    pub fn all_accepted(&self) -> bool {
+        self.reply.as_ref().is_some_and(Reply::is_positive) && self.recipients.iter().all(|(_, r)| r.is_positive())
+    }
+
+    /// The recipients the server refused, with its replies.
+    pub fn rejected(&self) -> impl Iterator<Item = &(ForwardPath, Reply)> {
+        self.recipients.iter().filter(|(_, r)| !r.is_positive())
+    }
+}
+
+impl Connection {
+    /// What the server advertised.
+    pub fn capabilities(&self) -> &Capabilities {
+        self.session.capabilities()
+    }
+
+    /// TLS parameters, when TLS is up.
+    pub fn tls_info(&self) -> Option<&TlsInfo> {
+        self.tls_info.as_ref()
+    }
+
+    /// Whether another transaction may start on this connection (RFC 9422 MAILMAX).
+    pub fn can_send(&self) -> bool {
+        let max = self.capabilities().limits.and_then(|l| l.mail_max);
+        self.session.is_idle() && max.is_none_or(|m| self.transactions < m)
+    }
+
+    async fn write_out(&mut self, phase: Phase, wait: Duration) -> Result<(), Error> {
+        while let Some(out) = self.session.poll_output() {
+            let io = self.io.as_mut().ok_or_else(closed)?;
+            tokio::time::timeout(wait, io.write_all(&out)).await.map_err(|_| Error::Timeout(phase))??;
+        }
+        Ok(())
+    }
+
+    /// Writes pending output, then reads until the session yields an event.
+    async fn next_event(&mut self, wait: Duration, phase: Phase) -> Result<ClientEvent, Error> {
+        loop {
+            self.write_out(phase, wait).await?;
+            if let Some(ev) = self.session.poll_event() {
+                if let ClientEvent::Failed(command, reply) = ev {
+                    return Err(Error::Rejected { command, reply });
+                }
+                return Ok(ev);
+            }
+            let io = self.io.as_mut().ok_or_else(closed)?;
+            io.flush().await?;
+            let n = tokio::time::timeout(wait, io.read(&mut self.buf)).await.map_err(|_| Error::Timeout(phase))??;
+            if n == 0 {
+                return Err(closed());
+            }
+            self.session.handle_input(&self.buf[..n])?;
+        }
+    }
+
+    async fn expect_ready(&mut self, wait: Duration, phase: Phase) -> Result<(), Error> {
+        match self.next_event(wait, phase).await? {
+            ClientEvent::Ready => Ok(()),
+            other => Err(Error::Protocol(format!("expected greeting and EHLO, got {other:?}"))),
+        }
+    }
+
+    async fn upgrade(&mut self) -> Result<(), Error> {
+        let Some(config) = self.client.tls.clone() else { return Err(Error::Refused("TLS is disabled")) };
+        let Some(Either::Left(tcp)) = self.io.take() else {
+            return Err(Error::Refused("TLS already active"));
+        };
+        let name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
+            .map_err(|e| Error::Tls(format!("bad server name {}: {e}", self.server_name)))?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let tls = tokio::time::timeout(self.client.options.timeouts.tls, connector.connect(name, tcp))
+            .await
+            .map_err(|_| Error::Timeout(Phase::Tls))?
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        let conn = tls.get_ref().1;
+        let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        let counter = if resumed { &self.client.stats.resumed } else { &self.client.stats.full };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let version = match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+            other => format!("{other:?}"),
+        };
+        let cipher = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
+        self.tls_info = Some(TlsInfo { version, cipher, resumed });
+        self.io = Some(Either::Right(tls));
+        Ok(())
+    }
+
+    async fn starttls(&mut self) -> Result<(), Error> {
+        self.session.start_tls()?;
+        match self.next_event(self.client.options.timeouts.command, Phase::Command).await? {
+            ClientEvent::StartTls => {}
+            other => return Err(Error::Protocol(format!("expected 220 to STARTTLS, got {other:?}"))),
+        }
+        self.upgrade().await?;
+        self.session.tls_established();
+        self.expect_ready(self.client.options.timeouts.command, Phase::Command).await
+    }
+
+    async fn authenticate(&mut self, user: &str, pass: &Secret) -> Result<(), Error> {
+        if self.tls_info.is_none() && !self.client.options.allow_plaintext_auth {
+            return Err(Error::Refused("AUTH refused over an unencrypted connection"));
+        }
+        let offered = &self.capabilities().auth;
+        let mech = if offered.iter().any(|m| m == "PLAIN") {
+            AuthMechanism::Plain
+        } else if offered.iter().any(|m| m == "LOGIN") {
+            AuthMechanism::Login
+        } else {
+            return Err(Error::ExtensionMissing("AUTH PLAIN or LOGIN"));
+        };
+        self.session.auth(mech, user, pass)?;
+        match self.next_event(self.client.options.timeouts.command, Phase::Command).await? {
+            ClientEvent::Auth(r) if r.code() == 235 => Ok(()),
+            ClientEvent::Auth(reply) => Err(Error::Rejected { command: CommandKind::Auth, reply }),
+            other => Err(Error::Protocol(format!("expected AUTH reply, got {other:?}"))),
+        }
+    }
+
+    /// Adjusts MAIL parameters to the server: SIZE, BODY, SMTPUTF8, DSN; fails early when the
+    /// message needs what the server lacks.
+    fn prepare(&self, env: &MessageEnvelope, body: &Body) -> Result<MessageEnvelope, Error> {
+        let caps = self.capabilities();
+        let mut env = env.clone();
+        let utf8 = matches!(&env.from, ReversePath::Path(p) if p.is_utf8())
+            || env.recipients.iter().any(|(t, _)| matches!(t, ForwardPath::Path(p) if p.is_utf8()));
+        if utf8 || env.params.smtputf8 {
+            if !caps.smtputf8 {
+                return Err(Error::ExtensionMissing("SMTPUTF8"));
+            }
+            env.params.smtputf8 = true;
+        }
+        let eight_bit = matches!(body, Body::Bytes(b) if b.iter().any(|&c| c >= 0x80));
+        if eight_bit && env.params.body.is_none() {
+            env.params.body = Some(BodyParam::EightBitMime);
+        }
+        if env.params.body == Some(BodyParam::EightBitMime) && !caps.eight_bit_mime {
+            return Err(Error::ExtensionMissing("8BITMIME"));
+        }
+        if let Body::Bytes(b) = body {
+            let size = b.len() as u64;
+            match caps.size {
+                Some(max) if max > 0 && size > max => return Err(Error::TooLarge { size, max }),
+                Some(_) => env.params.size = Some(size),
+                None => env.params.size = None,
+            }
+        }
+        if !caps.dsn {
+            env.params.ret = None;
+            env.params.envid = None;
+            for (_, p) in &mut env.recipients {
+                *p = Default::default();
+            }
+        }
+        if !self.session.is_extended() {
+            env.params = Default::default();
+        }
+        Ok(env)
+    }
+
+    /// Sends MAIL and RCPTs only; the caller looks at the replies, then calls
+    /// [`Connection::data`] or [`Connection::rset`].
+    pub async fn envelope(&mut self, env: &MessageEnvelope) -> Result<EnvelopeOutcome, Error> {
+        self.session.send_envelope(env, DataMode::Later)?;
+        self.transactions += 1;
+        match self.next_event(self.client.options.timeouts.command, Phase::Command).await? {
+            ClientEvent::Envelope(o) => Ok(o),
+            other => Err(Error::Protocol(format!("expected envelope replies, got {other:?}"))),
+        }
+    }
+
+    /// Sends the body after [`Connection::envelope`] accepted at least one recipient.
+    pub async fn data(&mut self, body: Body) -> Result<Reply, Error> {
+        if self.use_bdat() {
+            return self.send_bdat(body).await;
+        }
+        self.session.start_data()?;
+        match self.next_event(self.client.options.timeouts.data_block, Phase::Data).await? {
+            ClientEvent::Envelope(o) if o.data_ready() => {}
+            ClientEvent::Envelope(o) => {
+                let reply = o.data.unwrap_or_else(|| o.mail.clone());
+                return Err(Error::Rejected { command: CommandKind::Data, reply });
+            }
+            other => return Err(Error::Protocol(format!("expected reply to DATA, got {other:?}"))),
+        }
+        self.send_body(body).await
+    }
+
+    fn use_bdat(&self) -> bool {
+        let c = self.capabilities();
+        self.client.options.use_chunking && c.chunking && c.pipelining
+    }
+
+    async fn send_body(&mut self, body: Body) -> Result<Reply, Error> {
+        let t = self.client.options.timeouts;
+        match body {
+            Body::Bytes(b) => {
+                for chunk in b.chunks(CHUNK) {
+                    self.session.send_data(chunk);
+                    self.write_out(Phase::Data, t.data_block).await?;
+                }
+            }
+            Body::Reader(mut r) => {
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    let n = tokio::time::timeout(t.data_block, r.read(&mut buf))
+                        .await
+                        .map_err(|_| Error::Timeout(Phase::Data))??;
+                    if n == 0 {
+                        break;
+                    }
+                    self.session.send_data(&buf[..n]);
+                    self.write_out(Phase::Data, t.data_block).await?;
+                }
+            }
+        }
+        self.session.finish_data();
+        self.final_reply().await
+    }
+
+    async fn final_reply(&mut self) -> Result<Reply, Error> {
+        match self.next_event(self.client.options.timeouts.data_end, Phase::Data).await? {
+            ClientEvent::Message(r) => Ok(r),
+            other => Err(Error::Protocol(format!("expected reply to the message, got {other:?}"))),
+        }
+    }
+
+    /// BDAT (RFC 3030): canonical CRLF line ends, no dot stuffing, counted chunks.
+    async fn send_bdat(&mut self, body: Body) -> Result<Reply, Error> {
+        let t = self.client.options.timeouts;
+        let mut norm = DotStuffer::line_normalizer();
+        let mut out = BytesMut::new();
+        match body {
+            Body::Bytes(b) => {
+                norm.stuff(&b, &mut out);
+                norm.finish_lines(&mut out);
+                self.session.send_bdat(&out, true)?;
+            }
+            Body::Reader(mut r) => {
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    let n = tokio::time::timeout(t.data_block, r.read(&mut buf))
+                        .await
+                        .map_err(|_| Error::Timeout(Phase::Data))??;
+                    if n == 0 {
+                        norm.finish_lines(&mut out);
+                        self.session.send_bdat(&out, true)?;
+                        break;
+                    }
+                    norm.stuff(&buf[..n], &mut out);
+                    if !out.is_empty() {
+                        self.session.send_bdat(&out, false)?;
+                        out.clear();
+                    }
+                    self.write_out(Phase::Data, t.data_block).await?;
+                }
+            }
+        }
+        self.final_reply().await
+    }
+
+    /// Sends one message: envelope (pipelined with DATA when possible), then the body to the
+    /// accepted recipients. More recipients than the server's RCPTMAX (RFC 9422) are split
+    /// across transactions. A refused recipient is reported, not fatal.
+    pub async fn send(&mut self, env: &MessageEnvelope, body: Body) -> Result<SendOutcome, Error> {
+        let env = self.prepare(env, &body)?;
+        let max = self.capabilities().limits.and_then(|l| l.rcpt_max).map(|m| m.max(1) as usize).unwrap_or(usize::MAX);
+        if env.recipients.len() <= max {
+            return self.send_one(&env, body).await;
+        }
+        // Several transactions need the body several times.
+        let bytes = match body {
+            Body::Bytes(b) => b,
+            Body::Reader(mut r) => {
+                let mut v = Vec::new();
+                r.read_to_end(&mut v).await?;
+                Bytes::from(v)
+            }
+        };
+        let mut all = SendOutcome { recipients: Vec::new(), reply: None };
+        for group in env.recipients.chunks(max) {
+            let part = MessageEnvelope { recipients: group.to_vec(), ..env.clone() };
+            if !self.can_send() {
+                return Err(Error::Refused("the server's MAILMAX is reached; use a new connection"));
+            }
+            let o = self.send_one(&part, Body::Bytes(bytes.clone())).await?;
+            all.recipients.extend(o.recipients);
+            let keep = all.reply.as_ref().is_some_and(|r| !r.is_positive());
+            if !keep && o.reply.is_some() {
+                all.reply = o.reply;
+            }
+        }
+        Ok(all)
+    }
+
+    async fn send_one(&mut self, env: &MessageEnvelope, body: Body) -> Result<SendOutcome, Error> {
+        let bdat = self.use_bdat();
+        let mode = if bdat { DataMode::Later } else { DataMode::Data };
+        self.session.send_envelope(env, mode)?;
+        self.transactions += 1;
+        let o = match self.next_event(self.client.options.timeouts.command, Phase::Command).await? {
+            ClientEvent::Envelope(o) => o,
+            other => return Err(Error::Protocol(format!("expected envelope replies, got {other:?}"))),
+        };
+        if !o.mail.is_positive() {
+            return Err(Error::Rejected { command: CommandKind::Mail, reply: o.mail });
+        }
+        let recipients: Vec<(ForwardPath, Reply)> =
+            env.recipients.iter().map(|(p, _)| p.clone()).zip(o.recipients.iter().cloned()).collect();
+        let any = o.accepted().next().is_some();
+        let reply = match (bdat, any) {
+            (_, false) if o.data_ready() => {
+                // A server that said 354 with no recipient: end the empty message at once.
+                self.session.send_data(b"");
+                self.session.finish_data();
+                let _ = self.final_reply().await?;
+                None
+            }
+            (true, true) => Some(self.send_bdat(body).await?),
+            (false, true) if o.data_ready() => Some(self.send_body(body).await?),
+            (false, true) => {
+                let reply = o.data.unwrap_or_else(|| Reply::new(554, None, "DATA not accepted"));
+                return Err(Error::Rejected { command: CommandKind::Data, reply });
+            }
+            (true, false) => {
+                self.rset().await?;
+                None
+            }
+            (false, false) => None,
+        };
+        Ok(SendOutcome { recipients, reply })
+    }
+
+    async fn simple(&mut self, cmd: Command) -> Result<Reply, Error> {
+        self.session.command(cmd)?;
+        match self.next_event(self.client.options.timeouts.command, Phase::Command).await? {
+            ClientEvent::Reply(_, r) => Ok(r),
+            other => Err(Error::Protocol(format!("expected a reply, got {other:?}"))),
+        }
+    }
+
+    /// RSET: abandons the current transaction.
+    pub async fn rset(&mut self) -> Result<Reply, Error> {
+        self.simple(Command::Rset).await
+    }
+
+    /// NOOP: checks the connection is alive.
+    pub async fn noop(&mut self) -> Result<Reply, Error> {
+        self.simple(Command::Noop(None)).await
+    }
+
+    /// VRFY (RFC 788 4.1.1).
+    pub async fn vrfy(&mut self, who: &str) -> Result<Reply, Error> {
+        self.simple(Command::vrfy(who)?).await
+    }
+
+    /// EXPN (RFC 788 4.1.1).
+    pub async fn expn(&mut self, list: &str) -> Result<Reply, Error> {
+        self.simple(Command::expn(list)?).await
+    }
+
+    /// QUIT, then close.
+    pub async fn quit(mut self) -> Result<Reply, Error> {
+        let r = self.simple(Command::Quit).await;
+        if let Some(io) = self.io.as_mut() {
+            let _ = io.shutdown().await;
+        }
+        r
+    }
+}
+
+fn closed() -> Error {
+    Error::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed by server"))
+}

@@ -1,0 +1,113 @@
+//! TLS for the client: policies, certificate verification, and a shared resumption cache.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{aws_lc_rs, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::error::Error;
+
+/// When to use TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// Never (only for tests and trusted local links).
+    None,
+    /// STARTTLS when the server offers it, else plaintext (RFC 7435 opportunistic security).
+    #[default]
+    Opportunistic,
+    /// STARTTLS or fail: never falls back to plaintext.
+    Required,
+    /// TLS from the first byte (RFC 8314), e.g. port 465.
+    Implicit,
+}
+
+/// How the server's certificate is checked.
+#[derive(Debug, Clone, Default)]
+pub enum CertVerify {
+    /// Against the public web PKI roots (webpki-roots).
+    #[default]
+    WebPki,
+    /// Against the certificates in a PEM file.
+    CaFile(PathBuf),
+    /// Not at all: encryption without authentication. Only for tests and opportunistic TLS.
+    Insecure,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    let mut p = aws_lc_rs::default_provider();
+    p.cipher_suites.retain(|s| smtp_proto::tls_policy::is_allowed_cipher_suite(u16::from(s.suite())));
+    Arc::new(p)
+}
+
+/// Builds a rustls client configuration: TLS 1.3 preferred, TLS 1.2 with AEAD suites only, an
+/// in-memory resumption cache (shared by every connection made with this configuration), and
+/// no early data.
+pub fn client_config(verify: &CertVerify) -> Result<Arc<ClientConfig>, Error> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    let mut config = match verify {
+        CertVerify::WebPki => {
+            let roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        CertVerify::CaFile(path) => {
+            use rustls::pki_types::pem::PemObject;
+            let mut roots = RootCertStore::empty();
+            let certs =
+                CertificateDer::pem_file_iter(path).map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
+            for c in certs {
+                let c = c.map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
+                roots.add(c).map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        CertVerify::Insecure => {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider()))).with_no_client_auth()
+        }
+    };
+    config.enable_early_data = false;
+    Ok(Arc::new(config))
+}
+
+/// Accepts any certificate but still checks handshake signatures.
+#[derive(Debug)]
+struct NoVerify(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

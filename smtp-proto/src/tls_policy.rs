@@ -1,0 +1,23 @@
+//! The TLS cipher-suite policy both drivers apply: AEAD only, forward secrecy only.
+//!
+//! Following the TLS 1.3 working group's goals (replace RC4, fix CBC): every TLS 1.3 suite
+//! (all AEAD), and TLS 1.2 only with ECDHE key exchange and AES-GCM or ChaCha20-Poly1305.
+//! Suites are IANA code points so this crate needs no TLS library.
+
+/// IANA code points of the allowed suites.
+pub const ALLOWED_CIPHER_SUITES: &[u16] = &[
+    0x1301, // TLS13_AES_128_GCM_SHA256
+    0x1302, // TLS13_AES_256_GCM_SHA384
+    0x1303, // TLS13_CHACHA20_POLY1305_SHA256
+    0xC02B, // TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+    0xC02C, // TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+    0xC02F, // TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+    0xC030, // TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
+    0xCCA8, // TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+    0xCCA9, // TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+];
+
+/// Whether the suite with this IANA code point is allowed.
+pub fn is_allowed_cipher_suite(code: u16) -> bool {
+    ALLOWED_CIPHER_SUITES.contains(&code)
+}
