@@ -1,0 +1,272 @@
+//! The client against smtp-server on loopback and against scripted misbehaving servers.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use smtp_client::service::{Destination, SendRequest, SmtpService};
+use smtp_client::{Body, CertVerify, ClientOptions, Envelope, Error, SmtpClient, TlsMode};
+use smtp_proto::auth::{AuthMechanism, Secret};
+use smtp_proto::{codes, Domain, Reply};
+use smtp_server::{tls, Decision, PolicyKind, PolicyRequest, Server, ServerOptions, Transaction};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+const WAIT: Duration = Duration::from_secs(20);
+type Inbox = Arc<Mutex<Vec<Transaction>>>;
+
+#[derive(Clone)]
+struct Policy;
+impl tower::Service<PolicyRequest> for Policy {
+    type Response = Decision;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Decision, Self::Error>>;
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, req: PolicyRequest) -> Self::Future {
+        std::future::ready(Ok(match req.kind {
+            PolicyKind::Rcpt { to, .. } if to.to_string().contains("bad") => Decision::Respond(codes::no_such_user()),
+            PolicyKind::Auth { credentials, .. } if credentials.password.expose() == "pw" => Decision::Accept,
+            PolicyKind::Auth { .. } => Decision::Respond(codes::auth_failed()),
+            _ => Decision::Accept,
+        }))
+    }
+}
+
+struct Srv {
+    addr: SocketAddr,
+    inbox: Inbox,
+    cert: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn server(tweak: impl FnOnce(&mut ServerOptions)) -> Srv {
+    let dir = tempfile::tempdir().unwrap();
+    let inbox: Inbox = Arc::default();
+    let i2 = inbox.clone();
+    let mail = tower::service_fn(move |tx: Transaction| {
+        let i = i2.clone();
+        async move {
+            i.lock().unwrap().push(tx);
+            Ok::<_, std::convert::Infallible>(codes::message_accepted())
+        }
+    });
+    let s = Server::builder("mx.test")
+        .listen("127.0.0.1:0".parse().unwrap())
+        .tls(tls::self_signed(dir.path(), "mx.test").unwrap())
+        .options(|o| {
+            o.session.auth_mechanisms = vec![AuthMechanism::Plain, AuthMechanism::Login];
+            tweak(o)
+        })
+        .bind(Policy, mail)
+        .await
+        .unwrap();
+    let addr = s.local_addrs()[0];
+    tokio::spawn(s.run());
+    Srv { addr, inbox, cert: dir.path().join("cert.pem"), _dir: dir }
+}
+
+fn options(tls: TlsMode, cert: &std::path::Path) -> ClientOptions {
+    let mut o = ClientOptions::new(Domain::parse("client.test").unwrap());
+    o.tls = tls;
+    o.verify = CertVerify::CaFile(cert.to_path_buf());
+    o.timeouts.command = Duration::from_secs(10);
+    o.timeouts.greeting = Duration::from_secs(10);
+    o
+}
+
+fn env(rcpts: &[&str]) -> smtp_proto::client::MessageEnvelope {
+    let mut e = Envelope::from_str_addr("sender@a.test").unwrap();
+    for r in rcpts {
+        e = e.to_str_addr(r).unwrap();
+    }
+    e.0
+}
+
+#[tokio::test]
+async fn five_recipients_two_refused_and_body_is_safe() {
+    let s = server(|_| {}).await;
+    for use_chunking in [true, false] {
+        let mut o = options(TlsMode::Required, &s.cert);
+        o.use_chunking = use_chunking;
+        let client = SmtpClient::new(o).unwrap();
+        let mut conn = client.connect("127.0.0.1", s.addr.port()).await.unwrap();
+        assert_eq!(conn.tls_info().unwrap().version, "TLSv1.3");
+        let body = "Subject: x\n\n.\r\nMAIL FROM:<evil@x>\r\n.\n..two\rend";
+        let out = conn.send(&env(&["a@x", "bad1@x", "c@x", "bad2@x", "e@x"]), body.into()).await.unwrap();
+        let rejected: Vec<String> = out.rejected().map(|(p, r)| format!("{p} {}", r.code())).collect();
+        assert_eq!(rejected, ["<bad1@x> 550", "<bad2@x> 550"]);
+        assert!(out.reply.as_ref().unwrap().is_positive());
+        assert!(!out.all_accepted());
+        conn.quit().await.unwrap();
+    }
+    let inbox = s.inbox.lock().unwrap();
+    assert_eq!(inbox.len(), 2);
+    for tx in inbox.iter() {
+        assert_eq!(tx.recipients.len(), 3);
+        let b = String::from_utf8(tx.body.to_vec()).unwrap();
+        assert!(b.ends_with("Subject: x\r\n\r\n.\r\nMAIL FROM:<evil@x>\r\n.\r\n..two\r\nend\r\n"), "{b:?}");
+    }
+}
+
+#[tokio::test]
+async fn resumption_auth_and_pooled_reuse() {
+    let s = server(|_| {}).await;
+    let mut o = options(TlsMode::Required, &s.cert);
+    o.auth = Some(("u".into(), Secret::new("pw")));
+    let client = SmtpClient::new(o).unwrap();
+    for _ in 0..3 {
+        let conn = client.connect("127.0.0.1", s.addr.port()).await.unwrap();
+        conn.quit().await.unwrap();
+    }
+    assert_eq!(client.handshakes(), (1, 2), "one full handshake, then resumed ones");
+    // Pooled service: three messages over one connection.
+    let svc = SmtpService::new(client.clone(), 2);
+    for i in 0..3 {
+        let req = SendRequest {
+            destination: Destination { host: "127.0.0.1".into(), port: s.addr.port() },
+            envelope: env(&["r@x"]),
+            body: format!("Subject: {i}\r\n\r\nhi\r\n").into(),
+        };
+        let out = tower::ServiceExt::oneshot(svc.clone(), req).await.unwrap();
+        assert!(out.all_accepted());
+    }
+    let inbox = s.inbox.lock().unwrap();
+    let ports: std::collections::HashSet<u16> = inbox.iter().map(|t| t.session.peer.port()).collect();
+    assert_eq!(ports.len(), 1, "one connection reused");
+    assert!(inbox.iter().all(|t| t.session.authenticated.as_deref() == Some("u")));
+}
+
+#[tokio::test]
+async fn auth_refused_over_plaintext_and_wrong_password() {
+    let s = server(|_| {}).await;
+    let mut o = options(TlsMode::None, &s.cert);
+    o.auth = Some(("u".into(), Secret::new("pw")));
+    let err = SmtpClient::new(o).unwrap().connect("127.0.0.1", s.addr.port()).await.unwrap_err();
+    assert!(matches!(err, Error::Refused(_)), "{err}");
+    let mut o = options(TlsMode::Required, &s.cert);
+    o.auth = Some(("u".into(), Secret::new("wrong")));
+    let err = SmtpClient::new(o).unwrap().connect("127.0.0.1", s.addr.port()).await.unwrap_err();
+    assert_eq!(err.reply().map(Reply::code), Some(535));
+    assert!(err.is_permanent());
+}
+
+#[tokio::test]
+async fn size_utf8_and_limits() {
+    let s = server(|o| {
+        o.session.max_message_size = 100;
+        o.session.smtputf8 = false;
+        o.session.max_recipients = 2;
+    })
+    .await;
+    let client = SmtpClient::new(options(TlsMode::None, &s.cert)).unwrap();
+    let mut conn = client.connect("127.0.0.1", s.addr.port()).await.unwrap();
+    let err = conn.send(&env(&["a@x"]), vec![b'x'; 101].into()).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge { size: 101, max: 100 }), "{err}");
+    let utf8 = Envelope::from_str_addr("用户@例子.test").unwrap().to_str_addr("a@x").unwrap();
+    let err = conn.send(&utf8.0, "hi".into()).await.unwrap_err();
+    assert!(matches!(err, Error::ExtensionMissing("SMTPUTF8")), "{err}");
+    // RCPTMAX=2: five recipients go in three transactions.
+    let out = conn.send(&env(&["a@x", "b@x", "c@x", "d@x", "e@x"]), "hi\r\n".into()).await.unwrap();
+    assert!(out.all_accepted());
+    assert_eq!(out.recipients.len(), 5);
+    assert_eq!(s.inbox.lock().unwrap().iter().map(|t| t.recipients.len()).collect::<Vec<_>>(), [2, 2, 1]);
+    // Streamed body.
+    let (mut w, r) = tokio::io::duplex(1024);
+    tokio::spawn(async move {
+        for _ in 0..5 {
+            w.write_all(b"0123456789\n").await.unwrap();
+        }
+    });
+    let out = conn.send(&env(&["a@x"]), Body::Reader(Box::new(r))).await.unwrap();
+    assert!(out.all_accepted());
+    assert_eq!(s.inbox.lock().unwrap().len(), 4);
+}
+
+/// A scripted server: for each step, read one line (if `None` is not given) then write the
+/// reply pieces, flushing between them (separate TCP segments with NODELAY).
+async fn scripted(steps: Vec<(bool, Vec<&'static str>)>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let (r, mut w) = tcp.into_split();
+        let mut r = BufReader::new(r);
+        for (read, pieces) in steps {
+            if read {
+                let mut line = String::new();
+                if r.read_line(&mut line).await.unwrap() == 0 {
+                    return;
+                }
+            }
+            for p in pieces {
+                w.write_all(p.as_bytes()).await.unwrap();
+                w.flush().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        }
+        // Then hang up.
+    });
+    addr
+}
+
+fn plain_client() -> SmtpClient {
+    let mut o = ClientOptions::new(Domain::parse("client.test").unwrap());
+    o.tls = TlsMode::None;
+    SmtpClient::new(o).unwrap()
+}
+
+#[tokio::test]
+async fn helo_fallback_and_split_multiline() {
+    let addr = scripted(vec![
+        (false, vec!["220 old.host ready\r\n"]),
+        (true, vec!["500 Command unrecognized\r\n"]),
+        (true, vec!["250 old.host\r\n"]),
+        (true, vec!["250 OK\r\n"]),
+        (true, vec!["250 OK\r\n"]),
+        (true, vec!["354 go\r\n"]),
+        (true, vec!["250-first\r", "\n250-sec", "ond\r\n25", "0 done\r\n"]),
+    ])
+    .await;
+    let mut conn = plain_client().connect("127.0.0.1", addr.port()).await.unwrap();
+    assert!(!conn.capabilities().pipelining);
+    let out = tokio::time::timeout(WAIT, conn.send(&env(&["a@x"]), "hi\r\n".into())).await.unwrap().unwrap();
+    assert_eq!(out.reply.unwrap().lines(), ["first", "second", "done"]);
+}
+
+#[tokio::test]
+async fn greeting_4xx_is_transient() {
+    let addr = scripted(vec![(false, vec!["421 4.3.2 busy, try later\r\n"])]).await;
+    let err = plain_client().connect("127.0.0.1", addr.port()).await.unwrap_err();
+    assert_eq!(err.reply().map(Reply::code), Some(421));
+    assert!(err.is_transient());
+}
+
+#[tokio::test]
+async fn drop_mid_data_is_an_error() {
+    let addr = scripted(vec![
+        (false, vec!["220 x\r\n"]),
+        (true, vec!["250-x\r\n250 PIPELINING\r\n"]),
+        (true, vec![]),
+        (true, vec![]),
+        (true, vec!["250 ok\r\n250 ok\r\n354 go\r\n"]),
+        (true, vec![]),
+    ])
+    .await;
+    let mut conn = plain_client().connect("127.0.0.1", addr.port()).await.unwrap();
+    let err =
+        tokio::time::timeout(WAIT, conn.send(&env(&["a@x"]), "line\r\nline\r\n".into())).await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Io(_)), "{err}");
+    assert!(err.is_transient());
+}
+
+#[tokio::test]
+async fn starttls_required_never_falls_back() {
+    let addr = scripted(vec![(false, vec!["220 x\r\n"]), (true, vec!["250-x\r\n250 PIPELINING\r\n"])]).await;
+    let mut o = ClientOptions::new(Domain::parse("client.test").unwrap());
+    o.tls = TlsMode::Required;
+    let err = SmtpClient::new(o).unwrap().connect("127.0.0.1", addr.port()).await.unwrap_err();
+    assert!(matches!(err, Error::TlsUnavailable), "{err}");
+}
