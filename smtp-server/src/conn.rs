@@ -20,8 +20,9 @@ use crate::server::{MailService, PolicyService, Shared};
 use crate::tls::TlsInfo;
 use crate::transaction::{received_line, SessionInfo, Transaction};
 
-/// Plain TCP, or TLS over it after STARTTLS or on an implicit-TLS listener.
-type Transport = Either<TcpStream, TlsStream<TcpStream>>;
+/// Plain TCP, or TLS over it after STARTTLS or on an implicit-TLS listener. The TLS state is
+/// boxed so a plain idle connection's future stays small.
+type Transport = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// Bytes read per system call.
 const READ_CHUNK: usize = 16 * 1024;
@@ -67,10 +68,10 @@ pub(crate) async fn serve<P: PolicyService, M: MailService>(
     let cfg = shared.options.session.clone();
     let (transport, session) = if implicit {
         let Some(acceptor) = shared.acceptor.clone() else { return };
-        match tokio::time::timeout(shared.options.tls_handshake_timeout, acceptor.accept(tcp)).await {
+        match Box::pin(tokio::time::timeout(shared.options.tls_handshake_timeout, acceptor.accept(tcp))).await {
             Ok(Ok(tls)) => {
                 info.tls = Some(TlsInfo::from_conn(tls.get_ref().1));
-                (Either::Right(tls), ServerSession::new_tls(cfg))
+                (Either::Right(Box::new(tls)), ServerSession::new_tls(cfg))
             }
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "implicit TLS handshake failed");
@@ -104,7 +105,7 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
                         if !self.write_out(&mut transport).await {
                             return End::Error;
                         }
-                        transport = match self.upgrade(transport).await {
+                        transport = match Box::pin(self.upgrade(transport)).await {
                             Some(t) => t,
                             None => return End::Error,
                         };
@@ -114,7 +115,9 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
                         let _ = transport.shutdown().await;
                         return End::Closed;
                     }
-                    other => self.event(other).await,
+                    // Boxed: the rare, large futures (service calls) do not bloat every idle
+                    // connection's state machine.
+                    other => Box::pin(self.event(other)).await,
                 }
             }
             if !self.write_out(&mut transport).await {
@@ -131,14 +134,14 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
             let in_transaction = self.session.envelope().is_some();
             let read = tokio::select! {
                 biased;
-                _ = self.shared.force.cancelled() => return self.goodbye(&mut transport, codes::shutting_down()).await,
+                _ = self.shared.force.cancelled() => return Box::pin(self.goodbye(&mut transport, codes::shutting_down())).await,
                 _ = self.shared.shutdown.cancelled(), if !in_transaction => {
-                    return self.goodbye(&mut transport, codes::shutting_down()).await;
+                    return Box::pin(self.goodbye(&mut transport, codes::shutting_down())).await;
                 }
                 r = tokio::time::timeout(wait, read_some(&mut transport, &mut tls_buf)) => r,
             };
             match read {
-                Err(_) => return self.goodbye(&mut transport, codes::timeout()).await,
+                Err(_) => return Box::pin(self.goodbye(&mut transport, codes::timeout())).await,
                 Ok(Ok(None)) | Ok(Err(_)) => {
                     // Closed without QUIT: treated as RSET, nothing half-received goes on.
                     return End::Error;
@@ -171,7 +174,7 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
         let (Either::Left(tcp), Some(acceptor)) = (transport, self.shared.acceptor.clone()) else { return None };
         // The session discarded everything buffered behind STARTTLS, and nothing sits in a read
         // buffer here: the handshake starts from a clean socket (RFC 3207 4.2, CVE-2011-0411).
-        match tokio::time::timeout(self.shared.options.tls_handshake_timeout, acceptor.accept(tcp)).await {
+        match Box::pin(tokio::time::timeout(self.shared.options.tls_handshake_timeout, acceptor.accept(tcp))).await {
             Ok(Ok(tls)) => {
                 let info = TlsInfo::from_conn(tls.get_ref().1);
                 tracing::debug!(peer = %self.info.peer, version = %info.version, cipher = %info.cipher, resumed = info.resumed, "STARTTLS");
@@ -179,7 +182,7 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
                 self.info.helo = None;
                 self.info.authenticated = None;
                 self.session.tls_established();
-                Some(Either::Right(tls))
+                Some(Either::Right(Box::new(tls)))
             }
             Ok(Err(e)) => {
                 tracing::info!(peer = %self.info.peer, error = %e, "STARTTLS handshake failed");
