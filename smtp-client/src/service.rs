@@ -17,10 +17,13 @@ use crate::message::Body;
 /// Where to send: host (name or address) and port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Destination {
-    /// Host name or IP address.
+    /// Host name or IP address (also the name checked against the certificate).
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// An address already resolved for `host` (for example from an MX lookup); when `None`,
+    /// `host` is resolved with the system resolver.
+    pub addr: Option<std::net::SocketAddr>,
 }
 
 /// One message for one destination.
@@ -76,7 +79,10 @@ impl SmtpService {
                         break c;
                     }
                 }
-                None => break self.client.connect(&d.host, d.port).await?,
+                None => match d.addr {
+                    Some(addr) => break self.client.connect_addr(addr, &d.host).await?,
+                    None => break self.client.connect(&d.host, d.port).await?,
+                },
             }
         };
         let outcome = conn.send(&req.envelope, Body::Bytes(req.body)).await?;

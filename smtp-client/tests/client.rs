@@ -125,7 +125,7 @@ async fn resumption_auth_and_pooled_reuse() {
     let svc = SmtpService::new(client.clone(), 2);
     for i in 0..3 {
         let req = SendRequest {
-            destination: Destination { host: "127.0.0.1".into(), port: s.addr.port() },
+            destination: Destination { host: "127.0.0.1".into(), port: s.addr.port(), addr: None },
             envelope: env(&["r@x"]),
             body: format!("Subject: {i}\r\n\r\nhi\r\n").into(),
         };

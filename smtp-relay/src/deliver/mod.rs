@@ -1,0 +1,4 @@
+//! Final delivery: local Maildir and live terminals.
+
+pub mod maildir;
+pub mod terminal;

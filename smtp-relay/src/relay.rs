@@ -1,0 +1,406 @@
+//! The relay's two tower services: the policy service (who may send what to whom) and the mail
+//! service (durable enqueue before `250`).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use smtp_client::TlsMode;
+use smtp_proto::auth::Secret;
+use smtp_proto::command::{Orcpt, RcptParams, XText};
+use smtp_proto::{codes, EnhancedCode, ForwardPath, MailVerb, Mailbox, Path, Reply};
+use smtp_server::{Decision, PolicyKind, PolicyRequest, Transaction};
+use tokio::sync::mpsc;
+
+use crate::deliver::maildir::Maildir;
+use crate::deliver::terminal::Terminals;
+use crate::directory::{Directory, Lookup, Target};
+use crate::queue::{Queue, QueueId, QueuedMessage, RcptRecord};
+use crate::route::{classify, prepend_route, strip_route, Cidr, Destination, SourceRoutes};
+
+/// Everything the relay decides with.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// This host's name (Received, Maildir names, DSNs).
+    pub hostname: String,
+    /// The data directory: `queue/`, `mail/`, `terminal.sock`.
+    pub data_dir: PathBuf,
+    /// Local domains, users, aliases.
+    pub directory: Directory,
+    /// Networks allowed to relay without AUTH.
+    pub trusted: Vec<Cidr>,
+    /// RFC 788 source routes: honor or strip.
+    pub source_routes: SourceRoutes,
+    /// More `Received:` lines than this means a loop: `554 5.4.6`.
+    pub max_received: usize,
+    /// Users allowed to AUTH, with their passwords.
+    pub auth_users: HashMap<String, Secret>,
+    /// Static routes: domain (lower case) to `host:port`.
+    pub routes: HashMap<String, (String, u16)>,
+    /// Send all non-local mail through this host.
+    pub relay_host: Option<(String, u16)>,
+    /// The DNS server for MX lookups (the system's when `None`).
+    pub dns_server: Option<std::net::SocketAddr>,
+    /// Port for MX and address deliveries (25).
+    pub smtp_port: u16,
+    /// First retry after a transient failure; later ones double, up to `max_retry_interval`.
+    pub retry_interval: Duration,
+    /// Longest wait between retries.
+    pub max_retry_interval: Duration,
+    /// After this, pending recipients fail and the sender is notified.
+    pub queue_lifetime: Duration,
+    /// Warn the sender once when a message has waited this long (`None`: never).
+    pub delay_warning: Option<Duration>,
+    /// Outbound TLS (opportunistic by default).
+    pub outbound_tls: TlsMode,
+    /// CA file to verify `required` TLS destinations against (web PKI roots when `None`).
+    pub outbound_ca: Option<PathBuf>,
+    /// Per-domain TLS overrides.
+    pub tls_per_domain: HashMap<String, TlsMode>,
+    /// Most deliveries at once.
+    pub max_deliveries: usize,
+    /// Most connections at once to one destination.
+    pub max_per_destination: usize,
+}
+
+impl RelayConfig {
+    /// Defaults for `hostname` and `data_dir`: local domains are the host name and `localhost`,
+    /// any local part is accepted, loopback may relay, routes are stripped, Postfix-like retries.
+    pub fn new(hostname: &str, data_dir: impl Into<PathBuf>) -> Self {
+        RelayConfig {
+            hostname: hostname.to_string(),
+            data_dir: data_dir.into(),
+            directory: Directory::new([hostname.to_string(), "localhost".to_string()], Vec::<String>::new()),
+            trusted: Cidr::loopback(),
+            source_routes: SourceRoutes::Strip,
+            max_received: 100,
+            auth_users: HashMap::new(),
+            routes: HashMap::new(),
+            relay_host: None,
+            dns_server: None,
+            smtp_port: 25,
+            retry_interval: Duration::from_secs(300),
+            max_retry_interval: Duration::from_secs(4000),
+            queue_lifetime: Duration::from_secs(5 * 24 * 3600),
+            delay_warning: None,
+            outbound_tls: TlsMode::Opportunistic,
+            outbound_ca: None,
+            tls_per_domain: HashMap::new(),
+            max_deliveries: 20,
+            max_per_destination: 10,
+        }
+    }
+}
+
+pub(crate) struct Core {
+    pub(crate) config: RelayConfig,
+    pub(crate) queue: Arc<dyn Queue>,
+    pub(crate) terminals: Arc<Terminals>,
+    pub(crate) maildir: Maildir,
+    pub(crate) wake: mpsc::UnboundedSender<QueueId>,
+}
+
+/// A relay: hands out the policy and mail services for `smtp-server`, and the scheduler that
+/// delivers what they queue.
+#[derive(Clone)]
+pub struct Relay {
+    pub(crate) core: Arc<Core>,
+}
+
+impl Relay {
+    /// Builds the relay and its scheduler; run the scheduler with
+    /// [`Scheduler::run`](crate::schedule::Scheduler::run).
+    pub fn new(config: RelayConfig, queue: Arc<dyn Queue>) -> (Relay, crate::schedule::Scheduler) {
+        let (wake, rx) = mpsc::unbounded_channel();
+        let maildir = Maildir::new(config.data_dir.join("mail"), &config.hostname);
+        let core = Arc::new(Core { config, queue, terminals: Arc::default(), maildir, wake });
+        let relay = Relay { core };
+        let scheduler = crate::schedule::Scheduler::new(relay.clone(), rx);
+        (relay, scheduler)
+    }
+
+    /// The policy service: MAIL, RCPT (relay rules, users, terminals), VRFY, EXPN, AUTH.
+    pub fn policy(&self) -> RelayPolicy {
+        RelayPolicy { core: self.core.clone() }
+    }
+
+    /// The mail service: durable enqueue, then `250` with the queue id.
+    pub fn mail(&self) -> RelayMail {
+        RelayMail { core: self.core.clone() }
+    }
+
+    /// The live terminals (serve them with [`Terminals::serve`]).
+    pub fn terminals(&self) -> Arc<Terminals> {
+        self.core.terminals.clone()
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> Arc<dyn Queue> {
+        self.core.queue.clone()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RelayConfig {
+        &self.core.config
+    }
+}
+
+/// The relay's policy service.
+#[derive(Clone)]
+pub struct RelayPolicy {
+    core: Arc<Core>,
+}
+
+fn reply(code: u16, e: (u8, u16, u16), text: &str) -> Reply {
+    Reply::new(code, Some(EnhancedCode::new(e.0, e.1, e.2)), text)
+}
+
+impl RelayPolicy {
+    fn decide(&self, req: PolicyRequest) -> Decision {
+        let c = &self.core.config;
+        match req.kind {
+            PolicyKind::Mail { .. } => Decision::Accept,
+            PolicyKind::Rcpt { verb, to, .. } => {
+                let may_relay =
+                    req.session.authenticated.is_some() || c.trusted.iter().any(|n| n.contains(req.session.peer.ip()));
+                match classify(&to, &c.hostname, &c.directory, c.source_routes).0 {
+                    Destination::Local(name) => self.local_rcpt(verb, &name, matches!(to, ForwardPath::Postmaster)),
+                    _ if !may_relay => Decision::Respond(codes::relay_denied()),
+                    Destination::Unsupported => Decision::Respond(reply(
+                        550,
+                        (5, 1, 3),
+                        "Routing with %, ! or @ in the local part is not supported",
+                    )),
+                    Destination::Remote { .. } if verb == MailVerb::Send => {
+                        Decision::Respond(reply(550, (5, 5, 1), "SEND is delivered to local terminals only"))
+                    }
+                    Destination::Remote { .. } => Decision::Accept,
+                }
+            }
+            PolicyKind::Verify(arg) => Decision::Respond(self.vrfy(&arg)),
+            PolicyKind::Expand(arg) => Decision::Respond(self.expn(&arg)),
+            PolicyKind::Auth { credentials, .. } => match c.auth_users.get(&credentials.username) {
+                Some(p) if p.expose() == credentials.password.expose() => Decision::Accept,
+                _ => Decision::Respond(codes::auth_failed()),
+            },
+            _ => Decision::Accept,
+        }
+    }
+
+    fn local_rcpt(&self, verb: MailVerb, name: &str, postmaster: bool) -> Decision {
+        let lookup = self.core.config.directory.lookup(name);
+        let target_user = match &lookup {
+            // RFC 5321 4.5.1: postmaster is always accepted.
+            Lookup::Unknown if postmaster || name.eq_ignore_ascii_case("postmaster") => Some("postmaster".to_string()),
+            Lookup::Unknown => return Decision::Respond(codes::no_such_user()),
+            Lookup::User(Target::Local(u)) => Some(u.clone()),
+            _ => None,
+        };
+        if verb == MailVerb::Send {
+            // RFC 788 3.4: SEND needs the user active at a terminal.
+            match target_user {
+                Some(u) if self.core.terminals.is_active(&u) => {}
+                Some(_) => {
+                    return Decision::Respond(reply(450, (4, 2, 1), "User not active at a terminal; try SOML or MAIL"))
+                }
+                None => return Decision::Respond(reply(550, (5, 5, 1), "SEND needs a single local user, not a list")),
+            }
+        }
+        Decision::Accept
+    }
+
+    fn split_arg(&self, arg: &str) -> Option<String> {
+        let a = arg.trim().trim_start_matches('<').trim_end_matches('>');
+        match a.split_once('@') {
+            None => Some(a.to_string()),
+            Some(_) => {
+                let m = Mailbox::parse(a).ok()?;
+                let c = &self.core.config;
+                crate::route::is_me(m.domain(), &c.hostname, &c.directory).then(|| m.local_part().into_owned())
+            }
+        }
+    }
+
+    fn addr(&self, t: &Target) -> String {
+        match t {
+            Target::Local(u) => format!("<{u}@{}>", self.core.config.hostname),
+            Target::Remote(m) => format!("<{m}>"),
+        }
+    }
+
+    /// VRFY (RFC 788 4.1.1, RFC 5321 3.5): a user's mailbox, 550 for nobody, 252 for elsewhere.
+    fn vrfy(&self, arg: &str) -> Reply {
+        let Some(local) = self.split_arg(arg) else { return codes::cannot_verify() };
+        match self.core.config.directory.lookup(&local) {
+            Lookup::User(t) => reply(250, (2, 1, 5), &self.addr(&t)),
+            Lookup::List(_) => reply(553, (5, 1, 4), "That is a mailing list; use EXPN"),
+            Lookup::Unknown if !self.core.config.directory.has_users() => codes::cannot_verify(),
+            Lookup::Unknown => codes::no_such_user(),
+        }
+    }
+
+    /// EXPN (RFC 788 4.1.1): a list's members, one per line.
+    fn expn(&self, arg: &str) -> Reply {
+        let Some(local) = self.split_arg(arg) else { return codes::cannot_verify() };
+        match self.core.config.directory.lookup(&local) {
+            Lookup::List(members) => {
+                Reply::multiline(250, Some(EnhancedCode::new(2, 1, 5)), members.iter().map(|t| self.addr(t)))
+            }
+            Lookup::User(_) => reply(550, (5, 1, 1), "Not a mailing list"),
+            Lookup::Unknown => codes::no_such_user(),
+        }
+    }
+}
+
+impl tower::Service<PolicyRequest> for RelayPolicy {
+    type Response = Decision;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Decision, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: PolicyRequest) -> Self::Future {
+        std::future::ready(Ok(self.decide(req)))
+    }
+}
+
+/// The relay's mail service.
+#[derive(Clone)]
+pub struct RelayMail {
+    core: Arc<Core>,
+}
+
+/// Counts `Received:` header fields (before the first empty line).
+pub fn count_received(body: &[u8]) -> usize {
+    let mut n = 0;
+    for line in body.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
+            n += 1;
+        }
+    }
+    n
+}
+
+impl RelayMail {
+    /// Turns a transaction into a queue record: aliases expanded, source routes handled.
+    fn record(&self, tx: &Transaction) -> QueuedMessage {
+        let c = &self.core.config;
+        let mut recipients: Vec<RcptRecord> = Vec::new();
+        let mut removed_hops = Vec::new();
+        let mut push = |path: ForwardPath, params: RcptParams| {
+            if !recipients.iter().any(|r| r.path == path) {
+                recipients.push(RcptRecord::new(path, params));
+            }
+        };
+        for r in &tx.recipients {
+            let (dest, removed) = classify(&r.path, &c.hostname, &c.directory, c.source_routes);
+            if removed_hops.is_empty() {
+                removed_hops = removed;
+            }
+            let domain = match &r.path {
+                ForwardPath::Path(p) => p.mailbox.domain().clone(),
+                ForwardPath::Postmaster => smtp_proto::Domain::Name(c.hostname.clone()),
+            };
+            match dest {
+                Destination::Remote { path, .. } => push(ForwardPath::Path(path), r.params.clone()),
+                Destination::Unsupported => {}
+                Destination::Local(name) => {
+                    let targets = match c.directory.lookup(&name) {
+                        Lookup::User(t) => vec![t],
+                        Lookup::List(ts) => ts,
+                        Lookup::Unknown => vec![Target::Local("postmaster".into())],
+                    };
+                    let expanded = targets.len() > 1 || targets.first() != Some(&Target::Local(name.to_lowercase()));
+                    for t in targets {
+                        let mut params = r.params.clone();
+                        if expanded && params.orcpt.is_none() {
+                            params.orcpt =
+                                Some(Orcpt { addr_type: "rfc822".into(), addr: XText::encode(&r.path.to_string()) });
+                        }
+                        let mailbox = match t {
+                            Target::Local(u) => match Mailbox::new(&u, domain.clone()) {
+                                Ok(m) => m,
+                                Err(_) => continue,
+                            },
+                            Target::Remote(m) => m,
+                        };
+                        push(ForwardPath::Path(Path::new(mailbox)), params);
+                    }
+                }
+            }
+        }
+        let from = match c.source_routes {
+            SourceRoutes::Honor => prepend_route(&tx.from, &removed_hops),
+            SourceRoutes::Strip => strip_route(&tx.from),
+        };
+        QueuedMessage {
+            id: String::new(),
+            verb: tx.verb,
+            from,
+            params: tx.params.clone(),
+            arrival: QueuedMessage::now(),
+            client: Some(tx.session.peer),
+            helo: tx.session.helo.as_ref().map(|d| d.to_string()),
+            recipients,
+            delay_warned: false,
+        }
+    }
+
+    async fn accept(self, tx: Transaction) -> Reply {
+        let c = &self.core.config;
+        if count_received(&tx.body) > c.max_received {
+            return codes::loop_detected();
+        }
+        let msg = self.record(&tx);
+        if msg.recipients.is_empty() {
+            return reply(554, (5, 1, 1), "No deliverable recipients");
+        }
+        match self.core.queue.enqueue(msg, tx.body.clone()).await {
+            Ok(id) => {
+                tracing::info!(%id, from = %tx.from, recipients = tx.recipients.len(), size = tx.body.len(), "queued");
+                let _ = self.core.wake.send(id.clone());
+                reply(250, (2, 0, 0), &format!("Ok: queued as {id}"))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "enqueue failed");
+                codes::local_error()
+            }
+        }
+    }
+}
+
+impl tower::Service<Transaction> for RelayMail {
+    type Response = Reply;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Reply, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, tx: Transaction) -> Self::Future {
+        let me = self.clone();
+        Box::pin(async move { Ok(me.accept(tx).await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn received_counting_stops_at_body() {
+        assert_eq!(count_received(b"Received: a\r\nreceived: b\r\nSubject: x\r\n\r\nReceived: body\r\n"), 2);
+    }
+}
