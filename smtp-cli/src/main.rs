@@ -1,7 +1,11 @@
 //! `tern`: the command-line front end of the Tern SMTP toolkit. It parses arguments and
 //! configuration, wires the library crates together and prints; no protocol logic lives here.
+//!
+//! Exit status: 0 success, 1 failure, 2 usage, 69/75 permanent/temporary delivery failure
+//! (`send`), 78 configuration error.
 
 mod commands;
+mod config;
 mod signals;
 
 use std::process::ExitCode;
@@ -14,20 +18,60 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format for `serve`: human or json.
+    #[arg(long, global = true)]
+    log_format: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the SMTP server and relay.
+    Serve(commands::serve::ServeArgs),
     /// Send one message.
     Send(commands::send::SendArgs),
-    /// Accept and discard mail, counting it.
-    Sink(commands::sink::SinkArgs),
+    /// Inspect or change the mail queue.
+    Queue(commands::queue::QueueArgs),
     /// Generate load against a server.
     Bench(commands::bench::BenchArgs),
+    /// Accept and discard mail, counting it.
+    Sink(commands::sink::SinkArgs),
+    /// Show SEND/SOML/SAML messages for a user live.
+    Watch(commands::watch::WatchArgs),
+}
+
+fn init_logging(format: Option<&str>) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match format.unwrap_or("human") {
+        "human" => builder.init(),
+        "json" => builder.json().init(),
+        other => return Err(format!("unknown log format {other:?} (human or json)")),
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let format = match &cli.command {
+        Command::Serve(a) => cli.log_format.clone().or_else(|| commands::serve::log_format(a)),
+        _ => cli.log_format.clone(),
+    };
+    if let Err(e) = init_logging(format.as_deref()) {
+        eprintln!("tern: {e}");
+        return ExitCode::from(78);
+    }
+    // Configuration is checked before the runtime starts and before anything binds.
+    let command = match cli.command {
+        Command::Serve(a) => match commands::serve::settings(a) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                eprintln!("tern: {e}");
+                return ExitCode::from(78);
+            }
+        },
+        other => Err(other),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -36,10 +80,14 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Send(a) => commands::send::exec(a).await,
-            Command::Sink(a) => commands::sink::exec(a).await.map(|()| ExitCode::SUCCESS),
-            Command::Bench(a) => commands::bench::exec(a).await.map(|()| ExitCode::SUCCESS),
+        match command {
+            Ok(settings) => commands::serve::exec(settings).await.map(|()| ExitCode::SUCCESS),
+            Err(Command::Send(a)) => commands::send::exec(a).await,
+            Err(Command::Queue(a)) => commands::queue::exec(a).await.map(|()| ExitCode::SUCCESS),
+            Err(Command::Sink(a)) => commands::sink::exec(a).await.map(|()| ExitCode::SUCCESS),
+            Err(Command::Bench(a)) => commands::bench::exec(a).await.map(|()| ExitCode::SUCCESS),
+            Err(Command::Watch(a)) => commands::watch::exec(a).await.map(|()| ExitCode::SUCCESS),
+            Err(Command::Serve(_)) => Ok(ExitCode::from(70)),
         }
     });
     match result {

@@ -1,8 +1,11 @@
 //! One module per subcommand: its arguments and `exec`.
 
 pub mod bench;
+pub mod queue;
 pub mod send;
+pub mod serve;
 pub mod sink;
+pub mod watch;
 
 /// Splits `HOST:PORT` (IPv6 hosts in brackets).
 pub fn split_host_port(s: &str) -> anyhow::Result<(String, u16)> {

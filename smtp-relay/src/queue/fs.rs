@@ -35,7 +35,8 @@ enum Job {
 /// The default [`Queue`]: a directory of files, fsync'd with group commit.
 pub struct FsQueue {
     dir: PathBuf,
-    jobs: Mutex<mpsc::Sender<Job>>,
+    /// `None` for a read-only view.
+    jobs: Option<Mutex<mpsc::Sender<Job>>>,
     counter: AtomicU64,
 }
 
@@ -62,7 +63,17 @@ impl FsQueue {
         let (tx, rx) = mpsc::channel();
         let committer_dir = dir.clone();
         std::thread::Builder::new().name("tern-spool-commit".into()).spawn(move || committer(committer_dir, rx))?;
-        Ok(FsQueue { dir, jobs: Mutex::new(tx), counter: AtomicU64::new(0) })
+        Ok(FsQueue { dir, jobs: Some(Mutex::new(tx)), counter: AtomicU64::new(0) })
+    }
+
+    /// A read-only view of a spool that a running server may be writing (for `tern queue`):
+    /// it never moves, removes or writes anything.
+    pub fn read_only(dir: impl AsRef<Path>) -> io::Result<FsQueue> {
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.join("msg").is_dir() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no spool in {}", dir.display())));
+        }
+        Ok(FsQueue { dir, jobs: None, counter: AtomicU64::new(0) })
     }
 
     /// The spool directory.
@@ -81,7 +92,8 @@ impl FsQueue {
 
     async fn submit(&self, make: impl FnOnce(oneshot::Sender<io::Result<()>>) -> Job) -> Result<(), QueueError> {
         let (done, wait) = oneshot::channel();
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).send(make(done)).map_err(|_| QueueError::Closed)?;
+        let jobs = self.jobs.as_ref().ok_or(QueueError::Closed)?;
+        jobs.lock().unwrap_or_else(|e| e.into_inner()).send(make(done)).map_err(|_| QueueError::Closed)?;
         wait.await.map_err(|_| QueueError::Closed)?.map_err(QueueError::Io)
     }
 
@@ -96,6 +108,10 @@ impl FsQueue {
     }
 
     fn set_aside(&self, id: &str, why: &dyn std::fmt::Display) {
+        if self.jobs.is_none() {
+            tracing::warn!(%id, reason = %why, "corrupt spool record");
+            return;
+        }
         tracing::error!(%id, reason = %why, "corrupt spool record set aside");
         for name in [id.to_string(), format!("{id}.st")] {
             let from = self.dir.join("msg").join(&name);
@@ -189,7 +205,7 @@ impl Queue for FsQueue {
                 Err(e) => return Err(e),
             }
         }
-        for orphan in states.iter().filter(|s| !good.contains(s)) {
+        for orphan in states.iter().filter(|s| self.jobs.is_some() && !good.contains(s)) {
             let _ = fs::remove_file(self.dir.join("msg").join(format!("{orphan}.st")));
         }
         good.sort();

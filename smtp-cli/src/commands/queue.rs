@@ -1,0 +1,127 @@
+//! `tern queue`: look at and act on the spool, also while the server runs.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use smtp_relay::queue::RcptStatus;
+use smtp_relay::{FsQueue, Queue};
+
+/// Inspect or change the mail queue.
+///
+/// Example: `tern queue list --data-dir ./tern-data`
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    #[command(subcommand)]
+    pub action: QueueAction,
+    /// Data directory.
+    #[arg(long, global = true, default_value = "./tern-data")]
+    pub data_dir: PathBuf,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum QueueAction {
+    /// List queued messages.
+    List,
+    /// Show one message's envelope, state and headers.
+    Show {
+        /// Queue id.
+        id: String,
+    },
+    /// Retry every pending recipient now.
+    Flush,
+    /// Remove a message without notifying anyone.
+    Delete {
+        /// Queue id.
+        id: String,
+    },
+}
+
+pub async fn exec(args: QueueArgs) -> anyhow::Result<()> {
+    let spool = args.data_dir.join("queue");
+    let control = args.data_dir.join("control.sock");
+    match args.action {
+        QueueAction::List => list(&spool).await,
+        QueueAction::Show { id } => show(&spool, &id).await,
+        QueueAction::Flush => match smtp_relay::control::command(&control, "FLUSH").await? {
+            Some(r) if r == "OK" => {
+                println!("flush requested");
+                Ok(())
+            }
+            Some(r) => anyhow::bail!("server said: {r}"),
+            None => {
+                let q = FsQueue::open(&spool)?;
+                let mut n = 0;
+                for id in q.list().await? {
+                    let mut m = q.load(&id).await?;
+                    m.recipients.iter_mut().for_each(|r| r.next_attempt = 0);
+                    q.update(&m).await?;
+                    n += 1;
+                }
+                println!("no server running; {n} messages marked for retry at the next start");
+                Ok(())
+            }
+        },
+        QueueAction::Delete { id } => match smtp_relay::control::command(&control, &format!("DELETE {id}")).await? {
+            Some(r) if r == "OK" => {
+                println!("deleted {id}");
+                Ok(())
+            }
+            Some(r) => anyhow::bail!("server said: {r}"),
+            None => {
+                let q = FsQueue::open(&spool)?;
+                q.load(&id).await?;
+                q.remove(&id).await?;
+                println!("deleted {id}");
+                Ok(())
+            }
+        },
+    }
+}
+
+async fn list(spool: &Path) -> anyhow::Result<()> {
+    let q = FsQueue::read_only(spool)?;
+    let ids = q.list().await?;
+    if ids.is_empty() {
+        println!("queue is empty");
+        return Ok(());
+    }
+    println!("{:<24} {:>8} {:<6} {:<30} recipients (pending/total)", "ID", "SIZE", "VERB", "FROM");
+    for id in ids {
+        let Ok(m) = q.load(&id).await else { continue };
+        let size = q.body(&id).await.map(|b| b.len()).unwrap_or(0);
+        let pending = m.recipients.iter().filter(|r| r.status == RcptStatus::Pending).count();
+        println!("{id:<24} {size:>8} {:<6} {:<30} {pending}/{}", m.verb, m.from.to_string(), m.recipients.len());
+    }
+    Ok(())
+}
+
+async fn show(spool: &Path, id: &str) -> anyhow::Result<()> {
+    let q = FsQueue::read_only(spool)?;
+    let m = q.load(id).await?;
+    let body = q.body(id).await?;
+    println!("id:       {}", m.id);
+    println!("verb:     {}", m.verb);
+    println!("from:     {}", m.from);
+    println!(
+        "arrival:  {}",
+        smtp_server::transaction::rfc5322_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.arrival))
+    );
+    if let Some(c) = m.client {
+        println!("client:   {c} ({})", m.helo.as_deref().unwrap_or("?"));
+    }
+    for r in &m.recipients {
+        let state = match &r.status {
+            RcptStatus::Pending => format!("pending, {} attempts", r.attempts),
+            RcptStatus::Delivered => "delivered".to_string(),
+            RcptStatus::Failed(why) => format!("failed: {why}"),
+        };
+        println!("to:       {} [{state}]", r.path);
+        if let Some(e) = &r.last_error {
+            println!("          last error: {e}");
+        }
+    }
+    let end = body.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(body.len());
+    println!("size:     {} bytes\n\n{}", body.len(), String::from_utf8_lossy(&body[..end]));
+    Ok(())
+}

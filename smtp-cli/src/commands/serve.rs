@@ -1,0 +1,270 @@
+//! `tern serve`: the mail server and relay.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use smtp_proto::auth::{AuthMechanism, Secret};
+use smtp_relay::{Cidr, Directory, FsQueue, Relay, RelayConfig, SourceRoutes};
+use smtp_server::{tls, Server};
+
+use crate::config::{self, ConfigError, FileConfig};
+
+/// Run the SMTP server and relay.
+///
+/// With no flags and no config file it listens on 127.0.0.1:2525, keeps its data in
+/// ./tern-data, delivers mail for any user at this host or localhost into
+/// ./tern-data/mail/USER/new, offers STARTTLS with a generated certificate, and relays for
+/// loopback clients. Every flag can also be set in a TOML file given with --config (flags win).
+///
+/// Example: `tern serve --listen 0.0.0.0:25 --hostname mx.example.org --local-domain example.org`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Plain listener with STARTTLS (repeatable). Default 127.0.0.1:2525.
+    #[arg(long)]
+    pub listen: Vec<String>,
+    /// Implicit-TLS listener, RFC 8314 (repeatable).
+    #[arg(long)]
+    pub implicit_tls: Vec<String>,
+    /// Host name for the greeting and Received lines. Default: the system's.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Data directory (queue/, mail/, tls/). Default ./tern-data.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// A domain delivered here (repeatable). Default: the host name and localhost.
+    #[arg(long)]
+    pub local_domain: Vec<String>,
+    /// A local user (repeatable). Without any, every local part is accepted.
+    #[arg(long)]
+    pub user: Vec<String>,
+    /// Aliases file (`name: member, member`).
+    #[arg(long)]
+    pub aliases: Option<PathBuf>,
+    /// Static route DOMAIN=HOST:PORT (repeatable).
+    #[arg(long)]
+    pub route: Vec<String>,
+    /// Send all non-local mail through HOST:PORT.
+    #[arg(long)]
+    pub relay_host: Option<String>,
+    /// A network allowed to relay, CIDR (repeatable). Default: loopback.
+    #[arg(long)]
+    pub trusted_network: Vec<String>,
+    /// Certificate chain, PEM (with --tls-key). Default: generated into DATA_DIR/tls.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key, PEM.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Largest message, bytes. Default 26214400.
+    #[arg(long)]
+    pub max_message_size: Option<u64>,
+    /// Most recipients per message. Default 100.
+    #[arg(long)]
+    pub max_recipients: Option<usize>,
+    /// First retry after a transient failure, seconds (doubling). Default 300.
+    #[arg(long)]
+    pub retry_interval: Option<u64>,
+    /// Give up and notify the sender after this many seconds. Default 432000 (5 days).
+    #[arg(long)]
+    pub queue_lifetime: Option<u64>,
+    /// RFC 788 source routes: honor or strip. Default strip.
+    #[arg(long)]
+    pub source_routes: Option<String>,
+    /// Close idle connections after this many seconds. Default 300.
+    #[arg(long)]
+    pub idle_timeout: Option<u64>,
+}
+
+/// The resolved settings.
+pub struct Settings {
+    pub listen: Vec<SocketAddr>,
+    pub implicit_tls: Vec<SocketAddr>,
+    pub hostname: String,
+    pub data_dir: PathBuf,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub relay: RelayConfig,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub idle_timeout: Duration,
+}
+
+fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
+    flag.or(file)
+}
+
+fn many(flag: Vec<String>, file: Option<Vec<String>>) -> Vec<String> {
+    if flag.is_empty() {
+        file.unwrap_or_default()
+    } else {
+        flag
+    }
+}
+
+fn host_port(s: &str) -> Option<(String, u16)> {
+    let (h, p) = s.rsplit_once(':')?;
+    Some((h.trim_start_matches('[').trim_end_matches(']').to_string(), p.parse().ok()?))
+}
+
+/// Merges flags over the file over defaults and validates everything, before anything binds.
+pub fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
+    let (file, text, name) = match &args.config {
+        Some(p) => {
+            let (c, t) = config::load(p)?;
+            (c, t, p.display().to_string())
+        }
+        None => (FileConfig::default(), String::new(), "command line".to_string()),
+    };
+    let err = |key: &str, msg: String| ConfigError::value(&name, key, config::line_of_key(&text, key), msg);
+    let addrs = |key: &str, v: Vec<String>| -> Result<Vec<SocketAddr>, ConfigError> {
+        v.iter().map(|a| a.parse().map_err(|_| err(key, format!("{a:?} is not an address:port")))).collect()
+    };
+    let mut listen = addrs("listen", many(args.listen, file.listen))?;
+    let implicit_tls = addrs("implicit_tls", many(args.implicit_tls, file.implicit_tls))?;
+    if listen.is_empty() && implicit_tls.is_empty() {
+        listen.push(SocketAddr::from(([127, 0, 0, 1], 2525)));
+    }
+    let hostname = pick(args.hostname, file.hostname).unwrap_or_else(config::system_hostname);
+    if smtp_proto::Domain::parse(&hostname).is_err() {
+        return Err(err("hostname", format!("{hostname:?} is not a host name")));
+    }
+    let data_dir = pick(args.data_dir, file.data_dir).unwrap_or_else(|| PathBuf::from("./tern-data"));
+    let mut domains = many(args.local_domain, file.local_domain);
+    if domains.is_empty() {
+        domains = vec![hostname.clone(), "localhost".into()];
+    }
+    for d in &domains {
+        if smtp_proto::Domain::parse(d).is_err() {
+            return Err(err("local_domain", format!("{d:?} is not a domain")));
+        }
+    }
+    let users = many(args.user, file.user);
+    let mut directory = Directory::new(domains, users);
+    if let Some(a) = pick(args.aliases, file.aliases) {
+        directory.load_aliases(&a).map_err(|e| ConfigError {
+            file: e.file.clone(),
+            line: (e.line > 0).then_some(e.line),
+            key: Some("aliases".into()),
+            message: e.message,
+        })?;
+    }
+    let mut relay = RelayConfig::new(&hostname, &data_dir);
+    relay.directory = directory;
+    for r in many(args.route, file.route) {
+        let (d, hp) = r.split_once('=').ok_or_else(|| err("route", format!("{r:?} is not DOMAIN=HOST:PORT")))?;
+        let hp = host_port(hp).ok_or_else(|| err("route", format!("{r:?} is not DOMAIN=HOST:PORT")))?;
+        relay.routes.insert(d.to_lowercase(), hp);
+    }
+    if let Some(h) = pick(args.relay_host, file.relay_host) {
+        relay.relay_host = Some(host_port(&h).ok_or_else(|| err("relay_host", format!("{h:?} is not HOST:PORT")))?);
+    }
+    let trusted = many(args.trusted_network, file.trusted_network);
+    if !trusted.is_empty() {
+        relay.trusted = trusted
+            .iter()
+            .map(|c| c.parse::<Cidr>().map_err(|e| err("trusted_network", e)))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(s) = pick(args.retry_interval, file.retry_interval) {
+        relay.retry_interval = Duration::from_secs(s.max(1));
+        relay.max_retry_interval = relay.max_retry_interval.max(relay.retry_interval);
+    }
+    if let Some(s) = pick(args.queue_lifetime, file.queue_lifetime) {
+        relay.queue_lifetime = Duration::from_secs(s);
+    }
+    if let Some(m) = pick(args.source_routes, file.source_routes) {
+        relay.source_routes = m.parse::<SourceRoutes>().map_err(|e| err("source_routes", e))?;
+    }
+    relay.auth_users =
+        file.auth_users.unwrap_or_default().into_iter().map(|(u, p)| (u, Secret::new(p))).collect::<HashMap<_, _>>();
+    let tls = match (pick(args.tls_cert, file.tls_cert), pick(args.tls_key, file.tls_key)) {
+        (Some(c), Some(k)) => tls::from_pem_files(&c, &k).map_err(|e| err("tls_cert", e.to_string()))?,
+        (None, None) => {
+            tls::self_signed(&data_dir.join("tls"), &hostname).map_err(|e| err("tls_cert", e.to_string()))?
+        }
+        _ => return Err(err("tls_cert", "tls_cert and tls_key go together".into())),
+    };
+    Ok(Settings {
+        listen,
+        implicit_tls,
+        hostname,
+        data_dir,
+        tls,
+        relay,
+        max_message_size: pick(args.max_message_size, file.max_message_size).unwrap_or(25 * 1024 * 1024),
+        max_recipients: pick(args.max_recipients, file.max_recipients).unwrap_or(100).max(1),
+        idle_timeout: Duration::from_secs(pick(args.idle_timeout, file.idle_timeout).unwrap_or(300).max(1)),
+    })
+}
+
+/// Reads only the log format from the config file (logging starts before the rest is checked).
+pub fn log_format(args: &ServeArgs) -> Option<String> {
+    let p = args.config.as_ref()?;
+    config::load(p).ok().and_then(|(c, _)| c.log_format)
+}
+
+pub async fn exec(s: Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&s.data_dir).map_err(|e| anyhow::anyhow!("{}: {e}", s.data_dir.display()))?;
+    let queue = Arc::new(FsQueue::open(s.data_dir.join("queue")).map_err(|e| anyhow::anyhow!("queue: {e}"))?);
+    let auth = !s.relay.auth_users.is_empty();
+    let (relay, scheduler) = Relay::new(s.relay, queue);
+    let handle = scheduler.handle();
+    let mut builder = Server::builder(s.hostname.clone()).tls(s.tls).options(|o| {
+        o.session.max_message_size = s.max_message_size;
+        o.session.max_recipients = s.max_recipients;
+        o.command_timeout = s.idle_timeout;
+        o.data_timeout = s.idle_timeout;
+        if auth {
+            o.session.auth_mechanisms = vec![AuthMechanism::Plain, AuthMechanism::Login];
+        }
+    });
+    for a in &s.listen {
+        builder = builder.listen(*a);
+    }
+    for a in &s.implicit_tls {
+        builder = builder.listen_implicit_tls(*a);
+    }
+    let server = builder.bind(relay.policy(), relay.mail()).await?;
+    let control = s.data_dir.join("control.sock");
+    let terminals = relay.terminals();
+    let control_task = {
+        let control = control.clone();
+        tokio::spawn(async move {
+            if let Err(e) = smtp_relay::control::serve(&control, terminals, handle).await {
+                tracing::error!(error = %e, "control socket failed");
+            }
+        })
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let scheduler_task = tokio::spawn(scheduler.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let shutdown = server.shutdown_handle();
+    let addrs = server.local_addrs();
+    for (i, a) in addrs.iter().enumerate() {
+        let kind = if i < s.listen.len() { "SMTP with STARTTLS" } else { "SMTP over implicit TLS" };
+        println!("tern serve: listening on {a} ({kind}) as {}", s.hostname);
+    }
+    println!(
+        "tern serve: local mail goes to {}/mail/USER/new; queue in {}/queue",
+        s.data_dir.display(),
+        s.data_dir.display()
+    );
+    let run = tokio::spawn(server.run());
+    crate::signals::wait_for_shutdown().await;
+    tracing::info!("shutting down");
+    shutdown.shutdown(Duration::from_secs(10)).await;
+    let _ = run.await;
+    let _ = stop_tx.send(());
+    let _ = scheduler_task.await;
+    control_task.abort();
+    let _ = std::fs::remove_file(&control);
+    println!("tern serve: stopped");
+    Ok(())
+}
