@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the SMTP server and relay.
-    Serve(commands::serve::ServeArgs),
+    Serve(Box<commands::serve::ServeArgs>),
     /// Send one message.
     Send(commands::send::SendArgs),
     /// Inspect or change the mail queue.
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
     }
     // Configuration is checked before the runtime starts and before anything binds.
     let command = match cli.command {
-        Command::Serve(a) => match commands::serve::settings(a) {
+        Command::Serve(a) => match commands::serve::settings(*a) {
             Ok(s) => Ok(s),
             Err(e) => {
                 eprintln!("tern: {e}");
