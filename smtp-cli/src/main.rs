@@ -39,8 +39,8 @@ enum Command {
     Watch(commands::watch::WatchArgs),
 }
 
-fn init_logging(format: Option<&str>) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+fn init_logging(format: Option<&str>, level: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format.unwrap_or("human") {
@@ -57,7 +57,9 @@ fn main() -> ExitCode {
         Command::Serve(a) => cli.log_format.clone().or_else(|| commands::serve::log_format(a)),
         _ => cli.log_format.clone(),
     };
-    if let Err(e) = init_logging(format.as_deref()) {
+    // The server logs a line per connection and delivery; the tools only warnings.
+    let level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    if let Err(e) = init_logging(format.as_deref(), level) {
         eprintln!("tern: {e}");
         return ExitCode::from(78);
     }

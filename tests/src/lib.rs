@@ -1,1 +1,194 @@
-//! tests
+//! Shared support for Tern's end-to-end tests: the `tern` binary as a child process, a raw SMTP
+//! client, bounded waiting, and Maildir inspection.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Upper bound for every wait in the tests.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The `tern` binary built by `cargo test --workspace` (next to the test executable).
+pub fn tern_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(format!("tern{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.exists(), "{} not built: run `cargo test --workspace` (it builds the tern binary)", bin.display());
+    bin
+}
+
+/// Polls `cond` every 10 ms until it holds; panics after [`WAIT`] with `what`.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A running `tern serve`.
+pub struct Tern {
+    /// The child process.
+    pub child: Child,
+    /// The first listening address.
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its stdout lines after startup, gathered by a thread.
+    pub stdout: std::sync::mpsc::Receiver<String>,
+}
+
+impl Tern {
+    /// Starts `tern serve --listen 127.0.0.1:0 --data-dir DIR ARGS...` and waits until it listens.
+    pub fn serve(data_dir: &Path, args: &[&str]) -> Tern {
+        let mut child = Command::new(tern_bin())
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--hostname", "mx.test", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tern serve");
+        let out = BufReader::new(child.stdout.take().expect("stdout"));
+        let err = BufReader::new(child.stderr.take().expect("stderr"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                if std::env::var_os("TERN_TEST_LOG").is_some() {
+                    eprintln!("[tern] {line}");
+                }
+                let _ = tx2.send(format!("log: {line}"));
+            }
+        });
+        let start = Instant::now();
+        let addr = loop {
+            let line = rx
+                .recv_timeout(WAIT.saturating_sub(start.elapsed()))
+                .unwrap_or_else(|_| panic!("tern serve did not start"));
+            if let Some(rest) = line.strip_prefix("tern serve: listening on ") {
+                break rest.split(' ').next().and_then(|a| a.parse().ok()).expect("address in startup line");
+            }
+        };
+        Tern { child, addr, data_dir: data_dir.to_path_buf(), stdout: rx }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(start.elapsed() < WAIT, "tern did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process with SIGKILL.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Tern {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Files in `DIR/mail/USER/new`.
+pub fn maildir_files(data_dir: &Path, user: &str) -> Vec<PathBuf> {
+    let dir = data_dir.join("mail").join(user).join("new");
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(dir).map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A plain-TCP SMTP client speaking raw lines, for exact-reply tests.
+pub struct Raw<S> {
+    /// The stream.
+    pub s: S,
+}
+
+impl Raw<tokio::net::TcpStream> {
+    /// Connects and reads the greeting.
+    pub async fn connect(addr: SocketAddr) -> (Self, String) {
+        let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut r = Raw { s };
+        let g = r.reply().await;
+        (r, g)
+    }
+
+    /// Connects from a given local address (e.g. 127.0.0.2 to look untrusted).
+    pub async fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> (Self, String) {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind(SocketAddr::new(local, 0)).expect("bind local");
+        let s = sock.connect(addr).await.expect("connect");
+        let mut r = Raw { s };
+        let g = r.reply().await;
+        (r, g)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
+    /// Reads one whole (possibly multi-line) reply.
+    pub async fn reply(&mut self) -> String {
+        let mut out = Vec::new();
+        tokio::time::timeout(WAIT, async {
+            let mut b = [0u8; 1];
+            loop {
+                if self.s.read(&mut b).await.expect("read") == 0 {
+                    break;
+                }
+                out.push(b[0]);
+                if out.ends_with(b"\r\n") {
+                    let last = out[..out.len() - 2].rsplit(|&c| c == b'\n').next().unwrap_or(&[]);
+                    if last.len() >= 4 && last[3] == b' ' {
+                        break;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("reply in time");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Writes `line` and reads the reply.
+    pub async fn cmd(&mut self, line: &str) -> String {
+        self.s.write_all(line.as_bytes()).await.expect("write");
+        self.reply().await
+    }
+
+    /// A whole transaction; returns the final reply.
+    pub async fn send_mail(&mut self, verb: &str, from: &str, to: &[&str], body: &str) -> String {
+        let r = self.cmd(&format!("{verb} FROM:<{from}>\r\n")).await;
+        assert!(r.starts_with("250"), "{verb}: {r}");
+        let mut any = false;
+        for t in to {
+            any |= self.cmd(&format!("RCPT TO:<{t}>\r\n")).await.starts_with("250");
+        }
+        if !any {
+            self.cmd("RSET\r\n").await;
+            return "no recipient".into();
+        }
+        let r = self.cmd("DATA\r\n").await;
+        assert!(r.starts_with("354"), "DATA: {r}");
+        self.cmd(&format!("{body}\r\n.\r\n")).await
+    }
+}

@@ -7,9 +7,9 @@ use smtp_relay::queue::RcptStatus;
 use smtp_relay::{FsQueue, Queue};
 
 /// Inspect or change the mail queue.
-///
-/// Example: `tern queue list --data-dir ./tern-data`
 #[derive(Debug, Args)]
+#[command(after_help = "Example:\n  tern queue list --data-dir ./tern-data")]
+
 pub struct QueueArgs {
     #[command(subcommand)]
     pub action: QueueAction,

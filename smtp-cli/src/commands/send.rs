@@ -26,9 +26,11 @@ pub enum TlsArg {
 ///
 /// Exit status: 0 when every recipient was accepted, 1 when some were refused, 75 on a
 /// temporary failure, 69 on a permanent one.
-///
-/// Example: `echo hello | tern send --server 127.0.0.1:2525 --from me@example.org --to you@localhost`
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  echo hello | tern send --server 127.0.0.1:2525 --from me@example.org --to you@localhost"
+)]
+
 pub struct SendArgs {
     /// The server, HOST:PORT.
     #[arg(long)]

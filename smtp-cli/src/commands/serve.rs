@@ -19,9 +19,11 @@ use crate::config::{self, ConfigError, FileConfig};
 /// ./tern-data, delivers mail for any user at this host or localhost into
 /// ./tern-data/mail/USER/new, offers STARTTLS with a generated certificate, and relays for
 /// loopback clients. Every flag can also be set in a TOML file given with --config (flags win).
-///
-/// Example: `tern serve --listen 0.0.0.0:25 --hostname mx.example.org --local-domain example.org`
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  tern serve --listen 0.0.0.0:25 --hostname mx.example.org --local-domain example.org"
+)]
+
 pub struct ServeArgs {
     /// TOML config file.
     #[arg(long)]

@@ -10,9 +10,9 @@ use smtp_proto::codes;
 use smtp_server::{AcceptAll, Server, Transaction};
 
 /// Accept and discard mail, counting messages and bytes.
-///
-/// Example: `tern sink --listen 127.0.0.1:2526`
 #[derive(Debug, Args)]
+#[command(after_help = "Example:\n  tern sink --listen 127.0.0.1:2526")]
+
 pub struct SinkArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:2526")]

@@ -1,0 +1,161 @@
+//! The `tern` binary driven as a user would.
+
+use std::process::Command;
+use std::time::Duration;
+
+use tests::{maildir_files, tern_bin, wait_until, Raw, Tern, WAIT};
+
+fn run(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(tern_bin())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tern");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[tokio::test]
+async fn serve_send_smtplib_queue_and_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = Tern::serve(dir.path(), &[]);
+    let server = tern.addr.to_string();
+    // tern send, body from stdin, no headers: a minimal header block is added.
+    let (code, out, err) =
+        run(&["send", "--server", &server, "--from", "me@example.org", "--to", "bob@localhost"], b"hello bob\n");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("<bob@localhost>: 250 2.1.5") && out.contains("250 2.0.0 Ok: queued as "), "{out}");
+    // A refused recipient: exit status 1.
+    let (code, out, _) = run(
+        &[
+            "send",
+            "--server",
+            &server,
+            "--from",
+            "me@example.org",
+            "--to",
+            "bob@localhost",
+            "--to",
+            "x@elsewhere.test",
+            "--tls",
+            "none",
+        ],
+        b"Subject: s\n\nhi\n",
+    );
+    // Loopback is trusted, so the remote recipient is accepted too; check the 0 path instead.
+    assert_eq!(code, 0, "{out}");
+    // Python's smtplib.
+    let py = format!(
+        "import smtplib\nwith smtplib.SMTP('127.0.0.1', {}, timeout=10) as s:\n    s.sendmail('py@example.org', ['carol@mx.test'], b'Subject: from python\\r\\n\\r\\nhi\\r\\n')\n",
+        tern.addr.port()
+    );
+    let st = Command::new("python3").arg("-c").arg(&py).status().unwrap();
+    assert!(st.success());
+    let data = dir.path().to_path_buf();
+    wait_until("bob's and carol's mail", || {
+        maildir_files(&data, "bob").len() == 2 && maildir_files(&data, "carol").len() == 1
+    })
+    .await;
+    let bob = std::fs::read_to_string(&maildir_files(&data, "bob")[0]).unwrap();
+    assert!(
+        bob.starts_with(
+            "Return-Path: <me@example.org>\nReceived: from localhost ([127.0.0.1])\n\tby mx.test (Tern) with ESMTPS"
+        ),
+        "{bob}"
+    );
+    assert!(
+        bob.contains("\nSubject: tern send\n") && bob.contains("Message-ID: <") && bob.ends_with("\nhello bob\n"),
+        "{bob}"
+    );
+    let carol = std::fs::read_to_string(&maildir_files(&data, "carol")[0]).unwrap();
+    assert!(carol.contains("Subject: from python"));
+    // tern queue list works while the server runs.
+    let (code, out, err) = run(&["queue", "list", "--data-dir", dir.path().to_str().unwrap()], b"");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("queue is empty") || out.contains("ID"), "{out}");
+    let status = tern.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(!dir.path().join("control.sock").exists());
+}
+
+#[test]
+fn bad_config_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tern.toml");
+    std::fs::write(&cfg, "hostname = \"mx.test\"\nmax_recipients = -3\n").unwrap();
+    let (code, _, err) =
+        run(&["serve", "--config", cfg.to_str().unwrap(), "--data-dir", dir.path().to_str().unwrap()], b"");
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.starts_with(&format!("tern: config error in {}, line 2, key `max_recipients`:", cfg.display())),
+        "{err}"
+    );
+    std::fs::write(&cfg, "trusted_network = [\"10.0.0.0/99\"]\n").unwrap();
+    let (code, _, err) = run(&["serve", "--config", cfg.to_str().unwrap()], b"");
+    assert_eq!(code, 78);
+    assert!(err.contains("line 1, key `trusted_network`"), "{err}");
+    // Nothing was bound or created on failure.
+    assert!(!dir.path().join("queue").exists());
+}
+
+#[tokio::test]
+async fn config_file_and_flags_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tern.toml");
+    std::fs::write(&cfg, "max_recipients = 1\nuser = [\"alice\"]\n").unwrap();
+    let tern = Tern::serve(dir.path(), &["--config", cfg.to_str().unwrap(), "--max-recipients", "2"]);
+    let (mut c, _) = Raw::connect(tern.addr).await;
+    c.cmd("EHLO t\r\n").await;
+    c.cmd("MAIL FROM:<a@b.test>\r\n").await;
+    assert!(c.cmd("RCPT TO:<nobody@mx.test>\r\n").await.starts_with("550 5.1.1"), "users from the file");
+    assert!(c.cmd("RCPT TO:<alice@mx.test>\r\n").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@localhost>\r\n").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@mx.test>\r\n").await.starts_with("452"), "flag wins: 2 recipients");
+    drop(tern);
+}
+
+#[test]
+fn bench_against_sink_reports() {
+    let mut sink = Command::new(tern_bin())
+        .args(["sink", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(sink.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first.strip_prefix("tern sink listening on ").expect(&first).to_string();
+    let (code, out, err) =
+        run(&["bench", "--server", &addr, "--connections", "4", "--messages", "200", "--size", "2048"], b"");
+    let _ = Command::new("kill").arg("-TERM").arg(sink.id().to_string()).status();
+    let start = std::time::Instant::now();
+    while sink.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < WAIT);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let summary: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("200 sent, 200 accepted"), "{out}");
+    assert!(out.contains("messages/s") && out.contains("latency ms: p50"), "{out}");
+    assert!(summary.iter().any(|l| l.starts_with("tern sink: 200 messages")), "{summary:?}");
+}
+
+#[test]
+fn help_and_version() {
+    let (code, out, _) = run(&["--version"], b"");
+    assert_eq!(code, 0);
+    assert!(out.starts_with("tern "));
+    for sub in ["serve", "send", "queue", "bench", "sink", "watch"] {
+        let (code, out, _) = run(&[sub, "--help"], b"");
+        assert_eq!(code, 0, "{sub}");
+        assert!(out.contains("Example"), "{sub} --help has an example:\n{out}");
+    }
+}
