@@ -14,7 +14,6 @@ use smtp_proto::Domain;
 /// Send many messages over concurrent connections and report throughput and latency.
 #[derive(Debug, Args)]
 #[command(after_help = "Example:\n  tern bench --server 127.0.0.1:2526 --connections 20 --messages 10000 --size 1024")]
-
 pub struct BenchArgs {
     /// The server, HOST:PORT.
     #[arg(long)]

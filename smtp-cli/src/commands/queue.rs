@@ -9,7 +9,6 @@ use smtp_relay::{FsQueue, Queue};
 /// Inspect or change the mail queue.
 #[derive(Debug, Args)]
 #[command(after_help = "Example:\n  tern queue list --data-dir ./tern-data")]
-
 pub struct QueueArgs {
     #[command(subcommand)]
     pub action: QueueAction,

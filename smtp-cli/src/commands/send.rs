@@ -30,7 +30,6 @@ pub enum TlsArg {
 #[command(
     after_help = "Example:\n  echo hello | tern send --server 127.0.0.1:2525 --from me@example.org --to you@localhost"
 )]
-
 pub struct SendArgs {
     /// The server, HOST:PORT.
     #[arg(long)]

@@ -23,7 +23,6 @@ use crate::config::{self, ConfigError, FileConfig};
 #[command(
     after_help = "Example:\n  tern serve --listen 0.0.0.0:25 --hostname mx.example.org --local-domain example.org"
 )]
-
 pub struct ServeArgs {
     /// TOML config file.
     #[arg(long)]

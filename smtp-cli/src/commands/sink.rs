@@ -12,7 +12,6 @@ use smtp_server::{AcceptAll, Server, Transaction};
 /// Accept and discard mail, counting messages and bytes.
 #[derive(Debug, Args)]
 #[command(after_help = "Example:\n  tern sink --listen 127.0.0.1:2526")]
-
 pub struct SinkArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:2526")]

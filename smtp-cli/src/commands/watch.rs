@@ -8,7 +8,6 @@ use smtp_relay::deliver::terminal::TerminalClient;
 /// Show messages sent to USER with SEND, SOML or SAML as they arrive.
 #[derive(Debug, Args)]
 #[command(after_help = "Example:\n  tern watch alice --data-dir ./tern-data")]
-
 pub struct WatchArgs {
     /// The local user to watch for.
     pub user: String,
