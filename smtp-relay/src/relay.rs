@@ -308,10 +308,6 @@ impl RelayMail {
             if removed_hops.is_empty() {
                 removed_hops = removed;
             }
-            let domain = match &r.path {
-                ForwardPath::Path(p) => p.mailbox.domain().clone(),
-                ForwardPath::Postmaster => smtp_proto::Domain::Name(c.hostname.clone()),
-            };
             match dest {
                 Destination::Remote { path, .. } => push(ForwardPath::Path(path), r.params.clone()),
                 Destination::Unsupported => {}
@@ -321,20 +317,24 @@ impl RelayMail {
                         Lookup::List(ts) => ts,
                         Lookup::Unknown => vec![Target::Local("postmaster".into())],
                     };
-                    let expanded = targets.len() > 1 || targets.first() != Some(&Target::Local(name.to_lowercase()));
+                    // Local targets are written as user@hostname, so one user reached through several
+                    // names or lists gets one copy; the address the sender used stays in ORCPT.
+                    let original = match &r.path {
+                        ForwardPath::Path(p) => p.mailbox.to_string(),
+                        ForwardPath::Postmaster => "postmaster".to_string(),
+                    };
                     for t in targets {
-                        let mut params = r.params.clone();
-                        if expanded && params.orcpt.is_none() {
-                            params.orcpt =
-                                Some(Orcpt { addr_type: "rfc822".into(), addr: XText::encode(&r.path.to_string()) });
-                        }
                         let mailbox = match t {
-                            Target::Local(u) => match Mailbox::new(&u, domain.clone()) {
+                            Target::Local(u) => match Mailbox::new(&u, smtp_proto::Domain::Name(c.hostname.clone())) {
                                 Ok(m) => m,
                                 Err(_) => continue,
                             },
                             Target::Remote(m) => m,
                         };
+                        let mut params = r.params.clone();
+                        if params.orcpt.is_none() && mailbox.to_string() != original {
+                            params.orcpt = Some(Orcpt { addr_type: "rfc822".into(), addr: XText::encode(&original) });
+                        }
                         push(ForwardPath::Path(Path::new(mailbox)), params);
                     }
                 }

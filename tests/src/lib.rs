@@ -192,3 +192,82 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
         self.cmd(&format!("{body}\r\n.\r\n")).await
     }
 }
+
+/// A relay served in-process: `smtp-server` + `smtp-relay` + scheduler + control socket.
+pub struct InProcess {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The relay (queue, terminals).
+    pub relay: smtp_relay::Relay,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    shutdown: smtp_server::ShutdownHandle,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl InProcess {
+    /// Starts a relay with `config` on 127.0.0.1:0 (MX lookups answered by `resolver`, if given).
+    pub async fn start(
+        config: smtp_relay::RelayConfig,
+        resolver: Option<std::sync::Arc<dyn smtp_relay::dns::MxResolver>>,
+    ) -> InProcess {
+        Self::start_on("127.0.0.1:0".parse().expect("addr"), config, resolver).await
+    }
+
+    /// Like [`InProcess::start`] on a chosen address.
+    pub async fn start_on(
+        listen: SocketAddr,
+        config: smtp_relay::RelayConfig,
+        resolver: Option<std::sync::Arc<dyn smtp_relay::dns::MxResolver>>,
+    ) -> InProcess {
+        let data_dir = config.data_dir.clone();
+        let hostname = config.hostname.clone();
+        let queue = std::sync::Arc::new(smtp_relay::FsQueue::open(data_dir.join("queue")).expect("queue"));
+        let auth = !config.auth_users.is_empty();
+        let (relay, mut scheduler) = smtp_relay::Relay::new(config, queue);
+        if let Some(r) = resolver {
+            scheduler = scheduler.with_resolver(r);
+        }
+        let tls = smtp_server::tls::self_signed(&data_dir.join("tls"), &hostname).expect("tls");
+        let server = smtp_server::Server::builder(hostname)
+            .listen(listen)
+            .tls(tls)
+            .options(|o| {
+                if auth {
+                    o.session.auth_mechanisms = vec![smtp_proto::auth::AuthMechanism::Plain];
+                }
+            })
+            .bind(relay.policy(), relay.mail())
+            .await
+            .expect("bind");
+        let addr = server.local_addrs()[0];
+        let shutdown = server.shutdown_handle();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = scheduler.handle();
+        let terminals = relay.terminals();
+        let control = data_dir.join("control.sock");
+        let tasks = vec![
+            tokio::spawn(server.run()),
+            tokio::spawn(scheduler.run(async move {
+                let _ = stop_rx.await;
+            })),
+            tokio::spawn(async move {
+                let _ = smtp_relay::control::serve(&control, terminals, handle).await;
+            }),
+        ];
+        InProcess { addr, relay, data_dir, stop: Some(stop), shutdown, tasks }
+    }
+
+    /// Stops the server, the scheduler and the control socket.
+    pub async fn stop(mut self) {
+        self.shutdown.shutdown(Duration::from_secs(2)).await;
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
