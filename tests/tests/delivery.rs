@@ -1,0 +1,219 @@
+//! The relay's sending half end to end: multi-hop source routes, retries, DSNs, expiry, DNS.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use smtp_relay::dns::{DnsError, MxAnswer, MxResolver};
+use smtp_relay::{Directory, Queue, RelayConfig, SourceRoutes};
+use tests::{maildir_files, wait_until, InProcess, Raw};
+
+fn cfg(host: &str, dir: &Path, domains: &[&str], users: &[&str]) -> RelayConfig {
+    let mut c = RelayConfig::new(host, dir);
+    c.directory = Directory::new(domains.iter().map(|d| d.to_string()), users.iter().map(|u| u.to_string()));
+    c.retry_interval = Duration::from_millis(300);
+    c.max_retry_interval = Duration::from_millis(600);
+    c
+}
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn queue_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir.join("queue/msg")).map(|d| d.count() == 0).unwrap_or(false)
+}
+
+fn read_all(files: &[std::path::PathBuf]) -> Vec<String> {
+    files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect()
+}
+
+async fn submit(addr: SocketAddr, from: &str, rcpt: &str, body: &str) -> String {
+    let (mut c, _) = Raw::connect(addr).await;
+    c.cmd("EHLO client.test\r\n").await;
+    let r = c.cmd(&format!("MAIL FROM:{from}\r\n")).await;
+    assert!(r.starts_with("250"), "{r}");
+    let r = c.cmd(&format!("RCPT TO:{rcpt}\r\n")).await;
+    assert!(r.starts_with("250"), "{rcpt}: {r}");
+    c.cmd("DATA\r\n").await;
+    c.cmd(&format!("{body}\r\n.\r\n")).await
+}
+
+#[tokio::test]
+async fn three_hops_along_an_rfc788_source_route() {
+    let (da, db, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut c = cfg("c.test", dc.path(), &["c.test", "d.test"], &[]);
+    c.source_routes = SourceRoutes::Honor;
+    let c = InProcess::start(c, None).await;
+    let mut b = cfg("b.test", db.path(), &["b.test"], &[]);
+    b.source_routes = SourceRoutes::Honor;
+    b.routes.insert("c.test".into(), ("127.0.0.1".into(), c.addr.port()));
+    let b = InProcess::start(b, None).await;
+    let mut a = cfg("a.test", da.path(), &["a.test"], &[]);
+    a.source_routes = SourceRoutes::Honor;
+    a.routes.insert("b.test".into(), ("127.0.0.1".into(), b.addr.port()));
+    let a = InProcess::start(a, None).await;
+    let r =
+        submit(a.addr, "<x@origin.test>", "<@a.test,@b.test,@c.test:user@d.test>", "Subject: routed\r\n\r\nhop hop")
+            .await;
+    assert!(r.starts_with("250"), "{r}");
+    wait_until("delivery at C", || maildir_files(dc.path(), "user").len() == 1).await;
+    let m = read_all(&maildir_files(dc.path(), "user")).remove(0);
+    // Each relay moved itself from the forward-path to the reverse-path (RFC 788 3.6).
+    assert!(m.starts_with("Return-Path: <@c.test,@b.test,@a.test,x@origin.test>\n"), "{m}");
+    assert_eq!(m.matches("Received: ").count(), 3, "{m}");
+    assert!(m.contains("by c.test (Tern)") && m.contains("by b.test (Tern)") && m.contains("by a.test (Tern)"));
+    assert!(m.contains("with ESMTPS"), "hops used STARTTLS: {m}");
+    for r in [a, b, c] {
+        r.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn next_hop_down_then_up_and_restart_mid_retries() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let b_addr = free_port();
+    let mut a_cfg = cfg("a.test", da.path(), &["a.test"], &[]);
+    a_cfg.routes.insert("b.test".into(), ("127.0.0.1".into(), b_addr.port()));
+    let a = InProcess::start(a_cfg.clone(), None).await;
+    assert!(submit(a.addr, "<x@a.test>", "<bob@b.test>", "Subject: patience\r\n\r\nlater").await.starts_with("250"));
+    let q = a.relay.queue();
+    let id = q.list().await.unwrap().remove(0);
+    let qa = q.clone();
+    let id2 = id.clone();
+    let attempts = move || {
+        let (q, id) = (qa.clone(), id2.clone());
+        async move { q.load(&id).await.map(|m| m.recipients[0].attempts).unwrap_or(0) }
+    };
+    tokio::time::timeout(tests::WAIT, async {
+        while attempts().await < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("retried while the next hop is down");
+    let m = q.load(&id).await.unwrap();
+    assert!(m.recipients[0].last_error.as_deref().unwrap_or("").contains("4.4.1"), "{:?}", m.recipients[0].last_error);
+    // Restart A in the middle of its retries: the state survives.
+    a.stop().await;
+    let a = InProcess::start(a_cfg, None).await;
+    let m = a.relay.queue().load(&id).await.unwrap();
+    assert!(m.recipients[0].attempts >= 2);
+    // B comes up and receives the message.
+    let b = InProcess::start_on(b_addr, cfg("b.test", db.path(), &["b.test"], &[]), None).await;
+    wait_until("delivery at B", || maildir_files(db.path(), "bob").len() == 1).await;
+    wait_until("A's queue drained", || queue_empty(da.path())).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn permanent_failure_notifies_the_local_sender() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let b = InProcess::start(cfg("b.test", db.path(), &["b.test"], &["bob"]), None).await;
+    let mut a_cfg = cfg("a.test", da.path(), &["a.test"], &[]);
+    a_cfg.routes.insert("b.test".into(), ("127.0.0.1".into(), b.addr.port()));
+    let a = InProcess::start(a_cfg, None).await;
+    let r = submit(
+        a.addr,
+        "<alice@a.test> ENVID=env42",
+        "<nobody@b.test> NOTIFY=FAILURE ORCPT=rfc822;nobody@b.test",
+        "Subject: lost\r\nFrom: alice@a.test\r\n\r\nsecret",
+    )
+    .await;
+    assert!(r.starts_with("250"));
+    wait_until("the DSN in alice's mailbox", || maildir_files(da.path(), "alice").len() == 1).await;
+    let dsn = read_all(&maildir_files(da.path(), "alice")).remove(0);
+    for needle in [
+        "Return-Path: <>\n",
+        "Subject: Undelivered Mail Returned to Sender",
+        "Content-Type: multipart/report; report-type=delivery-status;",
+        "Content-Type: message/delivery-status",
+        "Original-Envelope-Id: env42",
+        "Original-Recipient: rfc822; nobody@b.test",
+        "Final-Recipient: rfc822; nobody@b.test",
+        "Action: failed",
+        "Status: 5.1.1",
+        "Remote-MTA: dns; 127.0.0.1",
+        "Diagnostic-Code: smtp; 550 5.1.1",
+        "Content-Type: text/rfc822-headers\n\nReceived: from client.test",
+        "Subject: lost\nFrom: alice@a.test\n\n--",
+    ] {
+        assert!(dsn.contains(needle), "missing {needle:?} in\n{dsn}");
+    }
+    assert!(!dsn.contains("secret"));
+    wait_until("queues drained", || queue_empty(da.path())).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn notify_never_null_sender_and_expiry() {
+    let da = tempfile::tempdir().unwrap();
+    let dead = free_port();
+    let mut a_cfg = cfg("a.test", da.path(), &["a.test"], &[]);
+    a_cfg.routes.insert("dead.test".into(), ("127.0.0.1".into(), dead.port()));
+    a_cfg.queue_lifetime = Duration::from_secs(1);
+    let a = InProcess::start(a_cfg, None).await;
+    // NOTIFY=NEVER: no report.
+    assert!(submit(a.addr, "<quiet@a.test>", "<x@dead.test> NOTIFY=NEVER", "Subject: q\r\n\r\nq")
+        .await
+        .starts_with("250"));
+    // Null reverse-path: never a report about a report.
+    assert!(submit(a.addr, "<>", "<y@dead.test>", "Subject: n\r\n\r\nn").await.starts_with("250"));
+    // Plain: expires and is reported as failed with 4.4.7.
+    assert!(submit(a.addr, "<loud@a.test>", "<z@dead.test>", "Subject: e\r\n\r\ne").await.starts_with("250"));
+    wait_until("expiry report", || maildir_files(da.path(), "loud").len() == 1).await;
+    let dsn = read_all(&maildir_files(da.path(), "loud")).remove(0);
+    assert!(dsn.contains("Action: failed") && dsn.contains("Status: 4.4.7"), "{dsn}");
+    wait_until("queue drained", || queue_empty(da.path())).await;
+    assert!(maildir_files(da.path(), "quiet").is_empty());
+    let all_users: Vec<_> =
+        std::fs::read_dir(da.path().join("mail")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(all_users, vec![std::ffi::OsString::from("loud")], "no other report was written");
+    a.stop().await;
+}
+
+/// A fake DNS: MX records and addresses from a table.
+struct FakeDns {
+    port_host: String,
+}
+
+#[async_trait::async_trait]
+impl MxResolver for FakeDns {
+    async fn mx(&self, domain: &str) -> Result<MxAnswer, DnsError> {
+        Ok(match domain {
+            "mx.example" => MxAnswer::Hosts(vec!["broken-mx.example".into(), self.port_host.clone()]),
+            "nullmx.example" => MxAnswer::NullMx,
+            "flaky.example" => return Err(DnsError("SERVFAIL".into())),
+            _ => MxAnswer::NoSuchDomain,
+        })
+    }
+    async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        Ok(match host {
+            "good-mx.example" => vec!["127.0.0.1".parse().unwrap()],
+            _ => vec![],
+        })
+    }
+}
+
+#[tokio::test]
+async fn mx_lookup_through_the_resolver_trait() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let b = InProcess::start(cfg("b.test", db.path(), &["mx.example"], &[]), None).await;
+    let mut a_cfg = cfg("a.test", da.path(), &["a.test"], &[]);
+    a_cfg.smtp_port = b.addr.port();
+    let dns: Arc<dyn MxResolver> = Arc::new(FakeDns { port_host: "good-mx.example".into() });
+    let a = InProcess::start(a_cfg, Some(dns)).await;
+    assert!(submit(a.addr, "<s@a.test>", "<u@mx.example>", "Subject: via mx\r\n\r\nx").await.starts_with("250"));
+    wait_until("delivery through MX", || maildir_files(db.path(), "u").len() == 1).await;
+    // A null MX fails at once (RFC 7505) and is reported.
+    assert!(submit(a.addr, "<s@a.test>", "<u@nullmx.example>", "Subject: null\r\n\r\nx").await.starts_with("250"));
+    wait_until("null MX report", || maildir_files(da.path(), "s").len() == 1).await;
+    let dsn = read_all(&maildir_files(da.path(), "s")).remove(0);
+    assert!(dsn.contains("Status: 5.1.10") && dsn.contains("null MX"), "{dsn}");
+    a.stop().await;
+    b.stop().await;
+}
