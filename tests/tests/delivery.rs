@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smtp_relay::dns::{DnsError, MxAnswer, MxResolver};
-use smtp_relay::{Directory, Queue, RelayConfig, SourceRoutes};
+use smtp_relay::{Directory, RelayConfig, SourceRoutes};
 use tests::{maildir_files, wait_until, InProcess, Raw};
 
 fn cfg(host: &str, dir: &Path, domains: &[&str], users: &[&str]) -> RelayConfig {
