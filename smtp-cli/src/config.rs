@@ -31,6 +31,7 @@ pub struct FileConfig {
     pub source_routes: Option<String>,
     pub idle_timeout: Option<u64>,
     pub log_format: Option<String>,
+    pub outbound_tls: Option<String>,
     /// AUTH users: name = "password" (only offered under TLS).
     pub auth_users: Option<HashMap<String, String>>,
 }

@@ -116,6 +116,8 @@ impl Scheduler {
             }
         }
         tasks.abort_all();
+        let (full, resumed) = worker.handshakes();
+        tracing::info!(full, resumed, "outbound TLS handshakes");
     }
 }
 
@@ -179,7 +181,7 @@ impl Worker {
             };
             match SmtpClient::new(o) {
                 Ok(c) => {
-                    services.insert(mode, SmtpService::new(c, 2));
+                    services.insert(mode, SmtpService::new(c, cfg.max_per_destination.max(1)));
                 }
                 Err(e) => tracing::error!(error = %e, ?mode, "cannot build SMTP client"),
             }
@@ -214,7 +216,7 @@ impl Worker {
         let core = &self.relay.core;
         let cfg = &core.config;
         let queue = &core.queue;
-        let mut msg = queue.load(id).await?;
+        let (mut msg, body) = queue.load_with_body(id).await?;
         let now = QueuedMessage::now();
         let due: Vec<usize> = msg
             .recipients
@@ -228,7 +230,6 @@ impl Worker {
         if due.is_empty() && !expired && !needs_notice {
             return Ok(());
         }
-        let body = queue.body(id).await?;
         let mut groups: HashMap<String, (Domain, Vec<usize>)> = HashMap::new();
         let mut outcomes: Vec<(usize, Outcome)> = Vec::new();
         for &i in &due {
@@ -482,6 +483,11 @@ impl Worker {
             }
         }
         all(Outcome::Retry(last, None))
+    }
+
+    /// (full, resumed) outbound TLS handshakes so far.
+    fn handshakes(&self) -> (u64, u64) {
+        self.services.values().map(|s| s.client().handshakes()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     }
 
     async fn send(&self, mode: TlsMode, req: SendRequest) -> Result<smtp_client::SendOutcome, smtp_client::Error> {

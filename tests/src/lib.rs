@@ -1,5 +1,7 @@
 //! Shared support for Tern's end-to-end tests: the `tern` binary as a child process, a raw SMTP
-//! client, bounded waiting, and Maildir inspection.
+//! client, bounded waiting, and Maildir inspection. The README's examples compile as this
+//! crate's doc tests (below).
+#![doc = include_str!("../../README.md")]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

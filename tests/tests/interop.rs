@@ -51,7 +51,12 @@ async fn postfix_smtp_sink() {
     wait_listening(addr).await;
     let mut conn = client().connect_addr(addr, "127.0.0.1").await.unwrap();
     assert!(conn.capabilities().pipelining, "smtp-sink offers PIPELINING");
-    let env = Envelope::from_str_addr("a@client.test").unwrap().to_str_addr("b@sink.test").unwrap().to_str_addr("c@sink.test").unwrap();
+    let env = Envelope::from_str_addr("a@client.test")
+        .unwrap()
+        .to_str_addr("b@sink.test")
+        .unwrap()
+        .to_str_addr("c@sink.test")
+        .unwrap();
     for i in 0..50 {
         let body = format!("Subject: {i}\r\n\r\n.line starting with a dot\r\nline\n");
         let out = conn.send(&env.0, body.into_bytes().into()).await.unwrap();

@@ -36,6 +36,9 @@ pub struct BenchArgs {
     /// Stop after this many seconds even if messages remain.
     #[arg(long)]
     pub duration: Option<u64>,
+    /// Domain of the recipients (user0@DOMAIN, user1@DOMAIN, ...).
+    #[arg(long, default_value = "sink.localhost")]
+    pub rcpt_domain: String,
     /// Open a new connection for every message instead of reusing one.
     #[arg(long)]
     pub no_reuse: bool,
@@ -56,7 +59,7 @@ pub async fn exec(args: BenchArgs) -> anyhow::Result<()> {
     let body = bench_body(args.size);
     let mut env = Envelope::from_str_addr("bench@bench.localhost")?;
     for i in 0..args.recipients.max(1) {
-        env = env.to_str_addr(&format!("user{i}@sink.localhost"))?;
+        env = env.to_str_addr(&format!("user{i}@{}", args.rcpt_domain))?;
     }
     let env = Arc::new(env.0);
     let next = Arc::new(AtomicU64::new(0));

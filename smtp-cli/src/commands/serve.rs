@@ -81,6 +81,9 @@ pub struct ServeArgs {
     /// Close idle connections after this many seconds. Default 300.
     #[arg(long)]
     pub idle_timeout: Option<u64>,
+    /// TLS for outbound deliveries: opportunistic (default), required or none.
+    #[arg(long)]
+    pub outbound_tls: Option<String>,
 }
 
 /// The resolved settings.
@@ -181,6 +184,14 @@ pub fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
     }
     if let Some(m) = pick(args.source_routes, file.source_routes) {
         relay.source_routes = m.parse::<SourceRoutes>().map_err(|e| err("source_routes", e))?;
+    }
+    if let Some(m) = pick(args.outbound_tls, file.outbound_tls) {
+        relay.outbound_tls = match m.as_str() {
+            "opportunistic" => smtp_client::TlsMode::Opportunistic,
+            "required" => smtp_client::TlsMode::Required,
+            "none" => smtp_client::TlsMode::None,
+            _ => return Err(err("outbound_tls", format!("{m:?}: expected opportunistic, required or none"))),
+        };
     }
     relay.auth_users =
         file.auth_users.unwrap_or_default().into_iter().map(|(u, p)| (u, Secret::new(p))).collect::<HashMap<_, _>>();

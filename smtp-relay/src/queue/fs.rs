@@ -165,6 +165,18 @@ impl Queue for FsQueue {
         Ok(Bytes::from(data).slice(off..))
     }
 
+    async fn load_with_body(&self, id: &str) -> Result<(QueuedMessage, Bytes), QueueError> {
+        let data = self.read(id)?;
+        match self.decode_full(id, &data) {
+            Ok((m, off)) => Ok((m, Bytes::from(data).slice(off..))),
+            Err(e @ QueueError::Corrupt { .. }) => {
+                self.set_aside(id, &e);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn update(&self, msg: &QueuedMessage) -> Result<(), QueueError> {
         let data = encode_state(msg);
         let name = format!("{}.st", msg.id);

@@ -137,6 +137,10 @@ pub trait Queue: Send + Sync + 'static {
     async fn load(&self, id: &str) -> Result<QueuedMessage, QueueError>;
     /// The message data.
     async fn body(&self, id: &str) -> Result<Bytes, QueueError>;
+    /// Envelope, state and data together (one read where the queue can).
+    async fn load_with_body(&self, id: &str) -> Result<(QueuedMessage, Bytes), QueueError> {
+        Ok((self.load(id).await?, self.body(id).await?))
+    }
     /// Stores new state for a message, durably.
     async fn update(&self, msg: &QueuedMessage) -> Result<(), QueueError>;
     /// Removes a message whose recipients are all done.

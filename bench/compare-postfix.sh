@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs Tern and Postfix side by side on this machine under the same loads (1 KiB messages,
+# 20 concurrent sessions) and prints the figures used in the issues' closing notes.
+# Needs: cargo, Postfix (bash .ci/install-peers), root (smtp-sink -u nobody, postfix start).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-20000}
+S=${S:-20}
+cargo build --release -q -p smtp-cli
+TERN=$PWD/target/release/tern
+WORK=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; postfix stop >/dev/null 2>&1 || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+secs() { /usr/bin/time -f %e "$@" 2>&1 >/dev/null | tail -1; }
+rate() { awk -v n="$1" -v t="$2" 'BEGIN { printf "%.0f msg/s (%d in %.2f s)", n / t, n, t }'; }
+
+pkill -f 'tern (sink|serve)' 2>/dev/null || true
+echo "== sinks, loaded by Postfix smtp-source (-s $S -m $N -l 1024, one session per message stream)"
+$TERN sink --listen 127.0.0.1:2526 >/dev/null & pids+=($!)
+/usr/sbin/smtp-sink -u nobody 127.0.0.1:2527 1000 & pids+=($!)
+sleep 0.5
+for port in 2526 2527; do
+  t=$(secs /usr/sbin/smtp-source -d -s "$S" -m "$N" -l 1024 -f a@x.test -t b@y.test 127.0.0.1:$port)
+  echo "  $( [ $port = 2526 ] && echo 'tern sink     ' || echo 'postfix smtp-sink') $(rate "$N" "$t")"
+done
+
+echo "== clients, sending to Postfix smtp-sink"
+t=$(secs /usr/sbin/smtp-source -d -s "$S" -m "$N" -l 1024 -f a@x.test -t b@y.test 127.0.0.1:2527)
+echo "  postfix smtp-source $(rate "$N" "$t")"
+$TERN bench --server 127.0.0.1:2527 --connections "$S" --messages "$N" --size 1024 | sed 's/^/  /'
+
+echo "== durable acceptance into the queue (fsync before 250), loaded by smtp-source"
+M=${M:-5000}
+$TERN serve --listen 127.0.0.1:2528 --hostname tern.test --data-dir "$WORK/tern" >/dev/null 2>&1 & pids+=($!)
+sleep 1
+t=$(secs /usr/sbin/smtp-source -d -s "$S" -m "$M" -l 1024 -f a@x.test -t user@tern.test 127.0.0.1:2528)
+echo "  tern serve (spool + Maildir delivery)   $(rate "$M" "$t")"
+postconf -e "inet_interfaces = 127.0.0.1" "mydestination = postfix.test" "default_transport = discard" \
+  "local_transport = discard" "local_recipient_maps =" "mynetworks = 127.0.0.0/8" \
+  "smtpd_client_connection_rate_limit = 0" "default_process_limit = 100" >/dev/null
+sed -i 's/^smtp      inet.*/127.0.0.1:2529 inet n - y - - smtpd/' /etc/postfix/master.cf
+postfix start >/dev/null 2>&1 || postfix reload >/dev/null 2>&1
+sleep 1
+t=$(secs /usr/sbin/smtp-source -d -s "$S" -m "$M" -l 1024 -f a@x.test -t user@postfix.test 127.0.0.1:2529)
+echo "  postfix smtpd (queue + discard delivery) $(rate "$M" "$t")"
