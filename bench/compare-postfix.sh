@@ -13,7 +13,13 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; postfix stop >/dev/null 2>&1 || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-secs() { /usr/bin/time -f %e "$@" 2>&1 >/dev/null | tail -1; }
+# Seconds taken by a command that must succeed (a failed run must not pass for a fast one).
+secs() {
+  local out
+  out=$(/usr/bin/time -f "%e %x" "$@" 2>&1 >/dev/null | tail -1)
+  [ "${out#* }" = 0 ] || { echo "FAILED: $* ($out)" >&2; exit 1; }
+  echo "${out% *}"
+}
 rate() { awk -v n="$1" -v t="$2" 'BEGIN { printf "%.0f msg/s (%d in %.2f s)", n / t, n, t }'; }
 
 pkill -f 'tern (sink|serve)' 2>/dev/null || true
@@ -41,7 +47,8 @@ postconf -e "inet_interfaces = 127.0.0.1" "mydestination = postfix.test" "defaul
   "local_transport = discard" "local_recipient_maps =" "mynetworks = 127.0.0.0/8" \
   "smtpd_client_connection_rate_limit = 0" "default_process_limit = 100" >/dev/null
 sed -i 's/^smtp      inet.*/127.0.0.1:2529 inet n - y - - smtpd/' /etc/postfix/master.cf
-postfix start >/dev/null 2>&1 || postfix reload >/dev/null 2>&1
-sleep 1
+postfix stop >/dev/null 2>&1 || true
+postfix start >/dev/null 2>&1
+sleep 2
 t=$(secs /usr/sbin/smtp-source -d -s "$S" -m "$M" -l 1024 -f a@x.test -t user@postfix.test 127.0.0.1:2529)
 echo "  postfix smtpd (queue + discard delivery) $(rate "$M" "$t")"

@@ -20,6 +20,7 @@
 //! - Partial success (RFC 788 DATA): recipients that fail after the `250` are notified about,
 //!   the others are delivered.
 
+mod commit;
 pub mod control;
 pub mod deliver;
 pub mod directory;

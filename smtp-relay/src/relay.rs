@@ -102,6 +102,7 @@ pub(crate) struct Core {
     pub(crate) queue: Arc<dyn Queue>,
     pub(crate) terminals: Arc<Terminals>,
     pub(crate) maildir: Maildir,
+    pub(crate) commit: crate::commit::GroupCommit,
     pub(crate) wake: mpsc::UnboundedSender<QueueId>,
 }
 
@@ -114,14 +115,16 @@ pub struct Relay {
 
 impl Relay {
     /// Builds the relay and its scheduler; run the scheduler with
-    /// [`Scheduler::run`](crate::schedule::Scheduler::run).
-    pub fn new(config: RelayConfig, queue: Arc<dyn Queue>) -> (Relay, crate::schedule::Scheduler) {
+    /// [`Scheduler::run`](crate::schedule::Scheduler::run). Fails only if the thread that
+    /// commits local deliveries cannot start.
+    pub fn new(config: RelayConfig, queue: Arc<dyn Queue>) -> std::io::Result<(Relay, crate::schedule::Scheduler)> {
         let (wake, rx) = mpsc::unbounded_channel();
         let maildir = Maildir::new(config.data_dir.join("mail"), &config.hostname);
-        let core = Arc::new(Core { config, queue, terminals: Arc::default(), maildir, wake });
+        let commit = crate::commit::GroupCommit::start("tern-maildir-commit")?;
+        let core = Arc::new(Core { config, queue, terminals: Arc::default(), maildir, commit, wake });
         let relay = Relay { core };
         let scheduler = crate::schedule::Scheduler::new(relay.clone(), rx);
-        (relay, scheduler)
+        Ok((relay, scheduler))
     }
 
     /// The policy service: MAIL, RCPT (relay rules, users, terminals), VRFY, EXPN, AUTH.

@@ -96,7 +96,17 @@ impl Scheduler {
                 }
             },
         };
-        let worker = Arc::new(Worker::new(self.relay.clone(), resolver));
+        let recovered: HashSet<QueueId> = match self.relay.core.queue.list().await {
+            Ok(ids) => ids.into_iter().collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "queue scan failed");
+                HashSet::new()
+            }
+        };
+        if !recovered.is_empty() {
+            tracing::info!(messages = recovered.len(), "resuming queued messages");
+        }
+        let worker = Arc::new(Worker::new(self.relay.clone(), resolver, recovered));
         let tick_every = (cfg.retry_interval / 2).clamp(Duration::from_millis(200), Duration::from_secs(30));
         let mut tick = tokio::time::interval(tick_every);
         tokio::pin!(shutdown);
@@ -155,6 +165,8 @@ struct Worker {
     in_flight: Mutex<HashSet<QueueId>>,
     global: Arc<Semaphore>,
     per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Messages found in the queue at start: an earlier run may have delivered some recipients.
+    recovered: HashSet<QueueId>,
 }
 
 struct InFlight<'a>(&'a Mutex<HashSet<QueueId>>, QueueId);
@@ -166,7 +178,7 @@ impl Drop for InFlight<'_> {
 }
 
 impl Worker {
-    fn new(relay: Relay, resolver: Arc<dyn MxResolver>) -> Worker {
+    fn new(relay: Relay, resolver: Arc<dyn MxResolver>, recovered: HashSet<QueueId>) -> Worker {
         let cfg = &relay.core.config;
         let ehlo = Domain::parse(&cfg.hostname).unwrap_or(Domain::Name("localhost".into()));
         let mut services = HashMap::new();
@@ -187,7 +199,7 @@ impl Worker {
             }
         }
         let global = Arc::new(Semaphore::new(cfg.max_deliveries.max(1)));
-        Worker { relay, resolver, services, in_flight: Mutex::default(), global, per_host: Mutex::default() }
+        Worker { relay, resolver, services, in_flight: Mutex::default(), global, per_host: Mutex::default(), recovered }
     }
 
     async fn scan(self: Arc<Self>, tasks: &TaskSet, force: bool) {
@@ -343,12 +355,12 @@ impl Worker {
         };
         let terminal = || async { core.terminals.deliver(&user, body.clone()).await };
         let to_maildir = || async {
-            let (maildir, user, key, from, body) =
-                (core.maildir.clone(), user.clone(), format!("{}R{i}", msg.id), msg.from.clone(), body.clone());
-            let arrival = msg.arrival;
-            match tokio::task::spawn_blocking(move || maildir.deliver(&user, &key, arrival, &from, &body)).await {
-                Ok(Ok(_)) => Outcome::Delivered(None),
-                Ok(Err(e)) => Outcome::Retry(format!("451 4.3.0 Local delivery failed: {e}"), None),
+            let key = format!("{}R{i}", msg.id);
+            // After a restart or a failed attempt the file may already be there.
+            let thorough = msg.recipients[i].attempts > 0 || self.recovered.contains(&msg.id);
+            match core.maildir.deliver_grouped(&core.commit, &user, &key, msg.arrival, &msg.from, body, thorough).await
+            {
+                Ok(_) => Outcome::Delivered(None),
                 Err(e) => Outcome::Retry(format!("451 4.3.0 Local delivery failed: {e}"), None),
             }
         };

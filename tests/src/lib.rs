@@ -227,7 +227,7 @@ impl InProcess {
         let hostname = config.hostname.clone();
         let queue = std::sync::Arc::new(smtp_relay::FsQueue::open(data_dir.join("queue")).expect("queue"));
         let auth = !config.auth_users.is_empty();
-        let (relay, mut scheduler) = smtp_relay::Relay::new(config, queue);
+        let (relay, mut scheduler) = smtp_relay::Relay::new(config, queue).expect("relay");
         if let Some(r) = resolver {
             scheduler = scheduler.with_resolver(r);
         }

@@ -225,7 +225,7 @@ pub async fn exec(s: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&s.data_dir).map_err(|e| anyhow::anyhow!("{}: {e}", s.data_dir.display()))?;
     let queue = Arc::new(FsQueue::open(s.data_dir.join("queue")).map_err(|e| anyhow::anyhow!("queue: {e}"))?);
     let auth = !s.relay.auth_users.is_empty();
-    let (relay, scheduler) = Relay::new(s.relay, queue);
+    let (relay, scheduler) = Relay::new(s.relay, queue)?;
     let handle = scheduler.handle();
     let mut builder = Server::builder(s.hostname.clone()).tls(s.tls).options(|o| {
         o.session.max_message_size = s.max_message_size;

@@ -3,40 +3,30 @@
 //! Layout under `DIR/queue/`: `tmp/` (files being written), `msg/ID` (envelope and body),
 //! `msg/ID.st` (delivery state), `corrupt/` (damaged records set aside).
 //!
-//! Durability: a committer thread takes every write waiting at that moment as one batch, writes
-//! each to `tmp/`, makes all of them durable with a single `syncfs`, renames them into `msg/`,
-//! and makes the renames durable with a single fsync of `msg/`. Only then are the callers told,
-//! so a `250` is sent only for mail that survives a crash, and twenty concurrent transactions
-//! cost two disk flushes, not twenty (group commit). A process killed before the rename leaves
-//! only a file in `tmp/`, which recovery sets aside: never half a message in `msg/`.
+//! Durability goes through [`GroupCommit`]: every write waiting at a moment is written to `tmp/`,
+//! made durable with one `syncfs`, renamed into `msg/`, and the renames made durable with one
+//! fsync of `msg/`. Only then are the callers told, so a `250` is sent only for mail that
+//! survives a crash, and twenty concurrent transactions cost two disk flushes, not twenty. A
+//! process killed before the rename leaves only a file in `tmp/`, which recovery sets aside:
+//! never half a message in `msg/`.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::sync::Mutex;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
 
 use super::record::{apply_state, decode, encode, encode_state};
 use super::{Queue, QueueError, QueueId, QueuedMessage};
-
-/// Most writes committed in one batch.
-const MAX_BATCH: usize = 256;
-
-enum Job {
-    Write { name: String, data: Vec<u8>, done: oneshot::Sender<io::Result<()>> },
-    Remove { names: Vec<String>, done: oneshot::Sender<io::Result<()>> },
-}
+use crate::commit::{GroupCommit, Op};
 
 /// The default [`Queue`]: a directory of files, fsync'd with group commit.
 pub struct FsQueue {
     dir: PathBuf,
     /// `None` for a read-only view.
-    jobs: Option<Mutex<mpsc::Sender<Job>>>,
+    commit: Option<GroupCommit>,
     counter: AtomicU64,
 }
 
@@ -60,10 +50,8 @@ impl FsQueue {
             tracing::warn!(file = %entry.path().display(), "interrupted spool write set aside");
             fs::rename(entry.path(), to)?;
         }
-        let (tx, rx) = mpsc::channel();
-        let committer_dir = dir.clone();
-        std::thread::Builder::new().name("tern-spool-commit".into()).spawn(move || committer(committer_dir, rx))?;
-        Ok(FsQueue { dir, jobs: Some(Mutex::new(tx)), counter: AtomicU64::new(0) })
+        let commit = GroupCommit::start("tern-spool-commit")?;
+        Ok(FsQueue { dir, commit: Some(commit), counter: AtomicU64::new(0) })
     }
 
     /// A read-only view of a spool that a running server may be writing (for `tern queue`):
@@ -73,7 +61,7 @@ impl FsQueue {
         if !dir.join("msg").is_dir() {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("no spool in {}", dir.display())));
         }
-        Ok(FsQueue { dir, jobs: None, counter: AtomicU64::new(0) })
+        Ok(FsQueue { dir, commit: None, counter: AtomicU64::new(0) })
     }
 
     /// The spool directory.
@@ -90,11 +78,12 @@ impl FsQueue {
         format!("{micros:013X}{:02X}{:04X}", std::process::id() & 0xff, n & 0xffff)
     }
 
-    async fn submit(&self, make: impl FnOnce(oneshot::Sender<io::Result<()>>) -> Job) -> Result<(), QueueError> {
-        let (done, wait) = oneshot::channel();
-        let jobs = self.jobs.as_ref().ok_or(QueueError::Closed)?;
-        jobs.lock().unwrap_or_else(|e| e.into_inner()).send(make(done)).map_err(|_| QueueError::Closed)?;
-        wait.await.map_err(|_| QueueError::Closed)?.map_err(QueueError::Io)
+    /// Writes `msg/NAME` durably (through `tmp/`), sharing the flush with concurrent writers.
+    async fn write(&self, name: &str, data: Vec<u8>) -> Result<(), QueueError> {
+        let commit = self.commit.as_ref().ok_or(QueueError::Closed)?;
+        let seq = self.counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.dir.join("tmp").join(format!("{name}.{seq}"));
+        commit.run(Op::Write { tmp, dest: self.dir.join("msg").join(name), data }).await.map_err(QueueError::Io)
     }
 
     fn read(&self, id: &str) -> Result<Vec<u8>, QueueError> {
@@ -108,7 +97,7 @@ impl FsQueue {
     }
 
     fn set_aside(&self, id: &str, why: &dyn std::fmt::Display) {
-        if self.jobs.is_none() {
+        if self.commit.is_none() {
             tracing::warn!(%id, reason = %why, "corrupt spool record");
             return;
         }
@@ -141,9 +130,7 @@ fn valid_id(id: &str) -> bool {
 impl Queue for FsQueue {
     async fn enqueue(&self, mut msg: QueuedMessage, body: Bytes) -> Result<QueueId, QueueError> {
         msg.id = self.new_id();
-        let data = encode(&msg, &body);
-        let name = msg.id.clone();
-        self.submit(|done| Job::Write { name, data, done }).await?;
+        self.write(&msg.id, encode(&msg, &body)).await?;
         Ok(msg.id)
     }
 
@@ -178,17 +165,16 @@ impl Queue for FsQueue {
     }
 
     async fn update(&self, msg: &QueuedMessage) -> Result<(), QueueError> {
-        let data = encode_state(msg);
-        let name = format!("{}.st", msg.id);
-        self.submit(|done| Job::Write { name, data, done }).await
+        self.write(&format!("{}.st", msg.id), encode_state(msg)).await
     }
 
     async fn remove(&self, id: &str) -> Result<(), QueueError> {
         if !valid_id(id) {
             return Err(QueueError::NotFound(id.to_string()));
         }
-        let names = vec![id.to_string(), format!("{id}.st")];
-        self.submit(|done| Job::Remove { names, done }).await
+        let commit = self.commit.as_ref().ok_or(QueueError::Closed)?;
+        let paths = vec![self.dir.join("msg").join(id), self.dir.join("msg").join(format!("{id}.st"))];
+        commit.run(Op::Remove { paths }).await.map_err(QueueError::Io)
     }
 
     async fn list(&self) -> Result<Vec<QueueId>, QueueError> {
@@ -217,84 +203,12 @@ impl Queue for FsQueue {
                 Err(e) => return Err(e),
             }
         }
-        for orphan in states.iter().filter(|s| self.jobs.is_some() && !good.contains(s)) {
+        for orphan in states.iter().filter(|s| self.commit.is_some() && !good.contains(s)) {
             let _ = fs::remove_file(self.dir.join("msg").join(format!("{orphan}.st")));
         }
         good.sort();
         Ok(good)
     }
-}
-
-fn committer(dir: PathBuf, rx: mpsc::Receiver<Job>) {
-    let tmp = dir.join("tmp");
-    let msg = dir.join("msg");
-    let mut seq: u64 = 0;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter().take(MAX_BATCH - 1));
-        // 1. Write every file of the batch to tmp/.
-        let mut written: Vec<(PathBuf, PathBuf, oneshot::Sender<io::Result<()>>)> = Vec::new();
-        let mut removes = Vec::new();
-        for job in batch {
-            match job {
-                Job::Write { name, data, done } => {
-                    seq += 1;
-                    let t = tmp.join(format!("{name}.{seq}"));
-                    match write_file(&t, &data) {
-                        Ok(()) => written.push((t, msg.join(&name), done)),
-                        Err(e) => {
-                            let _ = fs::remove_file(&t);
-                            let _ = done.send(Err(e));
-                        }
-                    }
-                }
-                Job::Remove { names, done } => removes.push((names, done)),
-            }
-        }
-        // 2. One flush makes all of their data durable.
-        let synced = if written.is_empty() { Ok(()) } else { sync_fs(&tmp) };
-        if let Err(e) = synced {
-            for (t, _, done) in written.drain(..) {
-                let _ = fs::remove_file(&t);
-                let _ = done.send(Err(io::Error::new(e.kind(), e.to_string())));
-            }
-        }
-        // 3. Rename into place, apply removals, one fsync of msg/ for all the names.
-        let mut results = Vec::new();
-        for (t, to, done) in written {
-            results.push((fs::rename(&t, &to), done));
-        }
-        for (names, done) in removes {
-            let mut r = Ok(());
-            for n in names {
-                if let Err(e) = fs::remove_file(msg.join(&n)) {
-                    if e.kind() != io::ErrorKind::NotFound {
-                        r = Err(e);
-                    }
-                }
-            }
-            results.push((r, done));
-        }
-        let dir_sync = File::open(&msg).and_then(|d| d.sync_all());
-        for (r, done) in results {
-            let r = match (&r, &dir_sync) {
-                (Ok(()), Err(e)) => Err(io::Error::new(e.kind(), e.to_string())),
-                _ => r,
-            };
-            let _ = done.send(r);
-        }
-    }
-}
-
-fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
-    let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
-    f.write_all(data)
-}
-
-/// Flushes the whole filesystem holding `dir` (one flush for a batch of files).
-fn sync_fs(dir: &Path) -> io::Result<()> {
-    let d = File::open(dir)?;
-    rustix::fs::syncfs(&d).map_err(io::Error::from)
 }
 
 #[cfg(test)]
@@ -354,6 +268,7 @@ mod tests {
         };
         // A process killed between write and rename leaves a file in tmp/ only.
         let half = encode(&msg(), b"half a mess");
+        use std::fs;
         fs::write(dir.path().join("tmp").join("X.1"), &half[..half.len() - 4]).unwrap();
         // A damaged record in msg/.
         fs::write(dir.path().join("msg").join("BROKEN1"), b"TERN-SPOOL 1\nid BROKEN1\nbody 99\nxx").unwrap();

@@ -1,0 +1,156 @@
+//! Group commit: many small durable file operations share one flush.
+//!
+//! A committer thread takes every operation waiting at that moment as one batch: it writes each
+//! new file under its temporary name, flushes all of their data at once (the `fdatasync` calls
+//! are issued concurrently, so the filesystem journal commits them together), renames them into
+//! place, applies removals, and makes the directory entries durable with one fsync per directory
+//! for the whole batch. Only then is each caller told. A crash before the rename leaves only a
+//! temporary file; after the directory fsync, the file is durable.
+//!
+//! (A single `syncfs` per batch was tried first: on a filesystem shared with other work it
+//! writes back everything dirty and was several times slower than concurrent `fdatasync`.)
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex};
+
+use tokio::sync::oneshot;
+
+/// Most operations committed in one batch.
+const MAX_BATCH: usize = 256;
+
+/// One durable file operation.
+#[derive(Debug)]
+pub(crate) enum Op {
+    /// Write `data` to `tmp`, then rename it to `dest`.
+    Write { tmp: PathBuf, dest: PathBuf, data: Vec<u8> },
+    /// Remove these files (missing ones are fine).
+    Remove { paths: Vec<PathBuf> },
+}
+
+struct Job {
+    op: Op,
+    done: oneshot::Sender<io::Result<()>>,
+}
+
+/// A handle to a committer thread.
+pub(crate) struct GroupCommit {
+    tx: Mutex<mpsc::Sender<Job>>,
+}
+
+impl GroupCommit {
+    /// Starts a committer thread called `name`.
+    pub(crate) fn start(name: &str) -> io::Result<GroupCommit> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new().name(name.into()).spawn(move || committer(rx))?;
+        Ok(GroupCommit { tx: Mutex::new(tx) })
+    }
+
+    /// Runs `op` durably, sharing the flush with whatever else is pending.
+    pub(crate) async fn run(&self, op: Op) -> io::Result<()> {
+        let (done, wait) = oneshot::channel();
+        let closed = || io::Error::other("committer stopped");
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).send(Job { op, done }).map_err(|_| closed())?;
+        wait.await.map_err(|_| closed())?
+    }
+}
+
+fn parent(p: &Path) -> PathBuf {
+    p.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn committer(rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter().take(MAX_BATCH - 1));
+        // 1. Write the new files under their temporary names.
+        let mut written = Vec::new();
+        let mut removes = Vec::new();
+        for Job { op, done } in batch {
+            match op {
+                Op::Write { tmp, dest, data } => match write_file(&tmp, &data) {
+                    Ok(file) => written.push((file, tmp, dest, done)),
+                    Err(e) => {
+                        let _ = fs::remove_file(&tmp);
+                        let _ = done.send(Err(e));
+                    }
+                },
+                Op::Remove { paths } => removes.push((paths, done)),
+            }
+        }
+        // 2. Flush all of their data together.
+        let files: Vec<&File> = written.iter().map(|(f, ..)| f).collect();
+        let synced = sync_data_all(&files);
+        let mut writes = Vec::new();
+        for ((_, tmp, dest, done), r) in written.into_iter().zip(synced) {
+            match r {
+                Ok(()) => writes.push((tmp, dest, done)),
+                Err(e) => {
+                    let _ = fs::remove_file(&tmp);
+                    let _ = done.send(Err(e));
+                }
+            }
+        }
+        // 3. Rename into place and remove; then one fsync per directory touched.
+        let mut dirs = BTreeSet::new();
+        let mut results = Vec::new();
+        for (tmp, dest, done) in writes {
+            dirs.insert(parent(&dest));
+            results.push((fs::rename(&tmp, &dest), done));
+        }
+        for (paths, done) in removes {
+            let mut r = Ok(());
+            for p in paths {
+                dirs.insert(parent(&p));
+                if let Err(e) = fs::remove_file(&p) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        r = Err(e);
+                    }
+                }
+            }
+            results.push((r, done));
+        }
+        let dir_sync = dirs.iter().try_for_each(|d| File::open(d).and_then(|f| f.sync_all()));
+        for (r, done) in results {
+            let r = match (r, &dir_sync) {
+                (Ok(()), Err(e)) => Err(io::Error::new(e.kind(), e.to_string())),
+                (r, _) => r,
+            };
+            let _ = done.send(r);
+        }
+    }
+}
+
+fn write_file(path: &Path, data: &[u8]) -> io::Result<File> {
+    let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+    f.write_all(data)?;
+    Ok(f)
+}
+
+/// Most threads issuing flushes for one batch.
+const SYNC_THREADS: usize = 8;
+/// Files per flush thread: small batches are flushed from the committer thread alone.
+const FILES_PER_THREAD: usize = 4;
+
+/// `fdatasync` on every file, issued from several threads at once so the journal commits them
+/// together instead of one after another.
+fn sync_data_all(files: &[&File]) -> Vec<io::Result<()>> {
+    if files.len() <= FILES_PER_THREAD {
+        return files.iter().map(|f| f.sync_data()).collect();
+    }
+    let per = files.len().div_ceil(SYNC_THREADS).max(FILES_PER_THREAD);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = files
+            .chunks(per)
+            .map(|c| (c.len(), s.spawn(move || c.iter().map(|f| f.sync_data()).collect::<Vec<_>>())))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|(n, h)| {
+                h.join().unwrap_or_else(|_| (0..n).map(|_| Err(io::Error::other("flush thread failed"))).collect())
+            })
+            .collect()
+    })
+}
