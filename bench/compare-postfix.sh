@@ -24,7 +24,8 @@ rate() { awk -v n="$1" -v t="$2" 'BEGIN { printf "%.0f msg/s (%d in %.2f s)", n 
 
 pkill -f 'tern (sink|serve)' 2>/dev/null || true
 echo "== sinks, loaded by Postfix smtp-source (-s $S -m $N -l 1024, one session per message stream)"
-$TERN sink --listen 127.0.0.1:2526 >/dev/null & pids+=($!)
+# One worker thread, like the single-process smtp-sink.
+$TERN sink --threads 1 --listen 127.0.0.1:2526 >/dev/null & pids+=($!)
 /usr/sbin/smtp-sink -u nobody 127.0.0.1:2527 1000 & pids+=($!)
 sleep 0.5
 for port in 2526 2527; do
@@ -41,8 +42,11 @@ echo "== durable acceptance into the queue (fsync before 250), loaded by smtp-so
 M=${M:-5000}
 $TERN serve --listen 127.0.0.1:2528 --hostname tern.test --data-dir "$WORK/tern" >/dev/null 2>&1 & pids+=($!)
 sleep 1
-t=$(secs /usr/sbin/smtp-source -d -s "$S" -m "$M" -l 1024 -f a@x.test -t user@tern.test 127.0.0.1:2528)
-echo "  tern serve (spool + Maildir delivery)   $(rate "$M" "$t")"
+for run in 1 2; do
+  t=$(secs /usr/sbin/smtp-source -d -s "$S" -m "$M" -l 1024 -f a@x.test -t user@tern.test 127.0.0.1:2528)
+  echo "  tern serve (spool + Maildir delivery), run $run   $(rate "$M" "$t")"
+  sleep 2
+done
 postconf -e "inet_interfaces = 127.0.0.1" "mydestination = postfix.test" "default_transport = discard" \
   "local_transport = discard" "local_recipient_maps =" "mynetworks = 127.0.0.0/8" \
   "smtpd_client_connection_rate_limit = 0" "default_process_limit = 100" >/dev/null
@@ -50,5 +54,8 @@ sed -i 's/^smtp      inet.*/127.0.0.1:2529 inet n - y - - smtpd/' /etc/postfix/m
 postfix stop >/dev/null 2>&1 || true
 postfix start >/dev/null 2>&1
 sleep 2
-t=$(secs /usr/sbin/smtp-source -d -s "$S" -m "$M" -l 1024 -f a@x.test -t user@postfix.test 127.0.0.1:2529)
-echo "  postfix smtpd (queue + discard delivery) $(rate "$M" "$t")"
+for run in 1 2; do
+  t=$(secs /usr/sbin/smtp-source -d -s "$S" -m "$M" -l 1024 -f a@x.test -t user@postfix.test 127.0.0.1:2529)
+  echo "  postfix smtpd (queue + discard delivery), run $run $(rate "$M" "$t")"
+  sleep 2
+done

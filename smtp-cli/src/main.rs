@@ -21,6 +21,9 @@ struct Cli {
     /// Log format for `serve`: human or json.
     #[arg(long, global = true)]
     log_format: Option<String>,
+    /// Worker threads of the async runtime (default: one per core).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,6 +56,7 @@ fn init_logging(format: Option<&str>, level: &str) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let threads = cli.threads;
     let format = match &cli.command {
         Command::Serve(a) => cli.log_format.clone().or_else(|| commands::serve::log_format(a)),
         _ => cli.log_format.clone(),
@@ -74,7 +78,11 @@ fn main() -> ExitCode {
         },
         other => Err(other),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tern: cannot start the runtime: {e}");
