@@ -217,3 +217,81 @@ async fn mx_lookup_through_the_resolver_trait() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A next hop that offers STARTTLS but answers the handshake with garbage. Counts connections
+/// and records whether a message arrived in plaintext.
+async fn broken_tls_server() -> (SocketAddr, Arc<std::sync::Mutex<(u32, bool)>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let state = Arc::new(std::sync::Mutex::new((0u32, false)));
+    let st = state.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else { return };
+            st.lock().unwrap().0 += 1;
+            let st = st.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = tcp.into_split();
+                let mut r = BufReader::new(r);
+                let mut line = String::new();
+                let _ = w.write_all(b"220 broken.test ESMTP\r\n").await;
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" => b"250-broken.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n",
+                        "STAR" => {
+                            let _ = w.write_all(b"220 go ahead\r\n").await;
+                            let _ = w.write_all(b"this is not a TLS server hello\r\n").await;
+                            return;
+                        }
+                        "DATA" => {
+                            let _ = w.write_all(b"354 go\r\n").await;
+                            loop {
+                                line.clear();
+                                if r.read_line(&mut line).await.unwrap_or(0) == 0 || line == ".\r\n" {
+                                    break;
+                                }
+                            }
+                            st.lock().unwrap().1 = true;
+                            b"250 2.0.0 got it\r\n"
+                        }
+                        "QUIT" => b"221 bye\r\n",
+                        _ => b"250 OK\r\n",
+                    };
+                    let _ = w.write_all(reply).await;
+                }
+            });
+        }
+    });
+    (addr, state)
+}
+
+#[tokio::test]
+async fn opportunistic_tls_downgrades_once_required_never() {
+    let da = tempfile::tempdir().unwrap();
+    let (addr, state) = broken_tls_server().await;
+    let mut a_cfg = cfg("a.test", da.path(), &["a.test"], &[]);
+    a_cfg.routes.insert("broken.test".into(), ("127.0.0.1".into(), addr.port()));
+    a_cfg.routes.insert("strict.test".into(), ("127.0.0.1".into(), addr.port()));
+    a_cfg.tls_per_domain.insert("strict.test".into(), smtp_client::TlsMode::Required);
+    let a = InProcess::start(a_cfg, None).await;
+    // Opportunistic: the failed handshake is followed by one plaintext delivery.
+    assert!(submit(a.addr, "<s@a.test>", "<u@broken.test>", "Subject: d\r\n\r\nx").await.starts_with("250"));
+    let st = state.clone();
+    wait_until("plaintext delivery after the failed handshake", move || st.lock().unwrap().1).await;
+    assert_eq!(state.lock().unwrap().0, 2, "one TLS attempt, one plaintext retry");
+    wait_until("queue drained", || queue_empty(da.path())).await;
+    // Required: never in plaintext; the message stays queued for retry.
+    *state.lock().unwrap() = (0, false);
+    assert!(submit(a.addr, "<s@a.test>", "<u@strict.test>", "Subject: r\r\n\r\nx").await.starts_with("250"));
+    let st = state.clone();
+    wait_until("two TLS attempts", move || st.lock().unwrap().0 >= 2).await;
+    assert!(!state.lock().unwrap().1, "a required-TLS route never sends in plaintext");
+    assert!(!queue_empty(da.path()));
+    a.stop().await;
+}
