@@ -159,3 +159,45 @@ fn help_and_version() {
         assert!(out.contains("Example"), "{sub} --help has an example:\n{out}");
     }
 }
+
+#[tokio::test]
+async fn queue_list_show_flush_delete_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let route = format!("far.test=127.0.0.1:{}", dead.port());
+    let tern = Tern::serve(dir.path(), &["--route", &route, "--log-format", "json"]);
+    let (code, out, _) = run(
+        &["send", "--server", &tern.addr.to_string(), "--from", "me@mx.test", "--to", "x@far.test", "--tls", "none"],
+        b"hi\n",
+    );
+    assert_eq!(code, 0, "{out}");
+    let id = out.lines().last().unwrap().rsplit(' ').next().unwrap().to_string();
+    let data = dir.path().to_str().unwrap();
+    let (code, out, _) = run(&["queue", "list", "--data-dir", data], b"");
+    assert_eq!(code, 0);
+    assert!(out.contains(&id) && out.contains("<me@mx.test>") && out.contains("1/1"), "{out}");
+    let d = dir.path().to_path_buf();
+    let shown = id.clone();
+    wait_until("a failed attempt recorded", move || {
+        let (_, out, _) = run(&["queue", "show", &shown, "--data-dir", d.to_str().unwrap()], b"");
+        out.contains("last error:")
+    })
+    .await;
+    let (code, out, _) = run(&["queue", "show", &id, "--data-dir", data], b"");
+    assert_eq!(code, 0);
+    assert!(out.contains("to:       <x@far.test> [pending") && out.contains("Subject: tern send"), "{out}");
+    let (code, out, _) = run(&["queue", "flush", "--data-dir", data], b"");
+    assert_eq!((code, out.trim()), (0, "flush requested"));
+    let (code, out, _) = run(&["queue", "delete", &id, "--data-dir", data], b"");
+    assert_eq!((code, out.trim().to_string()), (0, format!("deleted {id}")));
+    let (_, out, _) = run(&["queue", "list", "--data-dir", data], b"");
+    assert!(out.contains("queue is empty"), "{out}");
+    let logs: Vec<String> =
+        tern.stdout.try_iter().filter_map(|l| l.strip_prefix("log: ").map(str::to_string)).collect();
+    assert!(
+        !logs.is_empty() && logs.iter().all(|l| l.starts_with('{') && l.ends_with('}')),
+        "JSON log lines: {logs:?}"
+    );
+    let status = tern.terminate();
+    assert!(status.success());
+}
