@@ -32,6 +32,7 @@ pub struct FileConfig {
     pub idle_timeout: Option<u64>,
     pub log_format: Option<String>,
     pub outbound_tls: Option<String>,
+    pub route_tls: Option<Vec<String>>,
     /// AUTH users: name = "password" (only offered under TLS).
     pub auth_users: Option<HashMap<String, String>>,
 }

@@ -84,6 +84,9 @@ pub struct ServeArgs {
     /// TLS for outbound deliveries: opportunistic (default), required or none.
     #[arg(long)]
     pub outbound_tls: Option<String>,
+    /// Outbound TLS for one destination domain, DOMAIN=opportunistic|required|none (repeatable).
+    #[arg(long)]
+    pub route_tls: Vec<String>,
 }
 
 /// The resolved settings.
@@ -185,13 +188,18 @@ pub fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
     if let Some(m) = pick(args.source_routes, file.source_routes) {
         relay.source_routes = m.parse::<SourceRoutes>().map_err(|e| err("source_routes", e))?;
     }
+    let tls_mode = |key: &str, m: &str| match m {
+        "opportunistic" => Ok(smtp_client::TlsMode::Opportunistic),
+        "required" => Ok(smtp_client::TlsMode::Required),
+        "none" => Ok(smtp_client::TlsMode::None),
+        _ => Err(err(key, format!("{m:?}: expected opportunistic, required or none"))),
+    };
     if let Some(m) = pick(args.outbound_tls, file.outbound_tls) {
-        relay.outbound_tls = match m.as_str() {
-            "opportunistic" => smtp_client::TlsMode::Opportunistic,
-            "required" => smtp_client::TlsMode::Required,
-            "none" => smtp_client::TlsMode::None,
-            _ => return Err(err("outbound_tls", format!("{m:?}: expected opportunistic, required or none"))),
-        };
+        relay.outbound_tls = tls_mode("outbound_tls", &m)?;
+    }
+    for r in many(args.route_tls, file.route_tls) {
+        let (d, m) = r.split_once('=').ok_or_else(|| err("route_tls", format!("{r:?} is not DOMAIN=MODE")))?;
+        relay.tls_per_domain.insert(d.to_lowercase(), tls_mode("route_tls", m)?);
     }
     relay.auth_users =
         file.auth_users.unwrap_or_default().into_iter().map(|(u, p)| (u, Secret::new(p))).collect::<HashMap<_, _>>();
