@@ -438,9 +438,7 @@ impl Connection {
             Body::Reader(mut r) => {
                 let mut buf = vec![0u8; CHUNK];
                 loop {
-                    let n = tokio::time::timeout(t.data_block, r.read(&mut buf))
-                        .await
-                        .map_err(|_| Error::Timeout(Phase::Data))??;
+                    let n = read_block(&mut r, &mut buf, t.data_block).await?;
                     if n == 0 {
                         break;
                     }
@@ -474,9 +472,7 @@ impl Connection {
             Body::Reader(mut r) => {
                 let mut buf = vec![0u8; CHUNK];
                 loop {
-                    let n = tokio::time::timeout(t.data_block, r.read(&mut buf))
-                        .await
-                        .map_err(|_| Error::Timeout(Phase::Data))??;
+                    let n = read_block(&mut r, &mut buf, t.data_block).await?;
                     if n == 0 {
                         norm.finish_lines(&mut out);
                         self.session.send_bdat(&out, true)?;
@@ -602,6 +598,15 @@ impl Connection {
         }
         r
     }
+}
+
+/// Reads the next block of a streamed body, within the data-block timeout.
+async fn read_block(
+    r: &mut (dyn tokio::io::AsyncRead + Send + Unpin),
+    buf: &mut [u8],
+    wait: Duration,
+) -> Result<usize, Error> {
+    Ok(tokio::time::timeout(wait, r.read(buf)).await.map_err(|_| Error::Timeout(Phase::Data))??)
 }
 
 fn closed() -> Error {

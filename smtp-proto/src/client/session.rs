@@ -325,7 +325,8 @@ impl ClientSession {
     }
 
     fn dispatch(&mut self, expect: Expect, reply: Reply) {
-        let is_421 = reply.code() == 421;
+        // RFC 5321 3.8: 421 to any command means the server is closing the connection.
+        let closing = (reply.code() == 421).then(|| reply.clone());
         match expect {
             Expect::Greeting => {
                 if reply.code() != 220 {
@@ -424,9 +425,9 @@ impl ClientSession {
                 self.events.push_back(ClientEvent::Reply(kind, reply));
             }
         }
-        if is_421 && self.state != State::Closed {
+        if let Some(reply) = closing.filter(|_| self.state != State::Closed) {
             self.state = State::Closed;
-            self.events.push_back(ClientEvent::Failed(CommandKind::Noop, Reply::new(421, None, "service closing")));
+            self.events.push_back(ClientEvent::Failed(CommandKind::Noop, reply));
         }
     }
 
