@@ -311,3 +311,45 @@ fn pipelined_replies_in_one_output() {
     let out = s.poll_output().unwrap();
     assert_eq!(codes_of(std::str::from_utf8(&out).unwrap()), ["250", "250", "250", "250", "354"]);
 }
+
+/// RFC 5321 appendix D.1, a typical SMTP transaction (one recipient refused).
+#[test]
+fn rfc5321_d1_typical_transaction() {
+    let input = b"EHLO bar.com\r\nMAIL FROM:<Smith@bar.com>\r\nRCPT TO:<Jones@foo.com>\r\nRCPT TO:<Green@foo.com>\r\n\
+RCPT TO:<Brown@foo.com>\r\nDATA\r\nBlah blah blah...\r\n...etc. etc. etc.\r\n.\r\nQUIT\r\n";
+    let refuse = |e: &Event| match e {
+        Event::Rcpt { to, .. } if to.to_string() == "<Green@foo.com>" => {
+            Some(Reply::new(550, Some(smtp_proto::EnhancedCode::new(5, 1, 1)), "No such user here"))
+        }
+        _ => None,
+    };
+    let run = transcript(ServerConfig { hostname: "foo.com".into(), ..cfg() }, input, &refuse);
+    assert_eq!(codes_of(&run.output), ["220", "250", "250", "250", "550", "250", "354", "250", "221"]);
+    assert!(run.output.contains("250-foo.com greets bar.com\r\n"));
+    assert_eq!(run.body, b"Blah blah blah...\r\n..etc. etc. etc.\r\n", "the leading dot of '...etc' is unstuffed once");
+}
+
+/// RFC 5321 appendix D.2, an aborted transaction: RSET clears it.
+#[test]
+fn rfc5321_d2_aborted_transaction() {
+    let input = b"EHLO bar.com\r\nMAIL FROM:<Smith@bar.com>\r\nRCPT TO:<Jones@foo.com>\r\nRSET\r\nQUIT\r\n";
+    let run = transcript(cfg(), input, &accept_all);
+    assert_eq!(codes_of(&run.output), ["220", "250", "250", "250", "250", "221"]);
+    assert!(run.events.contains(&Event::Reset));
+    assert!(!run.events.contains(&Event::DataEnd));
+}
+
+/// RFC 5321 appendix D.4, verifying and sending.
+#[test]
+fn rfc5321_d4_verifying_and_sending() {
+    let input = b"EHLO bar.com\r\nVRFY Crispin\r\nMAIL FROM:<EAK@bar.com>\r\nRCPT TO:<Admin.MRC@foo.com>\r\nDATA\r\nBlah blah\r\n.\r\nQUIT\r\n";
+    let answer = |e: &Event| match e {
+        Event::Verify(who) if who == "Crispin" => {
+            Some(Reply::new(250, Some(smtp_proto::EnhancedCode::new(2, 1, 5)), "Mark Crispin <Admin.MRC@foo.com>"))
+        }
+        _ => None,
+    };
+    let run = transcript(cfg(), input, &answer);
+    assert_eq!(codes_of(&run.output), ["220", "250", "250", "250", "250", "354", "250", "221"]);
+    assert!(run.output.contains("250 2.1.5 Mark Crispin <Admin.MRC@foo.com>\r\n"));
+}
