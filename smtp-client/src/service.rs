@@ -1,4 +1,4 @@
-//! A tower [`Service`] that sends one message to one destination, reusing connections from a
+//! A tower [`Service`](tower::Service) that sends one message to one destination, reusing connections from a
 //! small pool per destination.
 
 use std::collections::HashMap;

@@ -203,7 +203,7 @@ pub enum Command {
     },
     /// DATA
     Data,
-    /// BDAT size [LAST] (RFC 3030).
+    /// `BDAT size [LAST]` (RFC 3030).
     Bdat {
         /// Octets in this chunk.
         size: u64,
@@ -216,15 +216,15 @@ pub enum Command {
     Vrfy(String),
     /// EXPN string
     Expn(String),
-    /// HELP [topic]
+    /// `HELP [topic]`
     Help(Option<String>),
-    /// NOOP [string]
+    /// `NOOP [string]`
     Noop(Option<String>),
     /// QUIT
     Quit,
     /// STARTTLS (RFC 3207)
     StartTls,
-    /// AUTH mechanism [initial-response] (RFC 4954)
+    /// `AUTH mechanism [initial-response]` (RFC 4954)
     Auth {
         /// The SASL mechanism, upper case.
         mechanism: String,

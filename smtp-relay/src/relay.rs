@@ -137,7 +137,7 @@ impl Relay {
         RelayMail { core: self.core.clone() }
     }
 
-    /// The live terminals (serve them with [`Terminals::serve`]).
+    /// The live terminals (attached through [`crate::control::serve`]).
     pub fn terminals(&self) -> Arc<Terminals> {
         self.core.terminals.clone()
     }
