@@ -44,7 +44,9 @@ impl GroupCommit {
     /// Starts a committer thread called `name`.
     pub(crate) fn start(name: &str) -> io::Result<GroupCommit> {
         let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new().name(name.into()).spawn(move || committer(rx))?;
+        let (stage_tx, stage_rx) = mpsc::channel();
+        std::thread::Builder::new().name(format!("{name}-data")).spawn(move || committer(rx, stage_tx))?;
+        std::thread::Builder::new().name(format!("{name}-names")).spawn(move || finisher(stage_rx))?;
         Ok(GroupCommit { tx: Mutex::new(tx) })
     }
 
@@ -61,7 +63,16 @@ fn parent(p: &Path) -> PathBuf {
     p.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn committer(rx: mpsc::Receiver<Job>) {
+/// A batch whose data is durable, waiting for its names.
+struct Staged {
+    writes: Vec<(PathBuf, PathBuf, oneshot::Sender<io::Result<()>>)>,
+    removes: Vec<(Vec<PathBuf>, oneshot::Sender<io::Result<()>>)>,
+}
+
+/// Stage one: write and flush the data of each batch. Stage two ([`finisher`]) runs in its own
+/// thread, so one batch's directory flush overlaps the next batch's data flush; batches keep
+/// their order, and a removal can only follow the write it removes (it was acknowledged first).
+fn committer(rx: mpsc::Receiver<Job>, next: mpsc::Sender<Staged>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter().take(MAX_BATCH - 1));
@@ -93,7 +104,15 @@ fn committer(rx: mpsc::Receiver<Job>) {
                 }
             }
         }
-        // 3. Rename into place and remove; then one fsync per directory touched.
+        if next.send(Staged { writes, removes }).is_err() {
+            return;
+        }
+    }
+}
+
+/// Stage two: rename into place and remove; then one fsync per directory touched.
+fn finisher(rx: mpsc::Receiver<Staged>) {
+    while let Ok(Staged { writes, removes }) = rx.recv() {
         let mut dirs = BTreeSet::new();
         let mut results = Vec::new();
         for (tmp, dest, done) in writes {
