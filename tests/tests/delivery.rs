@@ -295,3 +295,56 @@ async fn opportunistic_tls_downgrades_once_required_never() {
     assert!(!queue_empty(da.path()));
     a.stop().await;
 }
+
+#[tokio::test]
+async fn delay_warning_and_success_notice() {
+    let da = tempfile::tempdir().unwrap();
+    let dead = free_port();
+    let mut a_cfg = cfg("a.test", da.path(), &["a.test"], &[]);
+    a_cfg.routes.insert("slow.test".into(), ("127.0.0.1".into(), dead.port()));
+    a_cfg.delay_warning = Some(Duration::from_secs(0));
+    let a = InProcess::start(a_cfg, None).await;
+    // Still retrying: one "delayed" report, not a failure.
+    assert!(submit(a.addr, "<w@a.test>", "<x@slow.test> NOTIFY=DELAY,FAILURE", "Subject: slow\r\n\r\nx")
+        .await
+        .starts_with("250"));
+    wait_until("delay warning", || maildir_files(da.path(), "w").len() == 1).await;
+    let dsn = read_all(&maildir_files(da.path(), "w")).remove(0);
+    assert!(dsn.contains("Action: delayed") && dsn.contains("Status: 4."), "{dsn}");
+    assert!(!queue_empty(da.path()), "the message is still queued");
+    // NOTIFY=SUCCESS on a local delivery: a "delivered" report.
+    assert!(submit(a.addr, "<s@a.test>", "<bob@a.test> NOTIFY=SUCCESS", "Subject: ok\r\n\r\ny")
+        .await
+        .starts_with("250"));
+    wait_until("success notice", || maildir_files(da.path(), "s").len() == 1).await;
+    let dsn = read_all(&maildir_files(da.path(), "s")).remove(0);
+    assert!(
+        dsn.contains("Action: delivered")
+            && dsn.contains("Status: 2.0.0")
+            && dsn.contains("Final-Recipient: rfc822; bob@a.test"),
+        "{dsn}"
+    );
+    assert_eq!(maildir_files(da.path(), "bob").len(), 1);
+    // Only one delay warning per message, however many attempts follow.
+    let q = a.relay.queue();
+    tokio::time::timeout(tests::WAIT, async {
+        loop {
+            let ids = q.list().await.unwrap();
+            let mut attempts = 0;
+            for id in ids {
+                let m = q.load(&id).await.unwrap();
+                if m.recipients[0].path.to_string() == "<x@slow.test>" {
+                    attempts = m.recipients[0].attempts;
+                }
+            }
+            if attempts >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("more attempts");
+    assert_eq!(maildir_files(da.path(), "w").len(), 1);
+    a.stop().await;
+}
