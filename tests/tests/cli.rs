@@ -201,3 +201,13 @@ async fn queue_list_show_flush_delete_while_running() {
     let status = tern.terminate();
     assert!(status.success());
 }
+
+#[test]
+fn one_server_per_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Tern::serve(dir.path(), &[]);
+    let (code, _, err) = run(&["serve", "--listen", "127.0.0.1:0", "--data-dir", dir.path().to_str().unwrap()], b"");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is in use by another tern serve"), "{err}");
+    assert!(first.terminate().success(), "the first server is unharmed");
+}

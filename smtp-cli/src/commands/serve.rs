@@ -231,6 +231,12 @@ pub fn log_format(args: &ServeArgs) -> Option<String> {
 
 pub async fn exec(s: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&s.data_dir).map_err(|e| anyhow::anyhow!("{}: {e}", s.data_dir.display()))?;
+    // One server per data directory: a second one would recover (move aside) the first one's
+    // writes in progress and deliver its queue twice.
+    let control = s.data_dir.join("control.sock");
+    if tokio::net::UnixStream::connect(&control).await.is_ok() {
+        anyhow::bail!("{} is in use by another tern serve", s.data_dir.display());
+    }
     let queue = Arc::new(FsQueue::open(s.data_dir.join("queue")).map_err(|e| anyhow::anyhow!("queue: {e}"))?);
     let auth = !s.relay.auth_users.is_empty();
     let (relay, scheduler) = Relay::new(s.relay, queue)?;
@@ -251,7 +257,6 @@ pub async fn exec(s: Settings) -> anyhow::Result<()> {
         builder = builder.listen_implicit_tls(*a);
     }
     let server = builder.bind(relay.policy(), relay.mail()).await?;
-    let control = s.data_dir.join("control.sock");
     let terminals = relay.terminals();
     let control_task = {
         let control = control.clone();
