@@ -310,11 +310,10 @@ impl Connection {
         let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
         let counter = if resumed { &self.client.stats.resumed } else { &self.client.stats.full };
         counter.fetch_add(1, Ordering::Relaxed);
-        let version = match conn.protocol_version() {
-            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
-            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
-            other => format!("{other:?}"),
-        };
+        let version = conn
+            .protocol_version()
+            .map(|v| smtp_proto::tls_policy::version_name(u16::from(v)))
+            .unwrap_or_else(|| "unknown".to_string());
         let cipher = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
         self.tls_info = Some(TlsInfo { version, cipher, resumed });
         self.io = Some(Either::Right(tls));

@@ -21,3 +21,25 @@ pub const ALLOWED_CIPHER_SUITES: &[u16] = &[
 pub fn is_allowed_cipher_suite(code: u16) -> bool {
     ALLOWED_CIPHER_SUITES.contains(&code)
 }
+
+/// The conventional name of a TLS protocol version from its wire code (`0x0304` is `TLSv1.3`),
+/// as written in `Received:` lines and logs.
+pub fn version_name(code: u16) -> String {
+    match code {
+        0x0304 => "TLSv1.3".into(),
+        0x0303 => "TLSv1.2".into(),
+        0x0302 => "TLSv1.1".into(),
+        0x0301 => "TLSv1.0".into(),
+        other => format!("0x{other:04x}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn version_names() {
+        assert_eq!(super::version_name(0x0304), "TLSv1.3");
+        assert_eq!(super::version_name(0x0303), "TLSv1.2");
+        assert_eq!(super::version_name(0x7f1c), "0x7f1c");
+    }
+}

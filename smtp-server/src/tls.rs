@@ -28,12 +28,10 @@ pub struct TlsInfo {
 
 impl TlsInfo {
     pub(crate) fn from_conn(conn: &rustls::ServerConnection) -> TlsInfo {
-        let version = match conn.protocol_version() {
-            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
-            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
-            Some(v) => format!("{v:?}"),
-            None => "unknown".to_string(),
-        };
+        let version = conn
+            .protocol_version()
+            .map(|v| smtp_proto::tls_policy::version_name(u16::from(v)))
+            .unwrap_or_else(|| "unknown".to_string());
         let cipher = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
         let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
         TlsInfo { version, cipher, resumed }
