@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use smtp_proto::client::MessageEnvelope;
 
 use crate::conn::{Connection, SendOutcome, SmtpClient};
@@ -27,14 +26,14 @@ pub struct Destination {
 }
 
 /// One message for one destination.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SendRequest {
     /// The next hop.
     pub destination: Destination,
     /// The envelope.
     pub envelope: MessageEnvelope,
-    /// The message.
-    pub body: Bytes,
+    /// The message: in memory, or streamed from a reader (a relay's spool file).
+    pub body: Body,
 }
 
 /// Sends messages, keeping up to `max_idle` open connections per destination for reuse (RSET
@@ -85,7 +84,7 @@ impl SmtpService {
                 },
             }
         };
-        let outcome = conn.send(&req.envelope, Body::Bytes(req.body)).await?;
+        let outcome = conn.send(&req.envelope, req.body).await?;
         if conn.can_send() {
             self.put(d, conn);
         } else {

@@ -13,7 +13,20 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 const WAIT: Duration = Duration::from_secs(20);
-type Inbox = Arc<Mutex<Vec<Transaction>>>;
+type Inbox = Arc<Mutex<Vec<Got>>>;
+
+/// A transaction the test server received, with its collected data.
+struct Got {
+    tx: Transaction,
+    data: bytes::Bytes,
+}
+
+impl std::ops::Deref for Got {
+    type Target = Transaction;
+    fn deref(&self) -> &Transaction {
+        &self.tx
+    }
+}
 
 #[derive(Clone)]
 struct Policy;
@@ -45,11 +58,12 @@ async fn server(tweak: impl FnOnce(&mut ServerOptions)) -> Srv {
     let dir = tempfile::tempdir().unwrap();
     let inbox: Inbox = Arc::default();
     let i2 = inbox.clone();
-    let mail = tower::service_fn(move |tx: Transaction| {
+    let mail = tower::service_fn(move |mut tx: Transaction| {
         let i = i2.clone();
         async move {
-            i.lock().unwrap().push(tx);
-            Ok::<_, std::convert::Infallible>(codes::message_accepted())
+            let data = tx.body.collect(1 << 24).await?;
+            i.lock().unwrap().push(Got { tx, data });
+            Ok::<_, smtp_server::BodyError>(codes::message_accepted())
         }
     });
     let s = Server::builder("mx.test")
@@ -105,7 +119,7 @@ async fn five_recipients_two_refused_and_body_is_safe() {
     assert_eq!(inbox.len(), 2);
     for tx in inbox.iter() {
         assert_eq!(tx.recipients.len(), 3);
-        let b = String::from_utf8(tx.body.to_vec()).unwrap();
+        let b = String::from_utf8(tx.data.to_vec()).unwrap();
         assert!(b.ends_with("Subject: x\r\n\r\n.\r\nMAIL FROM:<evil@x>\r\n.\r\n..two\r\nend\r\n"), "{b:?}");
     }
 }
@@ -127,7 +141,7 @@ async fn resumption_auth_and_pooled_reuse() {
         let req = SendRequest {
             destination: Destination { host: "127.0.0.1".into(), port: s.addr.port(), addr: None },
             envelope: env(&["r@x"]),
-            body: format!("Subject: {i}\r\n\r\nhi\r\n").into(),
+            body: format!("Subject: {i}\r\n\r\nhi\r\n").into_bytes().into(),
         };
         let out = tower::ServiceExt::oneshot(svc.clone(), req).await.unwrap();
         assert!(out.all_accepted());

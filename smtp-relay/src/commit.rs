@@ -25,7 +25,9 @@ const MAX_BATCH: usize = 256;
 #[derive(Debug)]
 pub(crate) enum Op {
     /// Write `data` to `tmp`, then rename it to `dest`.
-    Write { tmp: PathBuf, dest: PathBuf, data: Vec<u8> },
+    Write { tmp: PathBuf, dest: PathBuf, data: bytes::Bytes },
+    /// `file` (open on `tmp`) is written already: flush it, then rename it to `dest`.
+    Sync { file: File, tmp: PathBuf, dest: PathBuf },
     /// Remove these files (missing ones are fine).
     Remove { paths: Vec<PathBuf> },
 }
@@ -35,9 +37,10 @@ struct Job {
     done: oneshot::Sender<io::Result<()>>,
 }
 
-/// A handle to a committer thread.
+/// A handle to a committer thread (clones share it).
+#[derive(Clone)]
 pub(crate) struct GroupCommit {
-    tx: Mutex<mpsc::Sender<Job>>,
+    tx: std::sync::Arc<Mutex<mpsc::Sender<Job>>>,
 }
 
 impl GroupCommit {
@@ -47,7 +50,7 @@ impl GroupCommit {
         let (stage_tx, stage_rx) = mpsc::channel();
         std::thread::Builder::new().name(format!("{name}-data")).spawn(move || committer(rx, stage_tx))?;
         std::thread::Builder::new().name(format!("{name}-names")).spawn(move || finisher(stage_rx))?;
-        Ok(GroupCommit { tx: Mutex::new(tx) })
+        Ok(GroupCommit { tx: std::sync::Arc::new(Mutex::new(tx)) })
     }
 
     /// Runs `op` durably, sharing the flush with whatever else is pending.
@@ -60,7 +63,7 @@ impl GroupCommit {
 }
 
 fn parent(p: &Path) -> PathBuf {
-    p.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    p.parent().filter(|d| !d.as_os_str().is_empty()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// A batch whose data is durable, waiting for its names.
@@ -88,6 +91,7 @@ fn committer(rx: mpsc::Receiver<Job>, next: mpsc::Sender<Staged>) {
                         let _ = done.send(Err(e));
                     }
                 },
+                Op::Sync { file, tmp, dest } => written.push((file, tmp, dest, done)),
                 Op::Remove { paths } => removes.push((paths, done)),
             }
         }
@@ -117,7 +121,12 @@ fn finisher(rx: mpsc::Receiver<Staged>) {
         let mut results = Vec::new();
         for (tmp, dest, done) in writes {
             dirs.insert(parent(&dest));
-            results.push((fs::rename(&tmp, &dest), done));
+            let r = fs::rename(&tmp, &dest);
+            if r.is_err() {
+                // Nothing is left behind in tmp/ on any error path.
+                let _ = fs::remove_file(&tmp);
+            }
+            results.push((r, done));
         }
         for (paths, done) in removes {
             let mut r = Ok(());
@@ -143,9 +152,38 @@ fn finisher(rx: mpsc::Receiver<Staged>) {
 }
 
 fn write_file(path: &Path, data: &[u8]) -> io::Result<File> {
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+    let mut f = create_file(path)?;
     f.write_all(data)?;
     Ok(f)
+}
+
+/// Creates (or truncates) a file readable by its owner only: queued mail and mailboxes are
+/// private.
+pub(crate) fn create_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
+}
+
+/// `create_dir_all` that makes each directory it creates durable: the parent of every new
+/// directory is fsync'd, so a crash cannot lose a mailbox or spool directory that a durable
+/// file was then written into.
+pub(crate) fn create_dir_durable(path: &Path) -> io::Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    if let Some(p) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_durable(p)?;
+    }
+    match fs::create_dir(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
+    }
+    File::open(parent(path))?.sync_all()
 }
 
 /// Most threads issuing flushes for one batch.

@@ -6,9 +6,13 @@
 use std::time::SystemTime;
 
 use smtp_proto::command::{Notify, Ret};
-use smtp_proto::{ForwardPath, MailVerb, ReversePath};
+use smtp_proto::{EnhancedCode, ForwardPath, MailVerb, Reply, ReversePath};
+use tokio::io::AsyncReadExt;
 
-use crate::queue::{QueuedMessage, RcptRecord, RcptStatus};
+use crate::queue::{Queue, QueueError, QueuedMessage, RcptRecord, RcptStatus, Stored, StoredBody};
+
+/// Most header octets returned in a headers-only notification.
+const MAX_RETURNED_HEADERS: usize = 64 * 1024;
 
 /// What happened to a recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,24 +48,17 @@ pub fn wanted(r: &RcptRecord, action: Action) -> bool {
     }
 }
 
-/// The RFC 3463 status in a failure text: its enhanced code, else one derived from the reply
-/// code, else `fallback`.
-pub fn status_of(text: &str, fallback: &str) -> String {
-    let mut words = text.split_whitespace();
-    let code = words.next().filter(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_digit()));
-    if let (Some(code), Some(e)) = (code, words.next()) {
-        let parts: Vec<&str> = e.split('.').collect();
-        if parts.len() == 3
-            && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-            && e.starts_with(&code[..1])
-        {
-            return e.to_string();
-        }
-    }
-    match code.map(|c| &c[..1]) {
-        Some("5") => "5.0.0".into(),
-        Some("4") => "4.0.0".into(),
-        _ => fallback.to_string(),
+/// The RFC 3463 status for a reply: its enhanced code, else one derived from its class
+/// (RFC 3463 3.1).
+pub fn status_code(r: &Reply) -> EnhancedCode {
+    r.enhanced().unwrap_or_else(|| EnhancedCode::new((r.code() / 100) as u8, 0, 0))
+}
+
+/// A reply on one line: `550 5.1.1 text`, the lines of a multi-line reply joined.
+pub fn one_line(r: &Reply) -> String {
+    match r.enhanced() {
+        Some(e) => format!("{} {e} {}", r.code(), r.lines().join(" ")),
+        None => format!("{} {}", r.code(), r.lines().join(" ")),
     }
 }
 
@@ -76,15 +73,23 @@ fn date(t: SystemTime) -> String {
     smtp_server::transaction::rfc5322_date(t)
 }
 
+/// A notification ready to queue: its envelope (from `<>`), the report up to the returned
+/// content, which part of the original to return, and the closing boundary.
+#[derive(Debug)]
+pub struct Notice {
+    /// From `<>` to the original reverse-path.
+    pub envelope: QueuedMessage,
+    /// Everything before the returned content.
+    pub head: Vec<u8>,
+    /// RET=FULL: the whole message; else its header section.
+    pub full: bool,
+    /// The closing boundary.
+    pub tail: Vec<u8>,
+}
+
 /// Builds the notification for `msg` about the recipients at `indexes`, or `None` when the
-/// reverse-path is null. Returns the notification's envelope (from `<>`) and its data.
-pub fn build(
-    hostname: &str,
-    msg: &QueuedMessage,
-    body: &[u8],
-    indexes: &[usize],
-    action: Action,
-) -> Option<(QueuedMessage, Vec<u8>)> {
+/// reverse-path is null.
+pub fn build(hostname: &str, msg: &QueuedMessage, indexes: &[usize], action: Action) -> Option<Notice> {
     let ReversePath::Path(return_path) = &msg.from else { return None };
     let now = SystemTime::now();
     let boundary = format!("{}/{hostname}", msg.id);
@@ -107,15 +112,22 @@ pub fn build(
     status.push_str(&format!("Arrival-Date: {}\r\n", date(arrival)));
     for &i in indexes {
         let r = &msg.recipients[i];
-        let reason = match &r.status {
-            RcptStatus::Failed(why) => why.clone(),
-            _ => r.last_error.clone().unwrap_or_default(),
+        let reply = match &r.status {
+            RcptStatus::Failed(why) => Some(why),
+            _ => r.last_error.as_ref(),
         };
-        let code = match action {
-            Action::Failed => status_of(&reason, "5.0.0"),
-            Action::Delayed => status_of(&reason, "4.0.0").replacen('5', "4", 1),
-            Action::Delivered => "2.0.0".into(),
+        let code = match (action, reply) {
+            (Action::Failed, Some(r)) => status_code(r),
+            (Action::Failed, None) => EnhancedCode::new(5, 0, 0),
+            // A delay is transient whatever the last reply was (RFC 3464 2.3.4).
+            (Action::Delayed, Some(r)) => {
+                let c = status_code(r);
+                EnhancedCode::new(4, c.subject, c.detail)
+            }
+            (Action::Delayed, None) => EnhancedCode::new(4, 0, 0),
+            (Action::Delivered, _) => EnhancedCode::new(2, 0, 0),
         };
+        let reason = reply.map(one_line).unwrap_or_default();
         human.push_str(&format!(
             "<{}>: {}\r\n",
             addr(&r.path),
@@ -135,15 +147,13 @@ pub fn build(
             status.push_str(&format!("Remote-MTA: dns; {m}\r\n"));
         }
         if !reason.is_empty() {
-            let kind = if reason.as_bytes().first().is_some_and(u8::is_ascii_digit) { "smtp" } else { "x-local" };
-            status.push_str(&format!("Diagnostic-Code: {kind}; {reason}\r\n"));
+            status.push_str(&format!("Diagnostic-Code: smtp; {reason}\r\n"));
         }
         status.push_str(&format!("Last-Attempt-Date: {}\r\n", date(now)));
     }
-    let header_end = memchr::memmem::find(body, b"\r\n\r\n").map(|p| p + 2).unwrap_or(body.len());
     let full = msg.params.ret == Some(Ret::Full);
-    let (ctype, original) = if full { ("message/rfc822", body) } else { ("text/rfc822-headers", &body[..header_end]) };
-    let mut out = format!(
+    let ctype = if full { "message/rfc822" } else { "text/rfc822-headers" };
+    let head = format!(
         "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\nTo: <{}>\r\nSubject: {subject}\r\nDate: {}\r\n\
 Message-ID: <{}.dsn@{hostname}>\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n\
 Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\n\
@@ -156,11 +166,7 @@ Content-Type: {ctype}\r\n\r\n",
         msg.id,
     )
     .into_bytes();
-    out.extend_from_slice(original);
-    if !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let tail = format!("\r\n--{boundary}--\r\n").into_bytes();
     let mut rcpt = RcptRecord::new(ForwardPath::Path(return_path.clone()), Default::default());
     rcpt.params.notify = Some(Notify::Never);
     let envelope = QueuedMessage {
@@ -174,7 +180,48 @@ Content-Type: {ctype}\r\n\r\n",
         recipients: vec![rcpt],
         delay_warned: false,
     };
-    Some((envelope, out))
+    Some(Notice { envelope, head, full, tail })
+}
+
+/// Queues a notification, streaming the returned part of the original from `body`.
+pub async fn enqueue(queue: &dyn Queue, notice: Notice, body: &StoredBody) -> Result<Stored, QueueError> {
+    let mut w = queue.create(notice.envelope).await?;
+    w.write(&notice.head).await?;
+    let mut last = [0u8; 2];
+    let mut written = 0u64;
+    if notice.full {
+        let mut r = body.reader().await?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = r.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            w.write(&buf[..n]).await?;
+            written += n as u64;
+            last = tail2(last, &buf[..n]);
+        }
+    } else {
+        let head = body.head(MAX_RETURNED_HEADERS).await?;
+        let end = memchr::memmem::find(&head, b"\r\n\r\n").map(|p| p + 2).unwrap_or(head.len());
+        w.write(&head[..end]).await?;
+        written = end as u64;
+        last = tail2(last, &head[..end]);
+    }
+    if written > 0 && last != *b"\r\n" {
+        w.write(b"\r\n").await?;
+    }
+    w.write(&notice.tail).await?;
+    w.commit().await
+}
+
+/// The last two octets seen, after `data`.
+fn tail2(prev: [u8; 2], data: &[u8]) -> [u8; 2] {
+    match data {
+        [.., a, b] => [*a, *b],
+        [b] => [prev[1], *b],
+        [] => prev,
+    }
 }
 
 #[cfg(test)]
@@ -184,8 +231,8 @@ mod tests {
 
     fn msg(from: ReversePath) -> QueuedMessage {
         let mut r = RcptRecord::new(ForwardPath::Path(Path::parse("<bad@remote.test>").unwrap()), Default::default());
-        r.status = RcptStatus::Failed("550 5.1.1 <bad@remote.test>: no such user".into());
-        r.remote_mta = Some("mx.remote.test".into());
+        r.status = RcptStatus::Failed(Reply::new(550, Some(EnhancedCode::new(5, 1, 1)), "<bad@remote.test>: no such user"));
+        r.remote_mta = Some(crate::queue::RemoteHost { name: "mx.remote.test".into() });
         QueuedMessage {
             id: "Q1".into(),
             verb: MailVerb::Mail,
@@ -199,14 +246,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn failure_report_has_the_rfc3464_fields() {
+    /// Queues the notice into a real spool and reads it back.
+    async fn queued_text(m: &QueuedMessage, action: Action) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let q = crate::FsQueue::open(dir.path()).unwrap();
+        let n = build("mx.here.test", m, &[0], action).unwrap();
+        assert_eq!(n.envelope.from, ReversePath::Null);
+        assert_eq!(n.envelope.recipients[0].path.to_string(), "<alice@here.test>");
+        let original = StoredBody::Memory("Subject: hi\r\nFrom: a\r\n\r\nsecret body\r\n".into());
+        let stored = enqueue(&q, n, &original).await.unwrap();
+        let mut out = Vec::new();
+        q.body(&stored.id).await.unwrap().reader().await.unwrap().read_to_end(&mut out).await.unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[tokio::test]
+    async fn failure_report_has_the_rfc3464_fields() {
         let m = msg(ReversePath::Path(Path::parse("<alice@here.test>").unwrap()));
-        let (env, data) =
-            build("mx.here.test", &m, b"Subject: hi\r\nFrom: a\r\n\r\nsecret body\r\n", &[0], Action::Failed).unwrap();
-        assert_eq!(env.from, ReversePath::Null);
-        assert_eq!(env.recipients[0].path.to_string(), "<alice@here.test>");
-        let text = String::from_utf8(data).unwrap();
+        let text = queued_text(&m, Action::Failed).await;
         for needle in [
             "Content-Type: multipart/report; report-type=delivery-status;",
             "Content-Type: message/delivery-status",
@@ -221,19 +278,22 @@ mod tests {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
         assert!(!text.contains("secret body"), "RET=HDRS by default");
+        let mut full = m.clone();
+        full.params.ret = Some(Ret::Full);
+        let text = queued_text(&full, Action::Failed).await;
+        assert!(text.contains("Content-Type: message/rfc822\r\n\r\nSubject: hi\r\nFrom: a\r\n\r\nsecret body\r\n\r\n--"), "{text}");
     }
 
     #[test]
     fn never_about_null_sender_and_notify_honoured() {
-        assert!(build("h", &msg(ReversePath::Null), b"", &[0], Action::Failed).is_none());
+        assert!(build("h", &msg(ReversePath::Null), &[0], Action::Failed).is_none());
         let mut r = msg(ReversePath::Null).recipients.remove(0);
         assert!(wanted(&r, Action::Failed) && !wanted(&r, Action::Delivered));
         r.params.notify = Some(Notify::Never);
         assert!(!wanted(&r, Action::Failed));
         r.params.notify = Some(Notify::On { success: true, failure: false, delay: false });
         assert!(wanted(&r, Action::Delivered) && !wanted(&r, Action::Failed));
-        assert_eq!(status_of("451 4.3.0 later", "4.0.0"), "4.3.0");
-        assert_eq!(status_of("550 no", "x"), "5.0.0");
-        assert_eq!(status_of("connection refused", "4.4.1"), "4.4.1");
+        assert_eq!(status_code(&Reply::new(451, Some(EnhancedCode::new(4, 3, 0)), "later")).to_string(), "4.3.0");
+        assert_eq!(status_code(&Reply::new(550, None, "no")).to_string(), "5.0.0");
     }
 }

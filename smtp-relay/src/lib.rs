@@ -32,7 +32,7 @@ pub mod route;
 pub mod schedule;
 
 pub use directory::Directory;
-pub use queue::{FsQueue, Queue, QueueError, QueueId, QueuedMessage};
+pub use queue::{FsQueue, MessageWriter, Queue, QueueError, QueueId, QueuedMessage, ScanEntry, Stored, StoredBody};
 pub use relay::{Relay, RelayConfig, RelayMail, RelayPolicy};
 pub use route::{Cidr, SourceRoutes};
-pub use schedule::{Scheduler, SchedulerHandle};
+pub use schedule::{Accepted, Handoff, Scheduler, SchedulerHandle};

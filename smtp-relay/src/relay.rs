@@ -15,13 +15,12 @@ use smtp_proto::auth::Secret;
 use smtp_proto::command::{Orcpt, RcptParams, XText};
 use smtp_proto::{codes, EnhancedCode, ForwardPath, MailVerb, Mailbox, Path, Reply};
 use smtp_server::{Decision, PolicyKind, PolicyRequest, Transaction};
-use tokio::sync::mpsc;
 
-use crate::deliver::maildir::Maildir;
 use crate::deliver::terminal::Terminals;
 use crate::directory::{Directory, Lookup, Target};
-use crate::queue::{Queue, QueueId, QueuedMessage, RcptRecord};
+use crate::queue::{Queue, QueuedMessage, RcptRecord};
 use crate::route::{classify, prepend_route, strip_route, Cidr, Destination, SourceRoutes};
+use crate::schedule::{Accepted, Handoff, Scheduler};
 
 /// Everything the relay decides with.
 #[derive(Debug, Clone)]
@@ -97,66 +96,58 @@ impl RelayConfig {
     }
 }
 
-pub(crate) struct Core {
-    pub(crate) config: RelayConfig,
-    pub(crate) queue: Arc<dyn Queue>,
-    pub(crate) terminals: Arc<Terminals>,
-    pub(crate) maildir: Maildir,
-    pub(crate) commit: crate::commit::GroupCommit,
-    pub(crate) wake: mpsc::UnboundedSender<QueueId>,
-}
-
-/// A relay: hands out the policy and mail services for `smtp-server`, and the scheduler that
-/// delivers what they queue.
+/// A relay: hands out the policy and mail services for `smtp-server`. The [`Scheduler`] that
+/// delivers what they queue is built beside it, from the same parts.
 #[derive(Clone)]
 pub struct Relay {
-    pub(crate) core: Arc<Core>,
+    config: Arc<RelayConfig>,
+    queue: Arc<dyn Queue>,
+    terminals: Arc<Terminals>,
+    handoff: Handoff,
 }
 
 impl Relay {
-    /// Builds the relay and its scheduler; run the scheduler with
-    /// [`Scheduler::run`](crate::schedule::Scheduler::run). Fails only if the thread that
-    /// commits local deliveries cannot start.
-    pub fn new(config: RelayConfig, queue: Arc<dyn Queue>) -> std::io::Result<(Relay, crate::schedule::Scheduler)> {
-        let (wake, rx) = mpsc::unbounded_channel();
-        let maildir = Maildir::new(config.data_dir.join("mail"), &config.hostname);
-        let commit = crate::commit::GroupCommit::start("tern-maildir-commit")?;
-        let core = Arc::new(Core { config, queue, terminals: Arc::default(), maildir, commit, wake });
-        let relay = Relay { core };
-        let scheduler = crate::schedule::Scheduler::new(relay.clone(), rx);
-        Ok((relay, scheduler))
+    /// Builds the relay and its scheduler (run it with [`Scheduler::run`]) over one queue.
+    /// Fails only if the thread that commits local deliveries cannot start.
+    pub fn new(config: RelayConfig, queue: Arc<dyn Queue>) -> std::io::Result<(Relay, Scheduler)> {
+        let config = Arc::new(config);
+        let terminals = Arc::<Terminals>::default();
+        let (handoff, scheduler) = Scheduler::new(config.clone(), queue.clone(), terminals.clone())?;
+        Ok((Relay { config, queue, terminals, handoff }, scheduler))
     }
 
     /// The policy service: MAIL, RCPT (relay rules, users, terminals), VRFY, EXPN, AUTH.
     pub fn policy(&self) -> RelayPolicy {
-        RelayPolicy { core: self.core.clone() }
+        RelayPolicy { config: self.config.clone(), terminals: self.terminals.clone() }
     }
 
-    /// The mail service: durable enqueue, then `250` with the queue id.
+    /// The mail service: the body streamed into the queue, made durable, then `250` with the
+    /// queue id; the scheduler gets the message in hand.
     pub fn mail(&self) -> RelayMail {
-        RelayMail { core: self.core.clone() }
+        RelayMail { config: self.config.clone(), queue: self.queue.clone(), handoff: self.handoff.clone() }
     }
 
     /// The live terminals (attached through [`crate::control::serve`]).
     pub fn terminals(&self) -> Arc<Terminals> {
-        self.core.terminals.clone()
+        self.terminals.clone()
     }
 
     /// The queue.
     pub fn queue(&self) -> Arc<dyn Queue> {
-        self.core.queue.clone()
+        self.queue.clone()
     }
 
     /// The configuration.
     pub fn config(&self) -> &RelayConfig {
-        &self.core.config
+        &self.config
     }
 }
 
 /// The relay's policy service.
 #[derive(Clone)]
 pub struct RelayPolicy {
-    core: Arc<Core>,
+    config: Arc<RelayConfig>,
+    terminals: Arc<Terminals>,
 }
 
 fn reply(code: u16, e: (u8, u16, u16), text: &str) -> Reply {
@@ -165,7 +156,7 @@ fn reply(code: u16, e: (u8, u16, u16), text: &str) -> Reply {
 
 impl RelayPolicy {
     fn decide(&self, req: PolicyRequest) -> Decision {
-        let c = &self.core.config;
+        let c = &self.config;
         match req.kind {
             PolicyKind::Mail { .. } => Decision::Accept,
             PolicyKind::Rcpt { verb, to, .. } => {
@@ -196,7 +187,7 @@ impl RelayPolicy {
     }
 
     fn local_rcpt(&self, verb: MailVerb, name: &str, postmaster: bool) -> Decision {
-        let lookup = self.core.config.directory.lookup(name);
+        let lookup = self.config.directory.lookup(name);
         let target_user = match &lookup {
             // RFC 5321 4.5.1: postmaster is always accepted.
             Lookup::Unknown if postmaster || name.eq_ignore_ascii_case("postmaster") => Some("postmaster".to_string()),
@@ -207,7 +198,7 @@ impl RelayPolicy {
         if verb == MailVerb::Send {
             // RFC 788 3.4: SEND needs the user active at a terminal.
             match target_user {
-                Some(u) if self.core.terminals.is_active(&u) => {}
+                Some(u) if self.terminals.is_active(&u) => {}
                 Some(_) => {
                     return Decision::Respond(reply(450, (4, 2, 1), "User not active at a terminal; try SOML or MAIL"))
                 }
@@ -223,7 +214,7 @@ impl RelayPolicy {
             None => Some(a.to_string()),
             Some(_) => {
                 let m = Mailbox::parse(a).ok()?;
-                let c = &self.core.config;
+                let c = &self.config;
                 crate::route::is_me(m.domain(), &c.hostname, &c.directory).then(|| m.local_part().into_owned())
             }
         }
@@ -231,7 +222,7 @@ impl RelayPolicy {
 
     fn addr(&self, t: &Target) -> String {
         match t {
-            Target::Local(u) => format!("<{u}@{}>", self.core.config.hostname),
+            Target::Local(u) => format!("<{u}@{}>", self.config.hostname),
             Target::Remote(m) => format!("<{m}>"),
         }
     }
@@ -239,10 +230,10 @@ impl RelayPolicy {
     /// VRFY (RFC 788 4.1.1, RFC 5321 3.5): a user's mailbox, 550 for nobody, 252 for elsewhere.
     fn vrfy(&self, arg: &str) -> Reply {
         let Some(local) = self.split_arg(arg) else { return codes::cannot_verify() };
-        match self.core.config.directory.lookup(&local) {
+        match self.config.directory.lookup(&local) {
             Lookup::User(t) => reply(250, (2, 1, 5), &self.addr(&t)),
             Lookup::List(_) => reply(553, (5, 1, 4), "That is a mailing list; use EXPN"),
-            Lookup::Unknown if !self.core.config.directory.has_users() => codes::cannot_verify(),
+            Lookup::Unknown if !self.config.directory.has_users() => codes::cannot_verify(),
             Lookup::Unknown => codes::no_such_user(),
         }
     }
@@ -250,7 +241,7 @@ impl RelayPolicy {
     /// EXPN (RFC 788 4.1.1): a list's members, one per line.
     fn expn(&self, arg: &str) -> Reply {
         let Some(local) = self.split_arg(arg) else { return codes::cannot_verify() };
-        match self.core.config.directory.lookup(&local) {
+        match self.config.directory.lookup(&local) {
             Lookup::List(members) => {
                 Reply::multiline(250, Some(EnhancedCode::new(2, 1, 5)), members.iter().map(|t| self.addr(t)))
             }
@@ -277,28 +268,78 @@ impl tower::Service<PolicyRequest> for RelayPolicy {
 /// The relay's mail service.
 #[derive(Clone)]
 pub struct RelayMail {
-    core: Arc<Core>,
+    config: Arc<RelayConfig>,
+    queue: Arc<dyn Queue>,
+    handoff: Handoff,
+}
+
+/// Counts `Received:` header fields as the data streams by, up to the first empty line.
+#[derive(Debug, Default)]
+pub struct ReceivedCounter {
+    count: usize,
+    /// The start of the current line (only its first 9 octets matter).
+    line: Vec<u8>,
+    /// The current line is longer than the prefix (no need to keep more).
+    long: bool,
+    done: bool,
+}
+
+impl ReceivedCounter {
+    /// Feeds the next part of the message.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !self.done && !data.is_empty() {
+            let (part, end) = match memchr::memchr(b'\n', data) {
+                Some(nl) => (&data[..nl], Some(nl)),
+                None => (data, None),
+            };
+            if !self.long {
+                let room = 10 - self.line.len().min(10);
+                self.line.extend_from_slice(&part[..part.len().min(room)]);
+                self.long = self.line.len() >= 10;
+            }
+            match end {
+                Some(nl) => {
+                    let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
+                    if line.is_empty() {
+                        self.done = true;
+                    } else if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
+                        self.count += 1;
+                    }
+                    self.line.clear();
+                    self.long = false;
+                    data = &data[nl + 1..];
+                }
+                None => data = &[],
+            }
+        }
+    }
+
+    /// `Received:` fields seen so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
 }
 
 /// Counts `Received:` header fields (before the first empty line).
 pub fn count_received(body: &[u8]) -> usize {
-    let mut n = 0;
-    for line in body.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            break;
-        }
-        if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
-            n += 1;
-        }
+    let mut c = ReceivedCounter::default();
+    c.feed(body);
+    c.count()
+}
+
+/// `452 4.3.1` (storage full) or `451 4.3.0` for a queue failure.
+fn queue_error_reply(e: &crate::queue::QueueError) -> Reply {
+    if e.is_storage_full() {
+        reply(452, (4, 3, 1), "Insufficient system storage, try again later")
+    } else {
+        codes::local_error()
     }
-    n
 }
 
 impl RelayMail {
-    /// Turns a transaction into a queue record: aliases expanded, source routes handled.
-    fn record(&self, tx: &Transaction) -> QueuedMessage {
-        let c = &self.core.config;
+    /// Turns a transaction into a queue record and routes each recipient once.
+    fn record(&self, tx: &Transaction) -> (QueuedMessage, Vec<crate::route::Route>) {
+        let c = &self.config;
         let mut recipients: Vec<RcptRecord> = Vec::new();
         let mut removed_hops = Vec::new();
         let mut push = |path: ForwardPath, params: RcptParams| {
@@ -347,7 +388,8 @@ impl RelayMail {
             SourceRoutes::Honor => prepend_route(&tx.from, &removed_hops),
             SourceRoutes::Strip => strip_route(&tx.from),
         };
-        QueuedMessage {
+        let routes = recipients.iter().map(|r| crate::route::route_of(&r.path, &c.hostname, &c.directory, c.source_routes)).collect();
+        let msg = QueuedMessage {
             id: String::new(),
             verb: tx.verb,
             from,
@@ -357,27 +399,72 @@ impl RelayMail {
             helo: tx.session.helo.as_ref().map(|d| d.to_string()),
             recipients,
             delay_warned: false,
-        }
+        };
+        (msg, routes)
     }
 
-    async fn accept(self, tx: Transaction) -> Reply {
-        let c = &self.core.config;
-        if count_received(&tx.body) > c.max_received {
+    /// Streams the body into the queue; replies only once the message is durable, or with why
+    /// not. Nothing is kept of a transfer that did not complete.
+    async fn accept(self, mut tx: Transaction) -> Reply {
+        let (msg, routes) = self.record(&tx);
+        let mut counter = ReceivedCounter::default();
+        counter.feed(tx.received.as_bytes());
+        let mut writer = match self.queue.create(msg.clone()).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a queue file");
+                return queue_error_reply(&e);
+            }
+        };
+        let mut failed: Option<Reply> = None;
+        if let Some(w) = writer.as_mut() {
+            if let Err(e) = w.write(tx.received.as_bytes()).await {
+                failed = Some(queue_error_reply(&e));
+            }
+        }
+        let mut size = 0u64;
+        loop {
+            match tx.body.chunk().await {
+                Ok(Some(chunk)) => {
+                    size += chunk.len() as u64;
+                    counter.feed(&chunk);
+                    // After a failure the rest of the data is read and dropped, so the client
+                    // gets the reply at the end of data, as RFC 5321 4.1.1.4 wants.
+                    if let (Some(w), None) = (writer.as_mut(), &failed) {
+                        if let Err(e) = w.write(&chunk).await {
+                            tracing::error!(error = %e, "queue write failed");
+                            failed = Some(queue_error_reply(&e));
+                            writer = None;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                // Aborted: the writer is dropped and its temporary file removed.
+                Err(e) => return reply(451, (4, 3, 0), &e.to_string()),
+            }
+        }
+        if let Some(r) = failed {
+            return r;
+        }
+        if counter.count() > self.config.max_received {
             return codes::loop_detected();
         }
-        let msg = self.record(&tx);
         if msg.recipients.is_empty() {
             return reply(554, (5, 1, 1), "No deliverable recipients");
         }
-        match self.core.queue.enqueue(msg, tx.body.clone()).await {
-            Ok(id) => {
-                tracing::info!(%id, from = %tx.from, recipients = tx.recipients.len(), size = tx.body.len(), "queued");
-                let _ = self.core.wake.send(id.clone());
+        let Some(writer) = writer else { return codes::local_error() };
+        match writer.commit().await {
+            Ok(stored) => {
+                let id = stored.id.clone();
+                tracing::info!(%id, from = %tx.from, recipients = tx.recipients.len(), size, "queued");
+                let mut msg = msg;
+                msg.id = id.clone();
+                self.handoff.accepted(Accepted { msg, routes, body: stored.body });
                 reply(250, (2, 0, 0), &format!("Ok: queued as {id}"))
             }
             Err(e) => {
                 tracing::error!(error = %e, "enqueue failed");
-                codes::local_error()
+                queue_error_reply(&e)
             }
         }
     }

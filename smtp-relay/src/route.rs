@@ -130,6 +130,33 @@ pub fn classify(to: &ForwardPath, hostname: &str, dir: &Directory, mode: SourceR
     (Destination::Local(local.into_owned()), removed)
 }
 
+/// Where one queued recipient goes: decided once, when the message is accepted (or loaded
+/// from the queue after a restart), and used for every attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// A local user's mailbox (or terminal, for SEND/SOML/SAML).
+    Mailbox(String),
+    /// The next hop over SMTP.
+    Remote(Domain),
+    /// Not deliverable from here: fails with this reply.
+    Refused(smtp_proto::Reply),
+}
+
+/// Routes a queued recipient (aliases were expanded when it was queued).
+pub fn route_of(to: &ForwardPath, hostname: &str, dir: &Directory, mode: SourceRoutes) -> Route {
+    use crate::directory::{Lookup, Target};
+    let refused = |code, (c, s, d), text| Route::Refused(smtp_proto::Reply::new(code, Some(smtp_proto::EnhancedCode::new(c, s, d)), text));
+    match classify(to, hostname, dir, mode).0 {
+        Destination::Local(name) => match dir.lookup(&name) {
+            Lookup::User(Target::Local(u)) => Route::Mailbox(u),
+            _ if name.eq_ignore_ascii_case("postmaster") => Route::Mailbox("postmaster".into()),
+            _ => refused(550, (5, 1, 1), "No such user here"),
+        },
+        Destination::Remote { next_hop, .. } => Route::Remote(next_hop),
+        Destination::Unsupported => refused(550, (5, 1, 3), "Unsupported address"),
+    }
+}
+
 /// RFC 788 3.6: the relay adds the hops it removed, in front of the reverse-path.
 pub fn prepend_route(from: &ReversePath, removed: &[Domain]) -> ReversePath {
     match from {

@@ -1,25 +1,67 @@
-//! The scheduler: takes queued messages to their recipients — local Maildir, terminals, or the
-//! next hop over SMTP — retries transient failures with back-off, expires old mail, and sends
-//! delivery status notifications.
+//! The queue loop: which message is attempted when.
+//!
+//! The scheduler keeps a due-time index (next attempt → message id) and touches only due
+//! messages: a tick never reads a message that is not due, and never reads a body at all until
+//! a delivery needs it. The index is rebuilt at start from a scan of envelopes (no bodies), in
+//! the background: new mail is accepted and delivered meanwhile, and a shutdown stops the scan.
+//! A message just accepted comes in hand ([`Accepted`]: envelope, routes, body) and is attempted
+//! at once without reading the queue.
+//!
+//! Delivery itself lives in [`crate::deliver::local`] and [`crate::deliver::remote`]; this module
+//! applies the outcomes, back-off, expiry and notifications, and stores the new state.
+//!
+//! # When state cannot be stored
+//! The outcome of an attempt is kept in memory until it is stored: a recipient that got a `250`
+//! is never attempted again by this process, even while the disk refuses the state file. The
+//! store is retried with its own back-off ([`persist_retry`]), and the failure is logged when it
+//! starts and when it ends, not per attempt.
 
-use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use smtp_client::service::{Destination as Dest, SendRequest, SmtpService};
-use smtp_client::{CertVerify, ClientOptions, SmtpClient, TlsMode};
-use smtp_proto::client::MessageEnvelope;
-use smtp_proto::{Domain, MailVerb};
-use tokio::sync::{mpsc, Semaphore};
+use smtp_proto::{EnhancedCode, Reply};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use crate::directory::{Lookup, Target};
+use crate::deliver::local::LocalDelivery;
+use crate::deliver::maildir::Maildir;
+use crate::deliver::remote::RemoteDelivery;
+use crate::deliver::terminal::Terminals;
+use crate::deliver::Outcome;
 use crate::dns::{HickoryMx, MxAnswer, MxResolver};
 use crate::dsn::{self, Action};
-use crate::queue::{QueueError, QueueId, QueuedMessage, RcptStatus};
-use crate::relay::Relay;
-use crate::route::{classify, Destination};
+use crate::queue::{Queue, QueueError, QueueId, QueuedMessage, RcptStatus, ScanEntry, StoredBody};
+use crate::relay::RelayConfig;
+use crate::route::{route_of, Route};
+
+/// Longest sleep of the queue loop when nothing is due (the clock may jump).
+const MAX_SLEEP: Duration = Duration::from_secs(5);
+/// Accepted messages kept in hand (with their bodies) beyond this many deliveries in flight
+/// are handed over by id and read back when their turn comes: memory stays bounded under load.
+const MAX_IN_HAND: usize = 1000;
+
+/// A message the relay has just made durable, handed to the scheduler without a re-read.
+#[derive(Debug)]
+pub struct Accepted {
+    /// Envelope and state (id set).
+    pub msg: QueuedMessage,
+    /// Each recipient's route, decided at acceptance.
+    pub routes: Vec<Route>,
+    /// Where its data is.
+    pub body: StoredBody,
+}
+
+/// The relay's side of the hand-over to the scheduler.
+#[derive(Clone, Debug)]
+pub struct Handoff(mpsc::UnboundedSender<Accepted>);
+
+impl Handoff {
+    /// Gives the scheduler a message just made durable.
+    pub fn accepted(&self, a: Accepted) {
+        let _ = self.0.send(a);
+    }
+}
 
 /// Asks a running scheduler to act now.
 #[derive(Clone, Debug)]
@@ -47,27 +89,84 @@ impl SchedulerHandle {
     }
 }
 
+/// The wait before attempt `attempts + 1` after `attempts` failed ones: `first`, doubling,
+/// at most `max`.
+pub fn backoff(first: Duration, max: Duration, attempts: u32) -> Duration {
+    first.saturating_mul(1 << attempts.saturating_sub(1).min(16)).min(max)
+}
+
+/// The wait before storing a message's state again after `failures` failed stores: 1 s,
+/// doubling, at most 5 minutes.
+pub fn persist_retry(failures: u32) -> Duration {
+    backoff(Duration::from_secs(1), Duration::from_secs(300), failures)
+}
+
+/// When `msg` next needs attention (seconds since the epoch), or `None` when it is done.
+pub fn next_due(msg: &QueuedMessage, config: &RelayConfig) -> Option<u64> {
+    if msg.recipients.iter().any(|r| r.status != RcptStatus::Pending && !r.notified) {
+        return Some(0);
+    }
+    let pending = msg.recipients.iter().filter(|r| r.status == RcptStatus::Pending);
+    let mut due = pending.map(|r| r.next_attempt).min()?;
+    due = due.min(msg.arrival.saturating_add(config.queue_lifetime.as_secs()));
+    if let (Some(after), false) = (config.delay_warning, msg.delay_warned) {
+        due = due.min(msg.arrival.saturating_add(after.as_secs()));
+    }
+    Some(due)
+}
+
 /// Delivers what the relay queued. Run it with [`Scheduler::run`].
 pub struct Scheduler {
-    relay: Relay,
-    wake: mpsc::UnboundedReceiver<QueueId>,
+    config: Arc<RelayConfig>,
+    queue: Arc<dyn Queue>,
+    terminals: Arc<Terminals>,
+    accepted: mpsc::UnboundedReceiver<Accepted>,
+    handoff: Handoff,
     commands: mpsc::UnboundedReceiver<Command>,
     handle: SchedulerHandle,
     resolver: Option<Arc<dyn MxResolver>>,
 }
 
-/// What happened to one recipient in one attempt.
-#[derive(Debug, Clone)]
-enum Outcome {
-    Delivered(Option<String>),
-    Failed(String, Option<String>),
-    Retry(String, Option<String>),
+/// One unit of work for a delivery task.
+enum Job {
+    /// Just accepted: everything in hand.
+    Fresh(Accepted),
+    /// Due: read the envelope (or the unsaved state in memory).
+    Due(QueueId, bool),
+}
+
+/// What a finished task reports to the loop.
+struct Done {
+    id: QueueId,
+    next: Option<u64>,
+}
+
+/// What delivery tasks share.
+struct Ctx {
+    config: Arc<RelayConfig>,
+    queue: Arc<dyn Queue>,
+    local: LocalDelivery,
+    remote: RemoteDelivery,
+    handoff: Handoff,
+    /// State that could not be stored yet, with the number of failed stores: it wins over
+    /// what the queue holds.
+    unsaved: Mutex<HashMap<QueueId, (QueuedMessage, u32)>>,
 }
 
 impl Scheduler {
-    pub(crate) fn new(relay: Relay, wake: mpsc::UnboundedReceiver<QueueId>) -> Self {
-        let (tx, commands) = mpsc::unbounded_channel();
-        Scheduler { relay, wake, commands, handle: SchedulerHandle { tx }, resolver: None }
+    /// A scheduler over `queue` with its explicit dependencies, and the hand-over the relay's
+    /// mail service uses. Fails only if the Maildir committer thread cannot start.
+    pub fn new(
+        config: Arc<RelayConfig>,
+        queue: Arc<dyn Queue>,
+        terminals: Arc<Terminals>,
+    ) -> std::io::Result<(Handoff, Scheduler)> {
+        let (tx, accepted) = mpsc::unbounded_channel();
+        let handoff = Handoff(tx);
+        let (ctx, commands) = mpsc::unbounded_channel();
+        let handle = SchedulerHandle { tx: ctx };
+        let s = Scheduler { config, queue, terminals, accepted, handoff: handoff.clone(), commands, handle, resolver: None };
+        Ok((handoff, s))
     }
 
     /// Uses `resolver` for MX lookups instead of hickory (tests, custom DNS).
@@ -81,11 +180,11 @@ impl Scheduler {
         self.handle.clone()
     }
 
-    /// Resumes every queued message, then delivers new ones as they arrive and retries due ones,
-    /// until `shutdown` resolves. Deliveries in progress are abandoned at shutdown; their
-    /// recipients stay pending in the queue.
+    /// Rebuilds the index, delivers new messages as they arrive and due ones when due, until
+    /// `shutdown` resolves. Deliveries in progress are abandoned at shutdown; their recipients
+    /// stay pending in the queue.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
-        let cfg = &self.relay.core.config;
+        let cfg = self.config.clone();
         let resolver: Arc<dyn MxResolver> = match self.resolver.take() {
             Some(r) => r,
             None => match HickoryMx::new(cfg.dns_server) {
@@ -96,53 +195,172 @@ impl Scheduler {
                 }
             },
         };
-        let recovered: HashSet<QueueId> = match self.relay.core.queue.list().await {
-            Ok(ids) => ids.into_iter().collect(),
+        let local = match LocalDelivery::new(Maildir::new(cfg.data_dir.join("mail"), &cfg.hostname), self.terminals.clone()) {
+            Ok(l) => l,
             Err(e) => {
-                tracing::error!(error = %e, "queue scan failed");
-                HashSet::new()
+                tracing::error!(error = %e, "cannot start local delivery");
+                return;
             }
         };
-        if !recovered.is_empty() {
-            tracing::info!(messages = recovered.len(), "resuming queued messages");
+        let ctx = Arc::new(Ctx {
+            config: cfg.clone(),
+            queue: self.queue.clone(),
+            local,
+            remote: RemoteDelivery::new(cfg.clone(), resolver),
+            handoff: self.handoff.clone(),
+            unsaved: Mutex::default(),
+        });
+        let cancel = CancellationToken::new();
+        let (scan_tx, mut scanned) = tokio::sync::oneshot::channel();
+        {
+            let (queue, cancel) = (self.queue.clone(), cancel.clone());
+            tokio::spawn(async move {
+                let _ = scan_tx.send(queue.scan(&cancel).await);
+            });
         }
-        let worker = Arc::new(Worker::new(self.relay.clone(), resolver, recovered));
-        let tick_every = (cfg.retry_interval / 2).clamp(Duration::from_millis(200), Duration::from_secs(30));
-        let mut tick = tokio::time::interval(tick_every);
+        let mut scan_pending = true;
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let mut index = Index::default();
+        let mut in_flight: HashSet<QueueId> = HashSet::new();
+        let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
-        let tasks = TaskSet(Mutex::new(tokio::task::JoinSet::new()));
         loop {
+            let sleep = index.next_instant();
             tokio::select! {
                 _ = &mut shutdown => break,
-                Some(id) = self.wake.recv() => { tasks.spawn(worker.clone().process(id, false)); }
+                r = &mut scanned, if scan_pending => {
+                    scan_pending = false;
+                    match r {
+                        Ok(Ok(entries)) => {
+                            let mut n = 0;
+                            for e in entries {
+                                match e {
+                                    ScanEntry::Queued(m, _) if !in_flight.contains(&m.id) => {
+                                        if let Some(due) = next_due(&m, &cfg) {
+                                            index.insert(m.id.clone(), due);
+                                            n += 1;
+                                        }
+                                    }
+                                    ScanEntry::Corrupt { id, envelope: Some(env), new: true, .. } => {
+                                        let ctx = ctx.clone();
+                                        tasks.spawn(async move { ctx.notify_corrupt(&id, *env).await });
+                                    }
+                                    _ => {}
+                                }
+                            }
+                            if n > 0 {
+                                tracing::info!(messages = n, "resuming queued messages");
+                            }
+                        }
+                        Ok(Err(e)) => tracing::error!(error = %e, "queue scan failed"),
+                        Err(_) => tracing::error!("queue scan stopped"),
+                    }
+                }
+                Some(a) = self.accepted.recv() => {
+                    let id = a.msg.id.clone();
+                    index.remove(&id);
+                    if in_flight.insert(id.clone()) {
+                        let job = if tasks.len() < MAX_IN_HAND { Job::Fresh(a) } else { Job::Due(id, false) };
+                        spawn(&mut tasks, &ctx, &done_tx, job);
+                    }
+                }
+                Some(d) = done_rx.recv() => {
+                    in_flight.remove(&d.id);
+                    if let Some(due) = d.next {
+                        index.insert(d.id, due);
+                    }
+                }
                 Some(cmd) = self.commands.recv() => match cmd {
-                    Command::Flush => worker.clone().scan(&tasks, true).await,
+                    Command::Flush => {
+                        for id in index.drain() {
+                            if in_flight.insert(id.clone()) {
+                                spawn(&mut tasks, &ctx, &done_tx, Job::Due(id, true));
+                            }
+                        }
+                    }
                     Command::Delete(id, reply) => {
-                        let r = worker.relay.core.queue.remove(&id).await.map_err(|e| e.to_string());
+                        index.remove(&id);
+                        ctx.unsaved.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                        let r = self.queue.remove(&id).await.map_err(|e| e.to_string());
                         let _ = reply.send(r);
                     }
                 },
-                _ = tick.tick() => worker.clone().scan(&tasks, false).await,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = tokio::time::sleep_until(sleep) => {
+                    for id in index.pop_due(QueuedMessage::now()) {
+                        if in_flight.insert(id.clone()) {
+                            spawn(&mut tasks, &ctx, &done_tx, Job::Due(id, false));
+                        }
+                    }
+                }
             }
         }
+        cancel.cancel();
         tasks.abort_all();
-        let (full, resumed) = worker.handshakes();
+        let (full, resumed) = ctx.remote.handshakes();
         tracing::info!(full, resumed, "outbound TLS handshakes");
     }
 }
 
-/// The scheduler's delivery tasks.
-struct TaskSet(Mutex<tokio::task::JoinSet<()>>);
+fn spawn(tasks: &mut tokio::task::JoinSet<()>, ctx: &Arc<Ctx>, done: &mpsc::UnboundedSender<Done>, job: Job) {
+    let (ctx, done) = (ctx.clone(), done.clone());
+    tasks.spawn(async move {
+        let id = match &job {
+            Job::Fresh(a) => a.msg.id.clone(),
+            Job::Due(id, _) => id.clone(),
+        };
+        let next = ctx.process(job).await;
+        let _ = done.send(Done { id, next });
+    });
+}
 
-impl TaskSet {
-    fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
-        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        while set.try_join_next().is_some() {}
-        set.spawn(f);
+/// Next-attempt times of the messages that are waiting (not in flight).
+#[derive(Default)]
+struct Index {
+    by_time: BTreeSet<(u64, QueueId)>,
+    by_id: HashMap<QueueId, u64>,
+}
+
+impl Index {
+    fn insert(&mut self, id: QueueId, due: u64) {
+        if let Some(old) = self.by_id.insert(id.clone(), due) {
+            self.by_time.remove(&(old, id.clone()));
+        }
+        self.by_time.insert((due, id));
     }
 
-    fn abort_all(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).abort_all();
+    fn remove(&mut self, id: &str) {
+        if let Some(old) = self.by_id.remove(id) {
+            self.by_time.remove(&(old, id.to_string()));
+        }
+    }
+
+    fn pop_due(&mut self, now: u64) -> Vec<QueueId> {
+        let mut out = Vec::new();
+        while let Some((due, _)) = self.by_time.first() {
+            if *due > now {
+                break;
+            }
+            let (_, id) = self.by_time.pop_first().expect("checked");
+            self.by_id.remove(&id);
+            out.push(id);
+        }
+        out
+    }
+
+    fn drain(&mut self) -> Vec<QueueId> {
+        self.by_id.clear();
+        std::mem::take(&mut self.by_time).into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// When the loop should wake next.
+    fn next_instant(&self) -> tokio::time::Instant {
+        let now = QueuedMessage::now();
+        let wait = match self.by_time.first() {
+            Some((due, _)) => Duration::from_secs(due.saturating_sub(now)).min(MAX_SLEEP),
+            None => MAX_SLEEP,
+        };
+        tokio::time::Instant::now() + wait
     }
 }
 
@@ -158,77 +376,38 @@ impl MxResolver for NoDns {
     }
 }
 
-struct Worker {
-    relay: Relay,
-    resolver: Arc<dyn MxResolver>,
-    services: HashMap<TlsMode, SmtpService>,
-    in_flight: Mutex<HashSet<QueueId>>,
-    global: Arc<Semaphore>,
-    per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
-    /// Messages found in the queue at start: an earlier run may have delivered some recipients.
-    recovered: HashSet<QueueId>,
-}
-
-struct InFlight<'a>(&'a Mutex<HashSet<QueueId>>, QueueId);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
+impl Ctx {
+    fn routes(&self, msg: &QueuedMessage) -> Vec<Route> {
+        let c = &self.config;
+        msg.recipients.iter().map(|r| route_of(&r.path, &c.hostname, &c.directory, c.source_routes)).collect()
     }
-}
 
-impl Worker {
-    fn new(relay: Relay, resolver: Arc<dyn MxResolver>, recovered: HashSet<QueueId>) -> Worker {
-        let cfg = &relay.core.config;
-        let ehlo = Domain::parse(&cfg.hostname).unwrap_or(Domain::Name("localhost".into()));
-        let mut services = HashMap::new();
-        for mode in [TlsMode::None, TlsMode::Opportunistic, TlsMode::Required, TlsMode::Implicit] {
-            let mut o = ClientOptions::new(ehlo.clone());
-            o.tls = mode;
-            o.verify = match (mode, &cfg.outbound_ca) {
-                // RFC 7435: opportunistic TLS encrypts without insisting on authentication.
-                (TlsMode::Opportunistic, _) => CertVerify::Insecure,
-                (_, Some(ca)) => CertVerify::CaFile(ca.clone()),
-                _ => CertVerify::WebPki,
-            };
-            match SmtpClient::new(o) {
-                Ok(c) => {
-                    services.insert(mode, SmtpService::new(c, cfg.max_per_destination.max(1)));
-                }
-                Err(e) => tracing::error!(error = %e, ?mode, "cannot build SMTP client"),
+    /// One pass over a message; returns when it is next due (`None`: done or gone).
+    async fn process(&self, job: Job) -> Option<u64> {
+        let (mut msg, routes, body, force, fresh, failures) = match job {
+            Job::Fresh(a) => (a.msg, a.routes, Some(a.body), false, true, 0),
+            Job::Due(id, force) => {
+                let unsaved = self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                let (msg, failures) = match unsaved {
+                    Some(x) => x,
+                    None => match self.queue.load(&id).await {
+                        Ok(m) => (m, 0),
+                        Err(QueueError::NotFound(_)) => return None,
+                        Err(QueueError::Corrupt { envelope, .. }) => {
+                            if let Some(env) = envelope {
+                                self.notify_corrupt(&id, *env).await;
+                            }
+                            return None;
+                        }
+                        // Logged once by the queue; tried again later, the rest keeps flowing.
+                        Err(_) => return Some(QueuedMessage::now() + 60),
+                    },
+                };
+                let routes = self.routes(&msg);
+                (msg, routes, None, force, false, failures)
             }
-        }
-        let global = Arc::new(Semaphore::new(cfg.max_deliveries.max(1)));
-        Worker { relay, resolver, services, in_flight: Mutex::default(), global, per_host: Mutex::default(), recovered }
-    }
-
-    async fn scan(self: Arc<Self>, tasks: &TaskSet, force: bool) {
-        match self.relay.core.queue.list().await {
-            Ok(ids) => {
-                for id in ids {
-                    tasks.spawn(self.clone().process(id, force));
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "queue scan failed"),
-        }
-    }
-
-    async fn process(self: Arc<Self>, id: QueueId, force: bool) {
-        if !self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone()) {
-            return;
-        }
-        let _guard = InFlight(&self.in_flight, id.clone());
-        match self.deliver_message(&id, force).await {
-            Ok(()) | Err(QueueError::NotFound(_)) => {}
-            Err(e) => tracing::error!(%id, error = %e, "delivery pass failed"),
-        }
-    }
-
-    async fn deliver_message(&self, id: &str, force: bool) -> Result<(), QueueError> {
-        let core = &self.relay.core;
-        let cfg = &core.config;
-        let queue = &core.queue;
-        let (mut msg, body) = queue.load_with_body(id).await?;
+        };
+        let id = msg.id.clone();
         let now = QueuedMessage::now();
         let due: Vec<usize> = msg
             .recipients
@@ -237,30 +416,53 @@ impl Worker {
             .filter(|(_, r)| r.status == RcptStatus::Pending && (force || r.next_attempt <= now))
             .map(|(i, _)| i)
             .collect();
-        let expired = now >= msg.arrival + cfg.queue_lifetime.as_secs();
-        let needs_notice = msg.recipients.iter().any(|r| r.status != RcptStatus::Pending && !r.notified);
-        if due.is_empty() && !expired && !needs_notice {
-            return Ok(());
-        }
-        let mut groups: HashMap<String, (Domain, Vec<usize>)> = HashMap::new();
+        // The body is looked up only when an attempt or a notification needs it.
+        let body = match body {
+            Some(b) => b,
+            None => match self.queue.body(&id).await {
+                Ok(b) => b,
+                Err(QueueError::NotFound(_)) => return None,
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "queued message unreadable");
+                    return Some(now + 60);
+                }
+            },
+        };
+        let mut groups: Vec<(smtp_proto::Domain, Vec<usize>)> = Vec::new();
         let mut outcomes: Vec<(usize, Outcome)> = Vec::new();
         for &i in &due {
-            let (dest, _) = classify(&msg.recipients[i].path, &cfg.hostname, &cfg.directory, cfg.source_routes);
-            match dest {
-                Destination::Local(name) => outcomes.push((i, self.deliver_local(&msg, i, &name, &body).await)),
-                Destination::Remote { next_hop, .. } => {
-                    groups.entry(next_hop.canonical()).or_insert_with(|| (next_hop, Vec::new())).1.push(i);
+            match &routes[i] {
+                Route::Mailbox(user) => {
+                    let thorough = !fresh || msg.recipients[i].attempts > 0;
+                    outcomes.push((i, self.local.deliver(&msg, i, user, &body, thorough).await));
                 }
-                Destination::Unsupported => {
-                    outcomes.push((i, Outcome::Failed("550 5.1.3 Unsupported address".into(), None)))
-                }
+                Route::Remote(hop) => match groups.iter_mut().find(|(h, _)| h.canonical() == hop.canonical()) {
+                    Some((_, idx)) => idx.push(i),
+                    None => groups.push((hop.clone(), vec![i])),
+                },
+                Route::Refused(r) => outcomes.push((i, Outcome::Failed(r.clone(), None))),
             }
         }
         let remote = futures_util::future::join_all(
-            groups.into_values().map(|(hop, idx)| self.deliver_remote(&msg, body.clone(), hop, idx)),
+            groups.iter().map(|(hop, idx)| self.remote.deliver(&msg, &body, hop, idx)),
         )
         .await;
         outcomes.extend(remote.into_iter().flatten());
+        self.apply(&mut msg, outcomes, now);
+        if now >= msg.arrival + self.config.queue_lifetime.as_secs() {
+            for r in msg.recipients.iter_mut().filter(|r| r.status == RcptStatus::Pending) {
+                let last = r.last_error.as_ref().map(dsn::one_line).unwrap_or_else(|| "no attempt succeeded".into());
+                let text = format!("Delivery time expired; last error: {last}");
+                r.status = RcptStatus::Failed(Reply::new(421, Some(EnhancedCode::new(4, 4, 7)), &text));
+            }
+        }
+        self.notify(&mut msg, &body).await;
+        self.persist(msg, failures).await
+    }
+
+    fn apply(&self, msg: &mut QueuedMessage, outcomes: Vec<(usize, Outcome)>, now: u64) {
+        let cfg = &self.config;
+        let id = &msg.id;
         for (i, o) in outcomes {
             let r = &mut msg.recipients[i];
             match o {
@@ -270,42 +472,54 @@ impl Worker {
                     tracing::info!(%id, to = %r.path, "delivered");
                 }
                 Outcome::Failed(why, mta) => {
-                    tracing::info!(%id, to = %r.path, reason = %why, "failed");
+                    tracing::info!(%id, to = %r.path, reason = %dsn::one_line(&why), "failed");
                     r.status = RcptStatus::Failed(why);
                     r.remote_mta = mta;
                 }
                 Outcome::Retry(why, mta) => {
                     r.attempts += 1;
-                    let backoff = cfg
-                        .retry_interval
-                        .saturating_mul(1 << r.attempts.saturating_sub(1).min(16))
-                        .min(cfg.max_retry_interval);
-                    r.next_attempt = now + backoff.as_secs().max(1);
-                    tracing::info!(%id, to = %r.path, reason = %why, retry_in = backoff.as_secs(), "deferred");
+                    let wait = backoff(cfg.retry_interval, cfg.max_retry_interval, r.attempts);
+                    r.next_attempt = now + wait.as_secs().max(1);
+                    tracing::info!(%id, to = %r.path, reason = %dsn::one_line(&why), retry_in = wait.as_secs(), "deferred");
                     r.last_error = Some(why);
                     r.remote_mta = mta;
                 }
             }
         }
-        if now >= msg.arrival + cfg.queue_lifetime.as_secs() {
-            for r in msg.recipients.iter_mut().filter(|r| r.status == RcptStatus::Pending) {
-                let last = r.last_error.clone().unwrap_or_else(|| "no attempt succeeded".into());
-                r.status = RcptStatus::Failed(format!("421 4.4.7 Delivery time expired; last error: {last}"));
+    }
+
+    /// Stores the new state (or removes a finished message). On failure the state stays in
+    /// memory, authoritative, and the store is tried again after [`persist_retry`].
+    async fn persist(&self, msg: QueuedMessage, failures: u32) -> Option<u64> {
+        let id = msg.id.clone();
+        let done = msg.is_done();
+        let r = if done { self.queue.remove(&id).await } else { self.queue.update(&msg).await };
+        match r {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(%id, failures, "message state stored again");
+                }
+                if done {
+                    tracing::info!(%id, "removed from queue");
+                    return None;
+                }
+                next_due(&msg, &self.config)
+            }
+            Err(e) => {
+                if failures == 0 {
+                    tracing::error!(%id, error = %e, "cannot store message state; keeping it in memory and retrying");
+                }
+                let wait = persist_retry(failures + 1).as_secs().max(1);
+                let due = next_due(&msg, &self.config).unwrap_or(u64::MAX).min(QueuedMessage::now() + wait);
+                self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (msg, failures + 1));
+                Some(due)
             }
         }
-        self.notify(&mut msg, &body).await?;
-        if msg.is_done() {
-            queue.remove(id).await?;
-            tracing::info!(%id, "removed from queue");
-        } else {
-            queue.update(&msg).await?;
-        }
-        Ok(())
     }
 
     /// Sends notifications: failures, successes when asked, and one delay warning.
-    async fn notify(&self, msg: &mut QueuedMessage, body: &[u8]) -> Result<(), QueueError> {
-        let cfg = &self.relay.core.config;
+    async fn notify(&self, msg: &mut QueuedMessage, body: &StoredBody) {
+        let cfg = &self.config;
         let mut by_action: Vec<(Action, Vec<usize>)> = vec![(Action::Failed, vec![]), (Action::Delivered, vec![])];
         for (i, r) in msg.recipients.iter_mut().enumerate() {
             let action = match r.status {
@@ -337,175 +551,42 @@ impl Worker {
             }
         }
         for (action, idx) in by_action.into_iter().filter(|(_, v)| !v.is_empty()) {
-            // Never a notification about a message with a null reverse-path (RFC 788, RFC 3461).
-            let Some((env, data)) = dsn::build(&cfg.hostname, msg, body, &idx, action) else { continue };
-            let dsn_id = self.relay.core.queue.enqueue(env, data.into()).await?;
-            tracing::info!(id = %msg.id, dsn = %dsn_id, ?action, recipients = idx.len(), "notification queued");
-            let _ = self.relay.core.wake.send(dsn_id);
-        }
-        Ok(())
-    }
-
-    async fn deliver_local(&self, msg: &QueuedMessage, i: usize, name: &str, body: &Bytes) -> Outcome {
-        let core = &self.relay.core;
-        let user = match core.config.directory.lookup(name) {
-            Lookup::User(Target::Local(u)) => u,
-            _ if name.eq_ignore_ascii_case("postmaster") => "postmaster".to_string(),
-            _ => return Outcome::Failed("550 5.1.1 No such user here".into(), None),
-        };
-        let terminal = || async { core.terminals.deliver(&user, body.clone()).await };
-        let to_maildir = || async {
-            let key = format!("{}R{i}", msg.id);
-            // After a restart or a failed attempt the file may already be there.
-            let thorough = msg.recipients[i].attempts > 0 || self.recovered.contains(&msg.id);
-            match core.maildir.deliver_grouped(&core.commit, &user, &key, msg.arrival, &msg.from, body, thorough).await
-            {
-                Ok(_) => Outcome::Delivered(None),
-                Err(e) => Outcome::Retry(format!("451 4.3.0 Local delivery failed: {e}"), None),
-            }
-        };
-        match msg.verb {
-            MailVerb::Mail => to_maildir().await,
-            // RFC 788 3.4: SEND only to a terminal; SOML terminal or else mailbox; SAML both.
-            MailVerb::Send => match terminal().await {
-                true => Outcome::Delivered(None),
-                false => Outcome::Failed("450 4.2.1 User not active at a terminal".into(), None),
-            },
-            MailVerb::Soml => match terminal().await {
-                true => Outcome::Delivered(None),
-                false => to_maildir().await,
-            },
-            MailVerb::Saml => {
-                let _ = terminal().await;
-                to_maildir().await
-            }
+            self.send_notice(msg, body, &idx, action).await;
         }
     }
 
-    /// The hosts to try for a next hop: static route, smarthost, address literal, or MX.
-    async fn hosts_for(&self, hop: &Domain) -> Result<Vec<(String, Option<SocketAddr>, u16)>, Outcome> {
-        let cfg = &self.relay.core.config;
-        let key = hop.canonical();
-        if let Some((h, p)) = cfg.routes.get(&key).or(cfg.relay_host.as_ref()) {
-            return Ok(vec![(h.clone(), None, *p)]);
-        }
-        let port = cfg.smtp_port;
-        let name = match hop {
-            Domain::Ipv4(ip) => return Ok(vec![(ip.to_string(), Some(SocketAddr::new((*ip).into(), port)), port)]),
-            Domain::Ipv6(ip) => return Ok(vec![(ip.to_string(), Some(SocketAddr::new((*ip).into(), port)), port)]),
-            Domain::Name(n) => n.clone(),
-        };
-        let hosts = match self.resolver.mx(&name).await {
-            Ok(MxAnswer::Hosts(h)) => h,
-            Ok(MxAnswer::NullMx) => {
-                return Err(Outcome::Failed(format!("556 5.1.10 {name} accepts no mail (null MX, RFC 7505)"), None))
+    /// Queues one notification and hands it to the loop. Never about a message with a null
+    /// reverse-path (RFC 788, RFC 3461).
+    async fn send_notice(&self, msg: &QueuedMessage, body: &StoredBody, idx: &[usize], action: Action) {
+        let Some(notice) = dsn::build(&self.config.hostname, msg, idx, action) else { return };
+        let mut env = notice.envelope.clone();
+        match dsn::enqueue(self.queue.as_ref(), notice, body).await {
+            Ok(stored) => {
+                tracing::info!(id = %msg.id, dsn = %stored.id, ?action, recipients = idx.len(), "notification queued");
+                env.id = stored.id;
+                let routes = self.routes(&env);
+                self.handoff.accepted(crate::schedule::Accepted { msg: env, routes, body: stored.body });
             }
-            Ok(MxAnswer::NoSuchDomain) => {
-                return Err(Outcome::Failed(format!("550 5.1.2 Domain {name} does not exist"), None))
-            }
-            Err(e) => return Err(Outcome::Retry(format!("451 4.4.3 {e}"), None)),
-        };
-        let mut out = Vec::new();
-        for h in hosts {
-            match self.resolver.addresses(&h).await {
-                Ok(addrs) => out.extend(addrs.into_iter().map(|ip| (h.clone(), Some(SocketAddr::new(ip, port)), port))),
-                Err(e) => tracing::info!(host = %h, error = %e, "MX host does not resolve"),
-            }
+            Err(e) => tracing::error!(id = %msg.id, error = %e, ?action, "cannot queue notification"),
         }
-        if out.is_empty() {
-            return Err(Outcome::Retry(format!("451 4.4.4 No address for any mail exchanger of {name}"), None));
-        }
-        Ok(out)
     }
 
-    fn host_slot(&self, host: &str) -> Arc<Semaphore> {
-        let n = self.relay.core.config.max_per_destination.max(1);
-        self.per_host
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(host.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(n)))
-            .clone()
-    }
-
-    async fn deliver_remote(
-        &self,
-        msg: &QueuedMessage,
-        body: Bytes,
-        hop: Domain,
-        idx: Vec<usize>,
-    ) -> Vec<(usize, Outcome)> {
-        let cfg = &self.relay.core.config;
-        let all = |o: Outcome| idx.iter().map(|&i| (i, o.clone())).collect::<Vec<_>>();
-        let hosts = match self.hosts_for(&hop).await {
-            Ok(h) => h,
-            Err(o) => return all(o),
-        };
-        let envelope = MessageEnvelope {
-            // SOML and SAML become MAIL at the next hop: its mailbox delivery is what survives.
-            verb: if msg.verb == MailVerb::Send { MailVerb::Send } else { MailVerb::Mail },
-            from: msg.from.clone(),
-            params: msg.params.clone(),
-            recipients: idx
-                .iter()
-                .map(|&i| (msg.recipients[i].path.clone(), msg.recipients[i].params.clone()))
-                .collect(),
-        };
-        let mode = cfg.tls_per_domain.get(&hop.canonical()).copied().unwrap_or(cfg.outbound_tls);
-        let mut last = String::from("451 4.4.1 No host could be reached");
-        for (host, addr, port) in hosts {
-            let _global = self.global.acquire().await;
-            let slot = self.host_slot(&host);
-            let _slot = slot.acquire().await;
-            let dest = Dest { host: host.clone(), port, addr };
-            let req = SendRequest { destination: dest, envelope: envelope.clone(), body: body.clone() };
-            let mut result = self.send(mode, req.clone()).await;
-            if let (TlsMode::Opportunistic, Err(smtp_client::Error::Tls(e))) = (mode, &result) {
-                tracing::warn!(destination = %host, port, error = %e, "STARTTLS failed; retrying once without TLS (downgrade)");
-                result = self.send(TlsMode::None, req).await;
-            }
-            match result {
-                Ok(out) => {
-                    let data = out.reply.clone();
-                    return idx
-                        .iter()
-                        .zip(out.recipients)
-                        .map(|(&i, (_, rcpt))| {
-                            let mta = Some(host.clone());
-                            let o = match (&rcpt, &data) {
-                                (r, _) if r.is_permanent() => Outcome::Failed(r.to_string(), mta),
-                                (r, _) if !r.is_positive() => Outcome::Retry(r.to_string(), mta),
-                                (_, Some(d)) if d.is_positive() => Outcome::Delivered(mta),
-                                (_, Some(d)) if d.is_permanent() => Outcome::Failed(d.to_string(), mta),
-                                (_, Some(d)) => Outcome::Retry(d.to_string(), mta),
-                                (_, None) => Outcome::Retry("451 4.3.0 Message data not accepted".into(), mta),
-                            };
-                            (i, o)
-                        })
-                        .collect();
-                }
-                Err(e) if e.is_permanent() => {
-                    let text = e.reply().map(|r| r.to_string()).unwrap_or_else(|| format!("554 5.0.0 {e}"));
-                    return all(Outcome::Failed(text, Some(host)));
-                }
-                Err(e) => {
-                    last = e.reply().map(|r| r.to_string()).unwrap_or_else(|| format!("451 4.4.1 {host}: {e}"));
-                    tracing::info!(destination = %host, port, error = %e, "delivery attempt failed");
+    /// Tells the sender of a record that was found damaged and set aside: its pending
+    /// recipients failed (the damaged content is not returned).
+    async fn notify_corrupt(&self, id: &str, mut env: QueuedMessage) {
+        let why = Reply::new(554, Some(EnhancedCode::new(5, 3, 0)), "The queued message was damaged and set aside");
+        let mut idx = Vec::new();
+        for (i, r) in env.recipients.iter_mut().enumerate() {
+            if r.status == RcptStatus::Pending {
+                r.status = RcptStatus::Failed(why.clone());
+                if dsn::wanted(r, Action::Failed) {
+                    idx.push(i);
                 }
             }
         }
-        all(Outcome::Retry(last, None))
-    }
-
-    /// (full, resumed) outbound TLS handshakes so far.
-    fn handshakes(&self) -> (u64, u64) {
-        self.services.values().map(|s| s.client().handshakes()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
-    }
-
-    async fn send(&self, mode: TlsMode, req: SendRequest) -> Result<smtp_client::SendOutcome, smtp_client::Error> {
-        match self.services.get(&mode) {
-            Some(s) => s.send(req).await,
-            None => Err(smtp_client::Error::Refused("no SMTP client for this TLS mode")),
+        tracing::warn!(%id, recipients = idx.len(), "damaged record: telling the sender");
+        if !idx.is_empty() {
+            self.send_notice(&env, &StoredBody::Memory(Default::default()), &idx, Action::Failed).await;
         }
     }
 }

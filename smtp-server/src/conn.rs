@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::{BufMut, BytesMut};
 use smtp_proto::server::{Event, ServerSession, Timeout};
 use smtp_proto::{codes, ForwardPath, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,6 +13,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::either::Either;
 use tower::{Service, ServiceExt};
 
+use crate::body::{Body, BodySender};
 use crate::error::BoxError;
 use crate::policy::{Decision, PolicyKind, PolicyRequest};
 use crate::server::{MailService, PolicyService, Shared};
@@ -53,8 +53,17 @@ struct Conn<P, M> {
     info: SessionInfo,
     policy: P,
     mail: M,
-    body: BytesMut,
+    /// The transaction whose data is arriving: the body's sender and the mail service's task.
+    data: Option<Transfer>,
     messages: u32,
+}
+
+/// A body in flight to the mail service.
+struct Transfer {
+    id: String,
+    recipients: usize,
+    body: Option<BodySender>,
+    reply: tokio::task::JoinHandle<Result<Reply, BoxError>>,
 }
 
 pub(crate) async fn serve<P: PolicyService, M: MailService>(
@@ -88,7 +97,7 @@ pub(crate) async fn serve<P: PolicyService, M: MailService>(
         shared,
         session,
         info,
-        body: BytesMut::new(),
+        data: None,
         messages: 0,
     };
     let end = conn.run(transport).await;
@@ -223,18 +232,32 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
                     self.info.authenticated = Some(user);
                 }
             }
-            Event::DataStart | Event::DataAborted(_) | Event::Reset => self.body.clear(),
-            Event::DataChunk(b) => self.body.extend_from_slice(&b),
+            Event::DataStart => self.start_data().await,
+            // Dropping the sender tells the service the data is incomplete: it stores nothing.
+            Event::DataAborted(_) | Event::Reset => self.data = None,
+            Event::DataChunk(b) => {
+                if let Some(sender) = self.data.as_ref().and_then(|t| t.body.as_ref()) {
+                    let wait = self.shared.options.data_timeout;
+                    if !matches!(tokio::time::timeout(wait, sender.chunk(b)).await, Ok(true)) {
+                        // The service answered early or stalled; the rest of the data is read and
+                        // dropped, and the end of data gets the service's reply.
+                        if let Some(t) = &mut self.data {
+                            t.body = None;
+                        }
+                    }
+                }
+            }
             Event::DataEnd => {
-                let reply = self.deliver().await;
+                let reply = self.finish_data().await;
                 self.session.respond(reply);
             }
             Event::StartTls | Event::Close(_) => {}
         }
     }
 
-    async fn deliver(&mut self) -> Reply {
-        let env = self.session.envelope().expect("data ends inside a transaction").clone();
+    /// Calls the mail service with the envelope as the data starts; the body follows.
+    async fn start_data(&mut self) {
+        let env = self.session.envelope().expect("data starts inside a transaction").clone();
         let id = self.shared.next_id();
         let at = SystemTime::now();
         let single = match env.recipients.as_slice() {
@@ -247,10 +270,8 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
         let private = self.shared.options.private_received_for_auth && self.info.authenticated.is_some();
         let hostname = &self.shared.options.session.hostname;
         let received = received_line(hostname, &id, &self.info, single.as_deref(), at, private);
-        let mut body = BytesMut::with_capacity(received.len() + self.body.len());
-        body.put_slice(received.as_bytes());
-        body.put_slice(&self.body);
-        self.body = BytesMut::new();
+        let (sender, body) = Body::channel();
+        let recipients = env.recipients.len();
         let tx = Transaction {
             id: id.clone(),
             session: self.info.clone(),
@@ -258,11 +279,34 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
             from: env.from,
             params: env.params,
             recipients: env.recipients,
-            body: body.freeze(),
+            received,
             received_at: at,
+            body,
         };
-        let n = tx.recipients.len();
-        match call(&mut self.mail, tx).await {
+        let call = match self.mail.ready().await {
+            Ok(svc) => svc.call(tx),
+            Err(e) => {
+                let e: BoxError = e.into();
+                let reply = tokio::spawn(async move { Err(e) });
+                self.data = Some(Transfer { id, recipients, body: None, reply });
+                return;
+            }
+        };
+        let reply = tokio::spawn(async move { call.await.map_err(Into::into) });
+        self.data = Some(Transfer { id, recipients, body: Some(sender), reply });
+    }
+
+    /// Marks the data complete and waits for the mail service's reply.
+    async fn finish_data(&mut self) -> Reply {
+        let Some(Transfer { id, recipients: n, body, reply }) = self.data.take() else { return codes::local_error() };
+        if let Some(sender) = body {
+            sender.end().await;
+        }
+        let result = match reply.await {
+            Ok(r) => r,
+            Err(e) => Err(BoxError::from(format!("mail service task failed: {e}"))),
+        };
+        match result {
             Ok(reply) => {
                 self.messages += 1;
                 tracing::info!(peer = %self.info.peer, %id, recipients = n, code = reply.code(), "message");

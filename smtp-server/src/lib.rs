@@ -4,7 +4,8 @@
 //! It accepts connections (plain with STARTTLS, RFC 3207, and implicit TLS, RFC 8314), applies
 //! timeouts (RFC 5321 4.5.3.2), connection limits and graceful shutdown, stamps the `Received:`
 //! line, and hands every decision to tower services the embedder supplies: a policy service
-//! (MAIL, RCPT, VRFY, EXPN, AUTH) and a mail service called with each [`Transaction`]. Any tower
+//! (MAIL, RCPT, VRFY, EXPN, AUTH) and a mail service called with each [`Transaction`] when its
+//! data starts, the body following as a bounded stream ([`Body`]). Any tower
 //! middleware (timeout, concurrency limit, load shedding) composes around them; a failing
 //! service becomes `451 4.3.0`, never a dropped connection.
 //!
@@ -22,9 +23,11 @@
 //! use smtp_proto::{codes, Reply};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let mail = tower::service_fn(|tx: Transaction| async move {
-//!     println!("{} bytes from {}", tx.body.len(), tx.from);
-//!     Ok::<Reply, std::convert::Infallible>(codes::message_accepted())
+//! let mail = tower::service_fn(|mut tx: Transaction| async move {
+//!     // Small messages can be collected; a relay streams `tx.body.chunk()` to disk instead.
+//!     let data = tx.body.collect(1 << 20).await?;
+//!     println!("{} bytes from {}", data.len(), tx.from);
+//!     Ok::<Reply, smtp_server::BodyError>(codes::message_accepted())
 //! });
 //! let server = Server::builder("mx.example.org")
 //!     .listen("127.0.0.1:2525".parse()?)
@@ -34,6 +37,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod body;
 mod conn;
 pub mod error;
 pub mod policy;
@@ -41,6 +45,7 @@ mod server;
 pub mod tls;
 pub mod transaction;
 
+pub use body::{Body, BodyError};
 pub use conn::service_error_reply;
 pub use error::{BoxError, Error};
 pub use policy::{AcceptAll, Decision, PolicyKind, PolicyRequest};

@@ -150,13 +150,18 @@ impl<T> PolicyService for T where
 {
 }
 
-/// A mail service: `Service<Transaction, Response = Reply>`, cloned per connection.
+/// A mail service: `Service<Transaction, Response = Reply>`, cloned per connection. It is called
+/// when the data starts; its future runs as its own task while the connection feeds the body.
 pub trait MailService:
-    tower::Service<Transaction, Response = Reply, Error: Into<BoxError>, Future: Send> + Clone + Send + Sync + 'static
+    tower::Service<Transaction, Response = Reply, Error: Into<BoxError>, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
 {
 }
 impl<T> MailService for T where
-    T: tower::Service<Transaction, Response = Reply, Error: Into<BoxError>, Future: Send>
+    T: tower::Service<Transaction, Response = Reply, Error: Into<BoxError>, Future: Send + 'static>
         + Clone
         + Send
         + Sync

@@ -3,11 +3,11 @@
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use smtp_proto::command::MailParams;
 use smtp_proto::server::Recipient;
 use smtp_proto::{Domain, MailVerb, ReversePath};
 
+use crate::body::Body;
 use crate::tls::TlsInfo;
 
 /// Facts about the SMTP session, passed with every policy question and transaction.
@@ -27,8 +27,9 @@ pub struct SessionInfo {
     pub authenticated: Option<String>,
 }
 
-/// One received message, handed to the mail service at the end of data.
-#[derive(Debug, Clone)]
+/// One message, handed to the mail service when its data starts; the data follows in `body`,
+/// and the service's reply answers the end of data.
+#[derive(Debug)]
 pub struct Transaction {
     /// A unique id for logs and `Received:`.
     pub id: String,
@@ -42,10 +43,12 @@ pub struct Transaction {
     pub params: MailParams,
     /// Accepted recipients with their parameters (NOTIFY, ORCPT).
     pub recipients: Vec<Recipient>,
-    /// The message: this server's `Received:` line, then the data as received.
-    pub body: Bytes,
-    /// When the data was complete.
+    /// This server's `Received:` line (with CRLF), to be stored in front of the data.
+    pub received: String,
+    /// When the data started.
     pub received_at: SystemTime,
+    /// The data as received (unstuffed), streamed.
+    pub body: Body,
 }
 
 /// Formats a date as RFC 5322 `date-time`.

@@ -73,13 +73,14 @@ except (ssl.SSLError, OSError) as e:
 #[tokio::test]
 async fn smtplib_starttls_and_weak_tls_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let inbox: Arc<Mutex<Vec<Transaction>>> = Arc::default();
+    let inbox: Arc<Mutex<Vec<(Arc<Transaction>, bytes::Bytes)>>> = Arc::default();
     let inbox2 = inbox.clone();
-    let mail = tower::service_fn(move |tx: Transaction| {
+    let mail = tower::service_fn(move |mut tx: Transaction| {
         let inbox = inbox2.clone();
         async move {
-            inbox.lock().unwrap().push(tx);
-            Ok::<Reply, std::convert::Infallible>(codes::message_accepted())
+            let data = tx.body.collect(1 << 20).await?;
+            inbox.lock().unwrap().push((Arc::new(tx), data));
+            Ok::<Reply, smtp_server::BodyError>(codes::message_accepted())
         }
     });
     let server = Server::builder("mx.test")
@@ -99,9 +100,9 @@ async fn smtplib_starttls_and_weak_tls_refused() {
     assert!(out.contains("cipher TLSv1.3"), "{out}");
     let txs = inbox.lock().unwrap().clone();
     assert_eq!(txs.len(), 2);
-    assert_eq!(txs[0].recipients.len(), 2);
-    assert!(txs[0].body.ends_with(b"line one\r\n.dot line\r\n"));
-    assert!(txs[1].params.smtputf8);
+    assert_eq!(txs[0].0.recipients.len(), 2);
+    assert!(txs[0].1.ends_with(b"line one\r\n.dot line\r\n"));
+    assert!(txs[1].0.params.smtputf8);
 
     let (ok, out) = python(CBC_ONLY, &[addrs[1].port().to_string()]).await;
     assert!(ok && out.contains("refused"), "{out}");

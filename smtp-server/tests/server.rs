@@ -15,7 +15,22 @@ use tokio::net::TcpStream;
 /// Upper bound for any single wait in these tests.
 const WAIT: Duration = Duration::from_secs(10);
 
-type Inbox = Arc<Mutex<Vec<Transaction>>>;
+type Inbox = Arc<Mutex<Vec<Got>>>;
+
+/// A complete transaction as the test service saw it: the envelope, and the `Received:` line
+/// followed by the collected data.
+#[derive(Clone)]
+struct Got {
+    tx: Arc<Transaction>,
+    message: bytes::Bytes,
+}
+
+impl std::ops::Deref for Got {
+    type Target = Transaction;
+    fn deref(&self) -> &Transaction {
+        &self.tx
+    }
+}
 
 struct TestServer {
     addr: SocketAddr,
@@ -59,12 +74,14 @@ async fn start(tweak: impl FnOnce(&mut ServerOptions)) -> TestServer {
     let tls_config = tls::self_signed(dir.path(), "mx.test").unwrap();
     let inbox: Inbox = Arc::default();
     let inbox2 = inbox.clone();
-    let mail = tower::service_fn(move |tx: Transaction| {
+    let mail = tower::service_fn(move |mut tx: Transaction| {
         let inbox = inbox2.clone();
         async move {
             let id = tx.id.clone();
-            inbox.lock().unwrap().push(tx);
-            Ok::<_, std::convert::Infallible>(Reply::new(
+            let data = tx.body.collect(1 << 24).await?;
+            let message = [tx.received.as_bytes(), &data[..]].concat().into();
+            inbox.lock().unwrap().push(Got { tx: Arc::new(tx), message });
+            Ok::<_, smtp_server::BodyError>(Reply::new(
                 250,
                 Some(smtp_proto::EnhancedCode::new(2, 0, 0)),
                 &format!("queued as {id}"),
@@ -174,7 +191,7 @@ async fn plain_transaction_with_received_line() {
     assert!(send(&mut s, "QUIT\r\n").await.starts_with("221"));
     wait_for(&t.inbox, 1).await;
     let tx = t.inbox.lock().unwrap()[0].clone();
-    let body = String::from_utf8(tx.body.to_vec()).unwrap();
+    let body = String::from_utf8(tx.message.to_vec()).unwrap();
     assert!(
         body.starts_with("Received: from client.test ([127.0.0.1])\r\n\tby mx.test (Tern) with ESMTP id "),
         "{body}"
@@ -249,7 +266,7 @@ async fn starttls_tls13_discards_plaintext_and_resumes() {
     let tls = tx.session.tls.clone().unwrap();
     assert_eq!(tls.version, "TLSv1.3");
     assert_eq!(tx.session.authenticated.as_deref(), Some("u"));
-    let body = String::from_utf8(tx.body.to_vec()).unwrap();
+    let body = String::from_utf8(tx.message.to_vec()).unwrap();
     assert!(body.contains("with ESMTPSA id") && body.contains("(version=TLSv1.3 cipher=TLS13_"), "{body}");
 }
 
@@ -271,7 +288,7 @@ async fn implicit_tls_and_tls12_aead() {
         send(&mut tls, line).await;
     }
     wait_for(&t.inbox, 1).await;
-    let body = String::from_utf8(t.inbox.lock().unwrap()[0].body.to_vec()).unwrap();
+    let body = String::from_utf8(t.inbox.lock().unwrap()[0].message.to_vec()).unwrap();
     assert!(body.starts_with("Received: by mx.test (Tern) with ESMTPSA"), "privacy option: {body}");
     assert!(!body.contains("127.0.0.1"));
 }

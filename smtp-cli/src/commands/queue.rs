@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use smtp_relay::queue::RcptStatus;
-use smtp_relay::{FsQueue, Queue};
+use smtp_relay::{FsQueue, Queue, QueueError, ScanEntry};
+use tokio_util::sync::CancellationToken;
 
 /// Inspect or change the mail queue.
 #[derive(Debug, Args)]
@@ -51,11 +52,12 @@ pub async fn exec(args: QueueArgs) -> anyhow::Result<()> {
             None => {
                 let q = FsQueue::open(&spool)?;
                 let mut n = 0;
-                for id in q.list().await? {
-                    let mut m = q.load(&id).await?;
-                    m.recipients.iter_mut().for_each(|r| r.next_attempt = 0);
-                    q.update(&m).await?;
-                    n += 1;
+                for e in q.scan(&CancellationToken::new()).await? {
+                    if let ScanEntry::Queued(mut m, _) = e {
+                        m.recipients.iter_mut().for_each(|r| r.next_attempt = 0);
+                        q.update(&m).await?;
+                        n += 1;
+                    }
                 }
                 println!("no server running; {n} messages marked for retry at the next start");
                 Ok(())
@@ -80,24 +82,53 @@ pub async fn exec(args: QueueArgs) -> anyhow::Result<()> {
 
 async fn list(spool: &Path) -> anyhow::Result<()> {
     let q = FsQueue::read_only(spool)?;
-    let ids = q.list().await?;
-    if ids.is_empty() {
+    let entries = q.scan(&CancellationToken::new()).await?;
+    if entries.is_empty() {
         println!("queue is empty");
         return Ok(());
     }
-    println!("{:<24} {:>8} {:<6} {:<30} recipients (pending/total)", "ID", "SIZE", "VERB", "FROM");
-    for id in ids {
-        let Ok(m) = q.load(&id).await else { continue };
-        let size = q.body(&id).await.map(|b| b.len()).unwrap_or(0);
-        let pending = m.recipients.iter().filter(|r| r.status == RcptStatus::Pending).count();
-        println!("{id:<24} {size:>8} {:<6} {:<30} {pending}/{}", m.verb, m.from.to_string(), m.recipients.len());
+    let mut out = String::new();
+    out.push_str(&format!("{:<24} {:>8} {:<7} {:<6} {:<30} recipients (pending/total)\n", "ID", "SIZE", "STATE", "VERB", "FROM"));
+    for e in entries {
+        match e {
+            ScanEntry::Queued(m, size) => {
+                let pending = m.recipients.iter().filter(|r| r.status == RcptStatus::Pending).count();
+                out.push_str(&format!(
+                    "{:<24} {size:>8} {:<7} {:<6} {:<30} {pending}/{}\n",
+                    m.id,
+                    "queued",
+                    m.verb,
+                    m.from.to_string(),
+                    m.recipients.len()
+                ));
+            }
+            ScanEntry::Corrupt { id, reason, .. } => {
+                out.push_str(&format!("{id:<24} {:>8} {:<7} {reason}\n", "-", "corrupt"));
+            }
+        }
     }
+    use std::io::Write;
+    std::io::stdout().lock().write_all(out.as_bytes())?;
     Ok(())
 }
 
 async fn show(spool: &Path, id: &str) -> anyhow::Result<()> {
     let q = FsQueue::read_only(spool)?;
-    let m = q.load(id).await?;
+    let m = match q.load(id).await {
+        Ok(m) => m,
+        Err(QueueError::NotFound(_)) => {
+            let (envelope, why) = q.inspect_corrupt(id)?;
+            println!("id:       {id}\nstate:    corrupt (set aside in {}/corrupt)\nproblem:  {why}", spool.display());
+            if let Some(m) = envelope {
+                println!("from:     {}", m.from);
+                for r in &m.recipients {
+                    println!("to:       {}", r.path);
+                }
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let body = q.body(id).await?;
     println!("id:       {}", m.id);
     println!("verb:     {}", m.verb);
@@ -113,14 +144,19 @@ async fn show(spool: &Path, id: &str) -> anyhow::Result<()> {
         let state = match &r.status {
             RcptStatus::Pending => format!("pending, {} attempts", r.attempts),
             RcptStatus::Delivered => "delivered".to_string(),
-            RcptStatus::Failed(why) => format!("failed: {why}"),
+            RcptStatus::Failed(why) => format!("failed: {}", smtp_relay::dsn::one_line(why)),
         };
         println!("to:       {} [{state}]", r.path);
         if let Some(e) = &r.last_error {
-            println!("          last error: {e}");
+            println!("          last error: {}", smtp_relay::dsn::one_line(e));
         }
     }
-    let end = body.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(body.len());
-    println!("size:     {} bytes\n\n{}", body.len(), String::from_utf8_lossy(&body[..end]));
+    let head = body.head(64 * 1024).await?;
+    let end = headers_end(&head);
+    println!("size:     {} bytes\n\n{}", body.len(), String::from_utf8_lossy(&head[..end]));
     Ok(())
+}
+
+fn headers_end(b: &[u8]) -> usize {
+    b.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(b.len())
 }

@@ -28,10 +28,16 @@ pub async fn exec(args: SinkArgs) -> anyhow::Result<()> {
     let messages = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
     let (m, b) = (messages.clone(), bytes.clone());
-    let mail = tower::service_fn(move |tx: Transaction| {
-        m.fetch_add(1, Ordering::Relaxed);
-        b.fetch_add(tx.body.len() as u64, Ordering::Relaxed);
-        async { Ok::<_, std::convert::Infallible>(codes::ok()) }
+    let mail = tower::service_fn(move |mut tx: Transaction| {
+        let (m, b) = (m.clone(), b.clone());
+        async move {
+            // Counted as it streams; nothing is kept.
+            while let Some(chunk) = tx.body.chunk().await? {
+                b.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+            m.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, smtp_server::BodyError>(codes::ok())
+        }
     });
     let server = Server::builder(args.hostname)
         .listen(args.listen)

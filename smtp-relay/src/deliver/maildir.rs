@@ -1,12 +1,16 @@
 //! Maildir delivery (`DATA_DIR/mail/USER/{tmp,new,cur}`), with the return-path line.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use smtp_proto::ReversePath;
 
-use crate::commit::{GroupCommit, Op};
+use crate::commit::{create_dir_durable, create_file, GroupCommit, Op};
+use crate::queue::StoredBody;
+
+/// Bytes copied per block when a large message is streamed from the spool into a mailbox.
+const COPY_BLOCK: usize = 64 * 1024;
 
 /// Delivers into Maildirs under one root.
 #[derive(Debug, Clone)]
@@ -41,12 +45,18 @@ impl Maildir {
             Err(target) => target,
         };
         let tmp = dir.join("tmp").join(&name);
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-        f.write_all(&content(from, body))?;
-        f.sync_all()?;
-        drop(f);
         let dest = dir.join("new").join(&name);
-        fs::rename(&tmp, &dest)?;
+        let written = (|| {
+            let mut f = create_file(&tmp)?;
+            f.write_all(&content(from, body))?;
+            f.sync_all()?;
+            drop(f);
+            fs::rename(&tmp, &dest)
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         File::open(dir.join("new"))?.sync_all()?;
         Ok(dest)
     }
@@ -69,7 +79,7 @@ impl Maildir {
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner()).contains(user);
         if !known {
             for sub in ["tmp", "new", "cur"] {
-                fs::create_dir_all(dir.join(sub))?;
+                create_dir_durable(&dir.join(sub))?;
             }
             self.known.lock().unwrap_or_else(|e| e.into_inner()).insert(user.to_string());
         }
@@ -84,8 +94,10 @@ impl Maildir {
         })
     }
 
-    /// Like [`Maildir::deliver`], with the file's flush shared with concurrent deliveries
-    /// through the relay's group commit.
+    /// Like [`Maildir::deliver`] from a queued body, with the file's flush shared with
+    /// concurrent deliveries through the relay's group commit. A small body in memory is
+    /// written by the committer; a large one is streamed from the spool file in blocks, so a
+    /// delivery holds [`COPY_BLOCK`] octets at a time, never the message.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn deliver_grouped(
         &self,
@@ -94,24 +106,76 @@ impl Maildir {
         key: &str,
         arrival: u64,
         from: &ReversePath,
-        body: &[u8],
+        body: &StoredBody,
         thorough: bool,
     ) -> io::Result<PathBuf> {
         let this = self.clone();
-        let (user, key) = (user.to_string(), key.to_string());
-        let prepared = tokio::task::spawn_blocking(move || this.prepare(&user, &key, arrival, thorough))
-            .await
-            .map_err(io::Error::other)??;
-        let (dir, name) = match prepared {
-            Ok(existing) => return Ok(existing),
-            Err(target) => target,
-        };
-        let dest = dir.join("new").join(&name);
-        commit
-            .run(Op::Write { tmp: dir.join("tmp").join(&name), dest: dest.clone(), data: content(from, body) })
-            .await?;
-        Ok(dest)
+        let (user, key, from, body) = (user.to_string(), key.to_string(), from.clone(), body.clone());
+        let prepared = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            let (dir, name) = match this.prepare(&user, &key, arrival, thorough)? {
+                Ok(existing) => return Ok(Err(existing)),
+                Err(target) => target,
+            };
+            let tmp = dir.join("tmp").join(&name);
+            let dest = dir.join("new").join(&name);
+            let op = match &body {
+                StoredBody::Memory(b) => Op::Write { tmp, dest: dest.clone(), data: content(&from, b).into() },
+                StoredBody::File { .. } => match stream_content(&tmp, &from, &body) {
+                    Ok(file) => Op::Sync { file, tmp, dest: dest.clone() },
+                    Err(e) => {
+                        let _ = fs::remove_file(&tmp);
+                        return Err(e);
+                    }
+                },
+            };
+            Ok(Ok((op, dest)))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        match prepared {
+            Err(existing) => Ok(existing),
+            Ok((op, dest)) => {
+                commit.run(op).await?;
+                Ok(dest)
+            }
+        }
     }
+}
+
+/// Writes the return-path line and the body (CRLF to LF) into a new file at `tmp`, block by
+/// block.
+fn stream_content(tmp: &Path, from: &ReversePath, body: &StoredBody) -> io::Result<File> {
+    let mut f = create_file(tmp)?;
+    f.write_all(format!("Return-Path: {from}\n").as_bytes())?;
+    let mut input = body.reader_blocking()?;
+    let mut buf = vec![0u8; COPY_BLOCK];
+    let mut out = Vec::with_capacity(COPY_BLOCK + 1);
+    let mut cr = false;
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.clear();
+        let mut chunk = &buf[..n];
+        // A CR held back from the previous block: dropped when this one starts with LF.
+        if cr {
+            if chunk[0] != b'\n' {
+                out.push(b'\r');
+            }
+            cr = false;
+        }
+        if chunk.last() == Some(&b'\r') {
+            cr = true;
+            chunk = &chunk[..chunk.len() - 1];
+        }
+        crlf_to_lf(chunk, &mut out);
+        f.write_all(&out)?;
+    }
+    if cr {
+        f.write_all(b"\r")?;
+    }
+    Ok(f)
 }
 
 /// The stored file: the return-path line, then the message with LF line ends.
@@ -162,5 +226,25 @@ mod tests {
         assert_eq!(fs::read_dir(root.path().join("bob/tmp")).unwrap().count(), 0);
         let null = m.deliver("bob", "ID2R0", 7, &ReversePath::Null, b"x").unwrap();
         assert!(fs::read(null).unwrap().starts_with(b"Return-Path: <>\n"));
+    }
+
+    #[test]
+    fn streamed_copy_converts_line_ends_across_blocks() {
+        let root = tempfile::tempdir().unwrap();
+        // CRLF pairs split at every block boundary, and a lone CR that must stay.
+        let mut body = Vec::new();
+        while body.len() < 3 * COPY_BLOCK {
+            body.extend_from_slice(b"line\r\nx\ry\r\n");
+        }
+        body.truncate(COPY_BLOCK - 1);
+        body.extend_from_slice(b"\r\nend\r");
+        let spool = root.path().join("spool");
+        fs::write(&spool, [&b"HEAD"[..], &body].concat()).unwrap();
+        let stored = StoredBody::File { path: spool, offset: 4, len: body.len() as u64 };
+        let tmp = root.path().join("out");
+        drop(stream_content(&tmp, &ReversePath::Null, &stored).unwrap());
+        let mut want = b"Return-Path: <>\n".to_vec();
+        crlf_to_lf(&body, &mut want);
+        assert_eq!(fs::read(&tmp).unwrap(), want);
     }
 }

@@ -1,48 +1,72 @@
 //! The filesystem spool with group commit.
 //!
-//! Layout under `DIR/queue/`: `tmp/` (files being written), `msg/ID` (envelope and body),
-//! `msg/ID.st` (delivery state), `corrupt/` (damaged records set aside).
+//! Layout under `DIR/queue/`: `tmp/` (files being written), `msg/ID` (envelope, then body),
+//! `msg/ID.st` (delivery state, once there is any), `corrupt/` (damaged records set aside).
 //!
-//! Durability goes through [`GroupCommit`]: every write waiting at a moment is written to `tmp/`,
-//! made durable with one `syncfs`, renamed into `msg/`, and the renames made durable with one
-//! fsync of `msg/`. Only then are the callers told, so a `250` is sent only for mail that
-//! survives a crash, and twenty concurrent transactions cost two disk flushes, not twenty. A
-//! process killed before the rename leaves only a file in `tmp/`, which recovery sets aside:
-//! never half a message in `msg/`.
+//! A message is streamed into `tmp/ID`: the envelope first, then the data in blocks of
+//! [`WRITE_BLOCK`] written from a blocking thread, then the body length filled in. Small
+//! messages never touch the disk before the commit: their one buffer is written by the
+//! committer. Durability goes through [`GroupCommit`]: the files of every commit waiting at a
+//! moment are flushed together (concurrent `fdatasync`), renamed into `msg/`, and the renames
+//! made durable with one fsync of `msg/`. Only then are the callers told, so a `250` is sent
+//! only for mail that survives a crash. A process killed before the rename leaves only a file in
+//! `tmp/`, which the next start sets aside: never half a message in `msg/`. Every error path
+//! removes its temporary file.
+//!
+//! Reading the queue never reads bodies: an envelope is read from the head of its file, and the
+//! file's size tells whether the body is whole.
 
 use std::collections::HashSet;
-use std::fs;
-use std::io;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
-use super::record::{apply_state, decode, encode, encode_state};
-use super::{Queue, QueueError, QueueId, QueuedMessage};
-use crate::commit::{GroupCommit, Op};
+use super::record::{apply_state, decode_header, encode_header, encode_state, length_digits, RecordError};
+use super::{MessageWriter, Queue, QueueError, QueueId, QueuedMessage, ScanEntry, Stored, StoredBody};
+use crate::commit::{create_dir_durable, create_file, GroupCommit, Op};
+
+/// Data buffered per message before it is written out: the memory one incoming message holds.
+pub const WRITE_BLOCK: usize = 128 * 1024;
+/// Bodies up to this size stay in memory for their first delivery (no re-read).
+const KEEP_IN_MEMORY: usize = 256 * 1024;
+/// Envelope bytes read per attempt when scanning (most envelopes are far smaller).
+const HEAD_READ: usize = 4096;
+/// An envelope larger than this is damaged.
+const MAX_HEADER: usize = 4 * 1024 * 1024;
 
 /// The default [`Queue`]: a directory of files, fsync'd with group commit.
+#[derive(Clone)]
 pub struct FsQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     dir: PathBuf,
     /// `None` for a read-only view.
     commit: Option<GroupCommit>,
     counter: AtomicU64,
+    /// Names in `msg/` already logged as unusable (logged once, not per scan).
+    logged: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for FsQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FsQueue").field("dir", &self.dir).finish()
+        f.debug_struct("FsQueue").field("dir", &self.inner.dir).finish()
     }
 }
 
 impl FsQueue {
-    /// Opens (creating if needed) the spool in `dir` and starts its committer thread. Leftovers
-    /// of an interrupted write are set aside in `corrupt/`.
+    /// Opens (creating if needed, durably) the spool in `dir` and starts its committer thread.
+    /// Leftovers of an interrupted write are set aside in `corrupt/`.
     pub fn open(dir: impl AsRef<Path>) -> io::Result<FsQueue> {
         let dir = dir.as_ref().to_path_buf();
         for sub in ["tmp", "msg", "corrupt"] {
-            fs::create_dir_all(dir.join(sub))?;
+            create_dir_durable(&dir.join(sub))?;
         }
         for entry in fs::read_dir(dir.join("tmp"))? {
             let entry = entry?;
@@ -51,7 +75,7 @@ impl FsQueue {
             fs::rename(entry.path(), to)?;
         }
         let commit = GroupCommit::start("tern-spool-commit")?;
-        Ok(FsQueue { dir, commit: Some(commit), counter: AtomicU64::new(0) })
+        Ok(FsQueue::with(dir, Some(commit)))
     }
 
     /// A read-only view of a spool that a running server may be writing (for `tern queue`):
@@ -61,12 +85,39 @@ impl FsQueue {
         if !dir.join("msg").is_dir() {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("no spool in {}", dir.display())));
         }
-        Ok(FsQueue { dir, commit: None, counter: AtomicU64::new(0) })
+        Ok(FsQueue::with(dir, None))
+    }
+
+    fn with(dir: PathBuf, commit: Option<GroupCommit>) -> FsQueue {
+        FsQueue { inner: Arc::new(Inner { dir, commit, counter: AtomicU64::new(0), logged: Mutex::default() }) }
     }
 
     /// The spool directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.inner.dir
+    }
+
+    /// Reads a record that was set aside in `corrupt/`: its envelope where readable, and why it
+    /// is damaged (for `tern queue show`).
+    pub fn inspect_corrupt(&self, id: &str) -> Result<(Option<QueuedMessage>, String), QueueError> {
+        if !valid_name(id) {
+            return Err(QueueError::NotFound(id.to_string()));
+        }
+        let path = self.inner.dir.join("corrupt").join(id);
+        if !path.is_file() {
+            return Err(QueueError::NotFound(id.to_string()));
+        }
+        Ok(match self.inner.read_record(&path, id) {
+            Ok(_) => (None, "set aside; the record reads back whole now".into()),
+            Err(e) => {
+                let env = envelope_of(&e);
+                (env, e.to_string())
+            }
+        })
+    }
+
+    fn commit(&self) -> Result<&GroupCommit, QueueError> {
+        self.inner.commit.as_ref().ok_or(QueueError::Closed)
     }
 
     fn new_id(&self) -> QueueId {
@@ -74,211 +125,351 @@ impl FsQueue {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
         format!("{micros:013X}{:02X}{:04X}", std::process::id() & 0xff, n & 0xffff)
     }
 
-    /// Writes `msg/NAME` durably (through `tmp/`), sharing the flush with concurrent writers.
-    async fn write(&self, name: &str, data: Vec<u8>) -> Result<(), QueueError> {
-        let commit = self.commit.as_ref().ok_or(QueueError::Closed)?;
-        let seq = self.counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.dir.join("tmp").join(format!("{name}.{seq}"));
-        commit.run(Op::Write { tmp, dest: self.dir.join("msg").join(name), data }).await.map_err(QueueError::Io)
-    }
-
-    fn read(&self, id: &str) -> Result<Vec<u8>, QueueError> {
-        if !valid_id(id) {
-            return Err(QueueError::NotFound(id.to_string()));
-        }
-        fs::read(self.dir.join("msg").join(id)).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => QueueError::NotFound(id.to_string()),
-            _ => QueueError::Io(e),
-        })
-    }
-
-    fn set_aside(&self, id: &str, why: &dyn std::fmt::Display) {
-        if self.commit.is_none() {
-            tracing::warn!(%id, reason = %why, "corrupt spool record");
-            return;
-        }
-        tracing::error!(%id, reason = %why, "corrupt spool record set aside");
-        for name in [id.to_string(), format!("{id}.st")] {
-            let from = self.dir.join("msg").join(&name);
-            if from.exists() {
-                let _ = fs::rename(&from, self.dir.join("corrupt").join(&name));
-            }
-        }
-    }
-
-    fn decode_full(&self, id: &str, data: &[u8]) -> Result<(QueuedMessage, usize), QueueError> {
-        let corrupt = |reason| QueueError::Corrupt { id: id.to_string(), reason };
-        let (mut msg, off) = decode(data).map_err(corrupt)?;
-        match fs::read(self.dir.join("msg").join(format!("{id}.st"))) {
-            Ok(st) => apply_state(&mut msg, &st).map_err(corrupt)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(QueueError::Io(e)),
-        }
-        Ok((msg, off))
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner)).await.map_err(|e| QueueError::Io(io::Error::other(e)))?
     }
 }
 
+fn envelope_of(e: &QueueError) -> Option<QueuedMessage> {
+    match e {
+        QueueError::Corrupt { envelope, .. } => envelope.as_deref().cloned(),
+        _ => None,
+    }
+}
+
+/// Queue ids: letters and digits.
 fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
+/// Names in `corrupt/` (ids, `tmp-` leftovers, `.st` files).
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 80 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+}
+
+impl Inner {
+    fn msg_path(&self, id: &str) -> PathBuf {
+        self.dir.join("msg").join(id)
+    }
+
+    /// Logs a problem with a queue entry once per process.
+    fn log_once(&self, name: &str, what: &dyn std::fmt::Display) {
+        if self.logged.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string()) {
+            tracing::error!(entry = %name, problem = %what, "queue entry skipped");
+        }
+    }
+
+    /// Reads an envelope and state (not the body) from `path`; returns the message, the body's
+    /// offset and length.
+    fn read_record(&self, path: &Path, id: &str) -> Result<(QueuedMessage, u64, u64), QueueError> {
+        let corrupt = |reason, envelope: Option<&QueuedMessage>| QueueError::Corrupt {
+            id: id.to_string(),
+            reason,
+            envelope: envelope.map(|m| Box::new(m.clone())),
+        };
+        let mut f = File::open(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => QueueError::NotFound(id.to_string()),
+            _ => QueueError::Io(e),
+        })?;
+        let size = f.metadata()?.len();
+        let mut head = Vec::new();
+        let (mut msg, off, len) = loop {
+            let want = (head.len() + HEAD_READ).min(MAX_HEADER);
+            let got = (&mut f).take((want - head.len()) as u64).read_to_end(&mut head)?;
+            match decode_header(&head) {
+                Ok(x) => break x,
+                Err(e) if e.message == "truncated header" && got > 0 && head.len() < MAX_HEADER => continue,
+                Err(e) => return Err(corrupt(e, None)),
+            }
+        };
+        if msg.id != id {
+            return Err(corrupt(RecordError { line: 2, message: format!("id {} in a file named {id}", msg.id) }, None));
+        }
+        if size != off as u64 + len {
+            let e = RecordError { line: 0, message: format!("body is {} octets, header says {len}", size - off as u64) };
+            return Err(corrupt(e, Some(&msg)));
+        }
+        let st = path.with_file_name(format!("{id}.st"));
+        match fs::read(&st) {
+            Ok(data) => apply_state(&mut msg, &data).map_err(|e| corrupt(e, Some(&msg)))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(QueueError::Io(e)),
+        }
+        Ok((msg, off as u64, len))
+    }
+
+    /// Moves a damaged record to `corrupt/`; `true` when this call moved it.
+    fn set_aside(&self, id: &str, why: &dyn std::fmt::Display) -> bool {
+        if self.commit.is_none() {
+            self.log_once(id, why);
+            return false;
+        }
+        let mut moved = false;
+        for name in [id.to_string(), format!("{id}.st")] {
+            let from = self.dir.join("msg").join(&name);
+            if from.exists() && fs::rename(&from, self.dir.join("corrupt").join(&name)).is_ok() {
+                moved = true;
+            }
+        }
+        if moved {
+            tracing::error!(%id, reason = %why, "corrupt spool record set aside");
+            let _ = File::open(self.dir.join("msg")).and_then(|d| d.sync_all());
+        } else {
+            self.log_once(id, why);
+        }
+        moved
+    }
+
+    /// Loads a record, setting it aside when damaged.
+    fn load(&self, id: &str) -> Result<(QueuedMessage, u64, u64), QueueError> {
+        if !valid_id(id) {
+            return Err(QueueError::NotFound(id.to_string()));
+        }
+        match self.read_record(&self.msg_path(id), id) {
+            Err(e @ QueueError::Corrupt { .. }) => {
+                self.set_aside(id, &e);
+                Err(e)
+            }
+            Err(QueueError::Io(e)) => {
+                // Unreadable (a directory, no permission): skipped and logged once; the rest of
+                // the queue keeps flowing.
+                self.log_once(id, &e);
+                Err(QueueError::Io(e))
+            }
+            other => other,
+        }
+    }
+
+    fn scan(&self, cancel: &tokio_util::sync::CancellationToken) -> Result<Vec<ScanEntry>, QueueError> {
+        let mut ids = Vec::new();
+        let mut states = HashSet::new();
+        for entry in fs::read_dir(self.dir.join("msg"))? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match name.strip_suffix(".st") {
+                Some(id) => {
+                    states.insert(id.to_string());
+                }
+                None if valid_id(&name) => ids.push(name),
+                None => self.log_once(&name, &"not a queue file"),
+            }
+        }
+        ids.sort();
+        let mut out = Vec::with_capacity(ids.len());
+        let mut good = HashSet::new();
+        for id in ids {
+            if cancel.is_cancelled() {
+                return Ok(out);
+            }
+            match self.read_record(&self.msg_path(&id), &id) {
+                Ok((m, _, len)) => {
+                    good.insert(id);
+                    out.push(ScanEntry::Queued(m, len));
+                }
+                Err(QueueError::NotFound(_)) => {}
+                Err(e @ QueueError::Corrupt { .. }) => {
+                    let new = self.set_aside(&id, &e);
+                    out.push(ScanEntry::Corrupt {
+                        id: id.clone(),
+                        reason: e.to_string(),
+                        envelope: envelope_of(&e).map(Box::new),
+                        new,
+                    });
+                }
+                Err(e) => self.log_once(&id, &e),
+            }
+        }
+        if self.commit.is_some() {
+            for orphan in states.iter().filter(|s| !good.contains(*s) && valid_id(s)) {
+                if !self.msg_path(orphan).exists() {
+                    let _ = fs::remove_file(self.dir.join("msg").join(format!("{orphan}.st")));
+                }
+            }
+        }
+        if let Ok(rd) = fs::read_dir(self.dir.join("corrupt")) {
+            let mut seen: Vec<String> = rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.ends_with(".st"))
+                .collect();
+            seen.sort();
+            for id in seen {
+                if !out.iter().any(|e| matches!(e, ScanEntry::Corrupt { id: c, .. } if *c == id)) {
+                    out.push(ScanEntry::Corrupt { id, reason: "set aside earlier".into(), envelope: None, new: false });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A message being streamed into `tmp/`.
+struct FsWriter {
+    queue: FsQueue,
+    id: QueueId,
+    tmp: PathBuf,
+    /// The envelope; its length digits are filled in at commit.
+    header: Vec<u8>,
+    len_at: usize,
+    buf: BytesMut,
+    /// The file, once a block has been written out.
+    file: Option<File>,
+    body_len: u64,
+    done: bool,
+}
+
+impl Drop for FsWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            // Aborted (client went away, data refused, an error): nothing stays in tmp/.
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl FsWriter {
+    /// Writes the buffer out (and the envelope, the first time) from a blocking thread.
+    async fn spill(&mut self) -> Result<(), QueueError> {
+        let data = self.buf.split().freeze();
+        let file = self.file.take();
+        let (tmp, header) = (self.tmp.clone(), (file.is_none()).then(|| self.header.clone()));
+        let file = tokio::task::spawn_blocking(move || -> io::Result<File> {
+            let mut f = match file {
+                Some(f) => f,
+                None => {
+                    let mut f = create_file(&tmp)?;
+                    f.write_all(&header.unwrap_or_default())?;
+                    f
+                }
+            };
+            f.write_all(&data)?;
+            Ok(f)
+        })
+        .await
+        .map_err(|e| QueueError::Io(io::Error::other(e)))??;
+        self.file = Some(file);
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl MessageWriter for FsWriter {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<(), QueueError> {
+        self.buf.extend_from_slice(data);
+        self.body_len += data.len() as u64;
+        if self.buf.len() >= WRITE_BLOCK {
+            self.spill().await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<Stored, QueueError> {
+        let commit = self.queue.commit()?.clone();
+        let dest = self.queue.inner.msg_path(&self.id);
+        let digits = length_digits(self.body_len);
+        let off = self.header.len() as u64;
+        let body = match self.file.take() {
+            None => {
+                // Small: one buffer, written by the committer; kept for the first delivery.
+                let at = self.len_at;
+                self.header[at..at + digits.len()].copy_from_slice(digits.as_bytes());
+                let mut data = std::mem::take(&mut self.header);
+                data.extend_from_slice(&self.buf);
+                let whole = Bytes::from(data);
+                let op = Op::Write { tmp: self.tmp.clone(), dest: dest.clone(), data: whole.clone() };
+                commit.run(op).await?;
+                if whole.len() - off as usize <= KEEP_IN_MEMORY {
+                    StoredBody::Memory(whole.slice(off as usize..))
+                } else {
+                    StoredBody::File { path: dest, offset: off, len: self.body_len }
+                }
+            }
+            Some(file) => {
+                let rest = self.buf.split().freeze();
+                let at = self.len_at as u64;
+                let file = tokio::task::spawn_blocking(move || -> io::Result<File> {
+                    let mut f = file;
+                    f.write_all(&rest)?;
+                    f.write_all_at(digits.as_bytes(), at)?;
+                    Ok(f)
+                })
+                .await
+                .map_err(|e| QueueError::Io(io::Error::other(e)))??;
+                commit.run(Op::Sync { file, tmp: self.tmp.clone(), dest: dest.clone() }).await?;
+                StoredBody::File { path: dest, offset: off, len: self.body_len }
+            }
+        };
+        self.done = true;
+        Ok(Stored { id: self.id.clone(), body })
+    }
+}
+
 #[async_trait::async_trait]
 impl Queue for FsQueue {
-    async fn enqueue(&self, mut msg: QueuedMessage, body: Bytes) -> Result<QueueId, QueueError> {
+    async fn create(&self, mut msg: QueuedMessage) -> Result<Box<dyn MessageWriter>, QueueError> {
+        self.commit()?;
         msg.id = self.new_id();
-        self.write(&msg.id, encode(&msg, &body)).await?;
-        Ok(msg.id)
+        let (header, len_at) = encode_header(&msg, 0);
+        let tmp = self.inner.dir.join("tmp").join(&msg.id);
+        Ok(Box::new(FsWriter {
+            queue: self.clone(),
+            id: msg.id,
+            tmp,
+            header,
+            len_at,
+            buf: BytesMut::new(),
+            file: None,
+            body_len: 0,
+            done: false,
+        }))
     }
 
     async fn load(&self, id: &str) -> Result<QueuedMessage, QueueError> {
-        let data = self.read(id)?;
-        match self.decode_full(id, &data) {
-            Ok((m, _)) => Ok(m),
-            Err(e @ QueueError::Corrupt { .. }) => {
-                self.set_aside(id, &e);
-                Err(e)
-            }
-            Err(e) => Err(e),
-        }
+        let id = id.to_string();
+        self.blocking(move |q| q.load(&id).map(|(m, ..)| m)).await
     }
 
-    async fn body(&self, id: &str) -> Result<Bytes, QueueError> {
-        let data = self.read(id)?;
-        let (_, off) = self.decode_full(id, &data)?;
-        Ok(Bytes::from(data).slice(off..))
-    }
-
-    async fn load_with_body(&self, id: &str) -> Result<(QueuedMessage, Bytes), QueueError> {
-        let data = self.read(id)?;
-        match self.decode_full(id, &data) {
-            Ok((m, off)) => Ok((m, Bytes::from(data).slice(off..))),
-            Err(e @ QueueError::Corrupt { .. }) => {
-                self.set_aside(id, &e);
-                Err(e)
-            }
-            Err(e) => Err(e),
-        }
+    async fn body(&self, id: &str) -> Result<StoredBody, QueueError> {
+        let id = id.to_string();
+        self.blocking(move |q| {
+            let (_, offset, len) = q.load(&id)?;
+            Ok(StoredBody::File { path: q.msg_path(&id), offset, len })
+        })
+        .await
     }
 
     async fn update(&self, msg: &QueuedMessage) -> Result<(), QueueError> {
-        self.write(&format!("{}.st", msg.id), encode_state(msg)).await
+        let commit = self.commit()?;
+        let name = format!("{}.st", msg.id);
+        let seq = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.inner.dir.join("tmp").join(format!("{name}.{seq}"));
+        let op = Op::Write { tmp, dest: self.inner.dir.join("msg").join(name), data: encode_state(msg).into() };
+        commit.run(op).await.map_err(QueueError::Io)
     }
 
     async fn remove(&self, id: &str) -> Result<(), QueueError> {
         if !valid_id(id) {
             return Err(QueueError::NotFound(id.to_string()));
         }
-        let commit = self.commit.as_ref().ok_or(QueueError::Closed)?;
-        let paths = vec![self.dir.join("msg").join(id), self.dir.join("msg").join(format!("{id}.st"))];
+        let commit = self.commit()?;
+        let paths = vec![self.inner.msg_path(id), self.inner.dir.join("msg").join(format!("{id}.st"))];
         commit.run(Op::Remove { paths }).await.map_err(QueueError::Io)
     }
 
-    async fn list(&self) -> Result<Vec<QueueId>, QueueError> {
-        let mut ids = Vec::new();
-        let mut states = HashSet::new();
-        for entry in fs::read_dir(self.dir.join("msg"))? {
-            let name = entry?.file_name().to_string_lossy().into_owned();
-            match name.strip_suffix(".st") {
-                Some(id) => {
-                    states.insert(id.to_string());
-                }
-                None if valid_id(&name) => ids.push(name),
-                None => tracing::warn!(file = %name, "unexpected file in spool"),
-            }
-        }
-        let mut good = Vec::with_capacity(ids.len());
-        for id in ids {
-            let data = match fs::read(self.dir.join("msg").join(&id)) {
-                Ok(d) => d,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            };
-            match self.decode_full(&id, &data) {
-                Ok(_) => good.push(id),
-                Err(e @ QueueError::Corrupt { .. }) => self.set_aside(&id, &e),
-                Err(e) => return Err(e),
-            }
-        }
-        for orphan in states.iter().filter(|s| self.commit.is_some() && !good.contains(s)) {
-            let _ = fs::remove_file(self.dir.join("msg").join(format!("{orphan}.st")));
-        }
-        good.sort();
-        Ok(good)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::queue::{RcptRecord, RcptStatus};
-    use smtp_proto::{ForwardPath, Path as SPath, ReversePath};
-
-    fn msg() -> QueuedMessage {
-        QueuedMessage {
-            id: String::new(),
-            verb: Default::default(),
-            from: ReversePath::Null,
-            params: Default::default(),
-            arrival: 1,
-            client: None,
-            helo: None,
-            recipients: vec![RcptRecord::new(ForwardPath::Path(SPath::parse("<a@b>").unwrap()), Default::default())],
-            delay_warned: false,
-        }
-    }
-
-    #[tokio::test]
-    async fn enqueue_update_remove_and_concurrent_batches() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = std::sync::Arc::new(FsQueue::open(dir.path()).unwrap());
-        let mut tasks = Vec::new();
-        for i in 0..50 {
-            let q = q.clone();
-            tasks.push(tokio::spawn(async move { q.enqueue(msg(), format!("body {i}").into()).await.unwrap() }));
-        }
-        let mut ids = Vec::new();
-        for t in tasks {
-            ids.push(t.await.unwrap());
-        }
-        let mut listed = q.list().await.unwrap();
-        listed.sort();
-        ids.sort();
-        assert_eq!(listed, ids);
-        let mut m = q.load(&ids[0]).await.unwrap();
-        m.recipients[0].status = RcptStatus::Failed("550 no".into());
-        q.update(&m).await.unwrap();
-        assert_eq!(q.load(&ids[0]).await.unwrap(), m);
-        assert!(q.body(&ids[0]).await.unwrap().starts_with(b"body "));
-        q.remove(&ids[0]).await.unwrap();
-        assert!(matches!(q.load(&ids[0]).await, Err(QueueError::NotFound(_))));
-        assert_eq!(q.list().await.unwrap().len(), 49);
-        assert!(matches!(q.load("../etc").await, Err(QueueError::NotFound(_))));
-    }
-
-    #[tokio::test]
-    async fn crash_leftovers_and_corruption_are_set_aside() {
-        let dir = tempfile::tempdir().unwrap();
-        let id = {
-            let q = FsQueue::open(dir.path()).unwrap();
-            q.enqueue(msg(), "whole".into()).await.unwrap()
-        };
-        // A process killed between write and rename leaves a file in tmp/ only.
-        let half = encode(&msg(), b"half a mess");
-        use std::fs;
-        fs::write(dir.path().join("tmp").join("X.1"), &half[..half.len() - 4]).unwrap();
-        // A damaged record in msg/.
-        fs::write(dir.path().join("msg").join("BROKEN1"), b"TERN-SPOOL 1\nid BROKEN1\nbody 99\nxx").unwrap();
-        let q = FsQueue::open(dir.path()).unwrap();
-        assert_eq!(q.list().await.unwrap(), vec![id.clone()]);
-        assert_eq!(&q.body(&id).await.unwrap()[..], b"whole");
-        let aside: Vec<String> = fs::read_dir(dir.path().join("corrupt"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into())
-            .collect();
-        assert!(aside.contains(&"tmp-X.1".to_string()) && aside.contains(&"BROKEN1".to_string()), "{aside:?}");
+    async fn scan(&self, cancel: &tokio_util::sync::CancellationToken) -> Result<Vec<ScanEntry>, QueueError> {
+        let cancel = cancel.clone();
+        self.blocking(move |q| q.scan(&cancel)).await
     }
 }

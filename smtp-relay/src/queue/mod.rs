@@ -1,10 +1,14 @@
 //! The queue: where accepted mail waits, durably, until every recipient is delivered or has
 //! finally failed.
 //!
-//! [`Queue`] is the interface; [`FsQueue`] is the default, a filesystem spool. The trait speaks
-//! in whole records and ids so that a database-backed queue shared by several relays can
-//! implement it too.
+//! [`Queue`] is the interface; [`FsQueue`] is the default, a filesystem spool. A message goes
+//! in as a stream ([`Queue::create`] → [`MessageWriter::write`] → [`MessageWriter::commit`]),
+//! so no layer holds a whole message; what comes back from the commit is a [`StoredBody`] the
+//! scheduler delivers from without reading the queue again. Envelopes and state are read
+//! without bodies ([`Queue::scan`], [`Queue::load`]). The trait speaks in records and ids so
+//! that a database-backed queue shared by several relays can implement it too.
 
+mod body;
 mod fs;
 mod record;
 
@@ -13,8 +17,9 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use smtp_proto::command::{MailParams, RcptParams};
-use smtp_proto::{ForwardPath, MailVerb, ReversePath};
+use smtp_proto::{ForwardPath, MailVerb, Reply, ReversePath};
 
+pub use body::StoredBody;
 pub use fs::FsQueue;
 pub use record::RecordError;
 
@@ -28,8 +33,21 @@ pub enum RcptStatus {
     Pending,
     /// Delivered (or relayed) successfully.
     Delivered,
-    /// Finally failed; the text says why (an SMTP reply or a local reason).
-    Failed(String),
+    /// Finally failed; the reply says why (the next hop's, or a local one).
+    Failed(Reply),
+}
+
+/// The host that answered for a recipient (for `Remote-MTA:` in notifications).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteHost {
+    /// The host name (or address) that was connected to.
+    pub name: String,
+}
+
+impl std::fmt::Display for RemoteHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
 }
 
 /// One recipient of a queued message.
@@ -45,10 +63,10 @@ pub struct RcptRecord {
     pub attempts: u32,
     /// Earliest next attempt, seconds since the epoch (0: now).
     pub next_attempt: u64,
-    /// The last transient error, for `tern queue show`.
-    pub last_error: Option<String>,
+    /// The last transient error, for `tern queue show` and delay warnings.
+    pub last_error: Option<Reply>,
     /// The host that accepted or refused it, for notifications.
-    pub remote_mta: Option<String>,
+    pub remote_mta: Option<RemoteHost>,
     /// Whether the sender was told about this recipient's final state.
     pub notified: bool,
 }
@@ -92,6 +110,46 @@ pub struct QueuedMessage {
     pub delay_warned: bool,
 }
 
+/// One entry found by [`Queue::scan`].
+#[derive(Debug, Clone)]
+pub enum ScanEntry {
+    /// A message waiting (envelope and state, no body) and its body's size.
+    Queued(QueuedMessage, u64),
+    /// A damaged record, set aside: listed so an operator sees it.
+    Corrupt {
+        /// Its id (file name).
+        id: QueueId,
+        /// What is wrong.
+        reason: String,
+        /// The envelope, when enough of the record is readable to tell the sender.
+        envelope: Option<Box<QueuedMessage>>,
+        /// Whether it was set aside by this scan (so the sender is told once).
+        new: bool,
+    },
+}
+
+/// A message just made durable: everything the scheduler needs to deliver it without reading
+/// the queue again.
+#[derive(Debug)]
+pub struct Stored {
+    /// The queue id.
+    pub id: QueueId,
+    /// Where its data can be read.
+    pub body: StoredBody,
+}
+
+/// A message being written into the queue. Dropping it without [`commit`](Self::commit) removes
+/// everything written so far.
+#[async_trait::async_trait]
+pub trait MessageWriter: Send {
+    /// The id the message will have.
+    fn id(&self) -> &str;
+    /// Appends data (buffered; written out in large blocks off the async threads).
+    async fn write(&mut self, data: &[u8]) -> Result<(), QueueError>;
+    /// Makes the message durable: when this returns `Ok`, it survives a crash.
+    async fn commit(self: Box<Self>) -> Result<Stored, QueueError>;
+}
+
 impl QueuedMessage {
     /// Whether every recipient is delivered or finally failed.
     pub fn is_done(&self) -> bool {
@@ -118,33 +176,61 @@ pub enum QueueError {
         id: QueueId,
         /// What is wrong.
         reason: RecordError,
+        /// The envelope, when enough of the record is readable to tell the sender.
+        envelope: Option<Box<QueuedMessage>>,
     },
     /// No such message.
     #[error("no queued message {0}")]
     NotFound(QueueId),
-    /// The queue is shutting down.
+    /// The queue is shutting down, or is a read-only view.
     #[error("queue closed")]
     Closed,
+}
+
+impl QueueError {
+    /// Whether the storage is full (ENOSPC, EDQUOT): `452 4.3.1` rather than `451 4.3.0`.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, QueueError::Io(e) if is_storage_full(e))
+    }
+}
+
+/// Whether an I/O error means the disk or the quota is full.
+pub fn is_storage_full(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
 }
 
 /// A durable queue of messages.
 #[async_trait::async_trait]
 pub trait Queue: Send + Sync + 'static {
-    /// Stores a new message; when this returns `Ok`, the message survives a crash. The id in
-    /// `msg` is replaced by the queue's own.
-    async fn enqueue(&self, msg: QueuedMessage, body: Bytes) -> Result<QueueId, QueueError>;
-    /// The envelope and state of a message.
-    async fn load(&self, id: &str) -> Result<QueuedMessage, QueueError>;
-    /// The message data.
-    async fn body(&self, id: &str) -> Result<Bytes, QueueError>;
-    /// Envelope, state and data together (one read where the queue can).
-    async fn load_with_body(&self, id: &str) -> Result<(QueuedMessage, Bytes), QueueError> {
-        Ok((self.load(id).await?, self.body(id).await?))
+    /// Starts a new message; its id replaces the one in `msg`.
+    async fn create(&self, msg: QueuedMessage) -> Result<Box<dyn MessageWriter>, QueueError>;
+    /// Stores a whole message from memory (notifications, tests).
+    async fn enqueue(&self, msg: QueuedMessage, body: Bytes) -> Result<Stored, QueueError> {
+        let mut w = self.create(msg).await?;
+        w.write(&body).await?;
+        w.commit().await
     }
+    /// The envelope and state of a message (the body is not read).
+    async fn load(&self, id: &str) -> Result<QueuedMessage, QueueError>;
+    /// Where a message's data can be read.
+    async fn body(&self, id: &str) -> Result<StoredBody, QueueError>;
     /// Stores new state for a message, durably.
     async fn update(&self, msg: &QueuedMessage) -> Result<(), QueueError>;
     /// Removes a message whose recipients are all done.
     async fn remove(&self, id: &str) -> Result<(), QueueError>;
-    /// Ids of every message in the queue (damaged records are set aside and logged).
-    async fn list(&self) -> Result<Vec<QueueId>, QueueError>;
+    /// Every message's envelope and state (no bodies), and the damaged records set aside.
+    /// Entries that are not records at all are skipped (and logged once). Stops early, with
+    /// what it has, once `cancel` is cancelled.
+    async fn scan(&self, cancel: &tokio_util::sync::CancellationToken) -> Result<Vec<ScanEntry>, QueueError>;
+    /// Ids of the messages waiting (damaged records left out).
+    async fn list(&self) -> Result<Vec<QueueId>, QueueError> {
+        let entries = self.scan(&tokio_util::sync::CancellationToken::new()).await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|e| match e {
+                ScanEntry::Queued(m, _) => Some(m.id),
+                ScanEntry::Corrupt { .. } => None,
+            })
+            .collect())
+    }
 }

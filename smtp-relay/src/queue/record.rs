@@ -1,14 +1,27 @@
 //! The spool's on-disk format: a versioned, line-based envelope (commands as SMTP writes them,
 //! parsed back with smtp-proto) followed by the body, and a small state file per message.
+//!
+//! The envelope ends with `body LENGTH`, the length written with a fixed width: the body is
+//! streamed into the file after the envelope, and the length is filled in at the end, in place,
+//! before the file is flushed and renamed into the queue. Reading an envelope never reads the
+//! body; the file's size tells whether the body is whole.
+//!
+//! State files (version 2) store each reply with smtp-proto's own serialiser, as a block of
+//! `LENGTH` octets after its line (`failed 0 27`), so a multi-line reply survives exactly.
+//! Version 1 state files (reply texts on one line) are still read.
 
 use std::fmt::Write as _;
 
-use smtp_proto::Command;
+use bytes::BytesMut;
+use smtp_proto::{Command, EnhancedCode, Reply, ReplyParser};
 
-use super::{QueuedMessage, RcptRecord, RcptStatus};
+use super::{QueuedMessage, RcptRecord, RcptStatus, RemoteHost};
 
 const MAGIC: &str = "TERN-SPOOL 1";
-const STATE_MAGIC: &str = "TERN-STATE 1";
+const STATE_MAGIC_V1: &str = "TERN-STATE 1";
+const STATE_MAGIC: &str = "TERN-STATE 2";
+/// Digits of the body length in the envelope (fits any `u64`).
+const LEN_WIDTH: usize = 20;
 
 /// What is wrong with a spool record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,8 +37,9 @@ fn err(line: usize, message: impl Into<String>) -> RecordError {
     RecordError { line, message: message.into() }
 }
 
-/// Writes the envelope and body as one spool file.
-pub(crate) fn encode(msg: &QueuedMessage, body: &[u8]) -> Vec<u8> {
+/// The envelope, ending with the `body` line; `len_at` is the offset of the length digits, to
+/// be filled in with [`length_digits`] once the body is written.
+pub(crate) fn encode_header(msg: &QueuedMessage, body_len: u64) -> (Vec<u8>, usize) {
     let mut s = String::with_capacity(256);
     let _ = writeln!(s, "{MAGIC}");
     let _ = writeln!(s, "id {}", msg.id);
@@ -42,14 +56,40 @@ pub(crate) fn encode(msg: &QueuedMessage, body: &[u8]) -> Vec<u8> {
         let rcpt = Command::Rcpt { to: r.path.clone(), params: r.params.clone() };
         let _ = writeln!(s, "rcpt {rcpt}");
     }
-    let _ = writeln!(s, "body {}", body.len());
-    let mut out = s.into_bytes();
+    s.push_str("body ");
+    let len_at = s.len();
+    s.push_str(&length_digits(body_len));
+    s.push('\n');
+    (s.into_bytes(), len_at)
+}
+
+/// A body length as written in the envelope.
+pub(crate) fn length_digits(len: u64) -> String {
+    format!("{len:0LEN_WIDTH$}")
+}
+
+/// Writes the envelope and body as one spool file (tests).
+#[cfg(test)]
+pub(crate) fn encode(msg: &QueuedMessage, body: &[u8]) -> Vec<u8> {
+    let mut out = encode_header(msg, body.len() as u64).0;
     out.extend_from_slice(body);
     out
 }
 
-/// Reads a spool file back: the message (all recipients pending) and the body's offset.
+/// Reads a spool file back from its whole content: the message (all recipients pending) and
+/// the body's offset.
+#[cfg(test)]
 pub(crate) fn decode(data: &[u8]) -> Result<(QueuedMessage, usize), RecordError> {
+    let (msg, off, len) = decode_header(data)?;
+    if (data.len() - off) as u64 != len {
+        return Err(err(0, format!("body is {} octets, header says {len}", data.len() - off)));
+    }
+    Ok((msg, off))
+}
+
+/// Reads an envelope from the start of a spool file: the message (all recipients pending), the
+/// body's offset and its declared length. `Err` with "truncated header" when `data` ends first.
+pub(crate) fn decode_header(data: &[u8]) -> Result<(QueuedMessage, usize, u64), RecordError> {
     let mut msg = QueuedMessage {
         id: String::new(),
         verb: Default::default(),
@@ -95,14 +135,11 @@ pub(crate) fn decode(data: &[u8]) -> Result<(QueuedMessage, usize), RecordError>
                 _ => return Err(err(lineno, "bad rcpt line")),
             },
             "body" => {
-                let len: usize = value.parse().map_err(|_| err(lineno, "bad body length"))?;
-                if data.len() - pos != len {
-                    return Err(err(lineno, format!("body is {} octets, header says {len}", data.len() - pos)));
-                }
+                let len: u64 = value.parse().map_err(|_| err(lineno, "bad body length"))?;
                 if msg.id.is_empty() || !have_mail || msg.recipients.is_empty() {
                     return Err(err(lineno, "id, mail and rcpt lines are required"));
                 }
-                return Ok((msg, pos));
+                return Ok((msg, pos, len));
             }
             _ => return Err(err(lineno, format!("unknown key {key:?}"))),
         }
@@ -111,49 +148,87 @@ pub(crate) fn decode(data: &[u8]) -> Result<(QueuedMessage, usize), RecordError>
 
 /// Writes the state file.
 pub(crate) fn encode_state(msg: &QueuedMessage) -> Vec<u8> {
-    let mut s = String::new();
-    let _ = writeln!(s, "{STATE_MAGIC}");
-    let _ = writeln!(s, "delay-warned {}", u8::from(msg.delay_warned));
+    let mut out = Vec::new();
+    let mut line = |s: String| {
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'\n');
+    };
+    line(STATE_MAGIC.to_string());
+    line(format!("delay-warned {}", u8::from(msg.delay_warned)));
+    let mut blocks: Vec<(String, Vec<u8>)> = Vec::new();
     for (i, r) in msg.recipients.iter().enumerate() {
-        let status = match &r.status {
-            RcptStatus::Pending => "pending".to_string(),
-            RcptStatus::Delivered => "delivered".to_string(),
-            RcptStatus::Failed(why) => format!("failed {}", one_line(why)),
-        };
-        let mta = r.remote_mta.as_deref().unwrap_or("-");
-        let _ = writeln!(s, "rcpt {i} {} {} {} {mta}", r.attempts, r.next_attempt, u8::from(r.notified));
-        let _ = writeln!(s, "status {i} {status}");
+        let mta = r.remote_mta.as_ref().map(|m| m.name.as_str()).unwrap_or("-");
+        line(format!("rcpt {i} {} {} {} {mta}", r.attempts, r.next_attempt, u8::from(r.notified)));
+        match &r.status {
+            RcptStatus::Pending => line(format!("status {i} pending")),
+            RcptStatus::Delivered => line(format!("status {i} delivered")),
+            RcptStatus::Failed(reply) => blocks.push((format!("failed {i}"), reply.to_bytes())),
+        }
         if let Some(e) = &r.last_error {
-            let _ = writeln!(s, "error {i} {}", one_line(e));
+            blocks.push((format!("error {i}"), e.to_bytes()));
+        }
+        for (head, bytes) in blocks.drain(..) {
+            line(format!("{head} {}", bytes.len()));
+            out_block(&mut line, bytes);
         }
     }
-    s.into_bytes()
+    out
 }
 
-fn one_line(s: &str) -> String {
-    s.replace(['\r', '\n'], " ")
+fn out_block(line: &mut impl FnMut(String), bytes: Vec<u8>) {
+    // A serialised reply is CRLF-terminated text; it is written whole, then a newline.
+    line(String::from_utf8_lossy(&bytes).into_owned());
+}
+
+/// Parses one serialised reply.
+fn parse_reply(bytes: &[u8], lineno: usize) -> Result<Reply, RecordError> {
+    let mut buf = BytesMut::from(bytes);
+    match ReplyParser::default().parse(&mut buf) {
+        Ok(Some(r)) if buf.is_empty() => Ok(r),
+        _ => Err(err(lineno, "bad reply")),
+    }
+}
+
+/// A version 1 reply text (`"550 5.1.1 why"`, or a local reason without a code).
+fn reply_from_v1(text: &str) -> Reply {
+    let mut buf = BytesMut::from(format!("{text}\r\n").as_bytes());
+    match ReplyParser::default().parse(&mut buf) {
+        Ok(Some(r)) => r,
+        _ => Reply::new(554, Some(EnhancedCode::new(5, 0, 0)), text),
+    }
 }
 
 /// Applies a state file to a decoded message.
 pub(crate) fn apply_state(msg: &mut QueuedMessage, data: &[u8]) -> Result<(), RecordError> {
-    let text = std::str::from_utf8(data).map_err(|_| err(1, "not UTF-8"))?;
-    let mut lines = text.lines().enumerate();
-    match lines.next() {
-        Some((_, l)) if l == STATE_MAGIC => {}
-        _ => return Err(err(1, "unknown state format")),
+    let v1 = data.starts_with(format!("{STATE_MAGIC_V1}\n").as_bytes());
+    if !v1 && !data.starts_with(format!("{STATE_MAGIC}\n").as_bytes()) {
+        return Err(err(1, "unknown state format"));
     }
-    for (i, line) in lines {
-        let lineno = i + 1;
+    let mut pos = STATE_MAGIC.len() + 1;
+    let mut lineno = 1;
+    while pos < data.len() {
+        lineno += 1;
+        let nl = memchr::memchr(b'\n', &data[pos..]).ok_or_else(|| err(lineno, "truncated line"))?;
+        let line = std::str::from_utf8(&data[pos..pos + nl]).map_err(|_| err(lineno, "not UTF-8"))?;
+        pos += nl + 1;
         let mut parts = line.splitn(3, ' ');
         let key = parts.next().unwrap_or("");
-        let flag = |v: Option<&str>| v == Some("1");
         if key == "delay-warned" {
-            msg.delay_warned = flag(parts.next());
+            msg.delay_warned = parts.next() == Some("1");
             continue;
         }
         let idx: usize = parts.next().and_then(|n| n.parse().ok()).ok_or_else(|| err(lineno, "bad recipient index"))?;
         let rest = parts.next().unwrap_or("");
         let r = msg.recipients.get_mut(idx).ok_or_else(|| err(lineno, "recipient index out of range"))?;
+        // A version 2 reply block: LENGTH octets, then a newline.
+        let mut block = || -> Result<Reply, RecordError> {
+            let n: usize = rest.parse().map_err(|_| err(lineno, "bad block length"))?;
+            let bytes = data.get(pos..pos + n).ok_or_else(|| err(lineno, "truncated reply"))?;
+            let reply = parse_reply(bytes, lineno)?;
+            pos += n + 1;
+            lineno += reply.lines().len();
+            Ok(reply)
+        };
         match key {
             "rcpt" => {
                 let mut f = rest.split(' ');
@@ -161,17 +236,19 @@ pub(crate) fn apply_state(msg: &mut QueuedMessage, data: &[u8]) -> Result<(), Re
                 r.next_attempt =
                     f.next().and_then(|v| v.parse().ok()).ok_or_else(|| err(lineno, "bad next attempt"))?;
                 r.notified = f.next() == Some("1");
-                r.remote_mta = f.next().filter(|m| *m != "-").map(str::to_string);
+                r.remote_mta = f.next().filter(|m| *m != "-").map(|m| RemoteHost { name: m.to_string() });
             }
             "status" => {
                 r.status = match rest.split_once(' ') {
                     _ if rest == "pending" => RcptStatus::Pending,
                     _ if rest == "delivered" => RcptStatus::Delivered,
-                    Some(("failed", why)) => RcptStatus::Failed(why.to_string()),
+                    Some(("failed", why)) if v1 => RcptStatus::Failed(reply_from_v1(why)),
                     _ => return Err(err(lineno, "bad status")),
                 }
             }
-            "error" => r.last_error = Some(rest.to_string()),
+            "failed" if !v1 => r.status = RcptStatus::Failed(block()?),
+            "error" if v1 => r.last_error = Some(reply_from_v1(rest)),
+            "error" => r.last_error = Some(block()?),
             _ => return Err(err(lineno, format!("unknown key {key:?}"))),
         }
     }
@@ -203,10 +280,15 @@ mod tests {
         ))
         .unwrap()
         .0;
-        m.recipients[0].status = RcptStatus::Failed("550 5.1.1 no".into());
+        m.recipients[0].status = RcptStatus::Failed(Reply::multiline(
+            550,
+            Some(EnhancedCode::new(5, 1, 1)),
+            ["no such user", "really"],
+        ));
+        m.recipients[0].remote_mta = Some(RemoteHost { name: "mx.d".into() });
         m.recipients[0].attempts = 2;
         m.recipients[0].notified = true;
-        m.recipients[1].last_error = Some("421 later".into());
+        m.recipients[1].last_error = Some(Reply::new(421, None, "later"));
         m
     }
 
@@ -218,6 +300,16 @@ mod tests {
         assert_eq!(&bytes[off..], b"hello");
         apply_state(&mut back, &encode_state(&m)).unwrap();
         assert_eq!(back, m);
+    }
+
+    #[test]
+    fn version_1_state_is_read() {
+        let mut m = sample();
+        let v1 = b"TERN-STATE 1\ndelay-warned 1\nrcpt 0 3 99 1 mx.d\nstatus 0 failed 550 5.1.1 gone\nerror 1 connection refused\n";
+        apply_state(&mut m, v1).unwrap();
+        assert!(m.delay_warned);
+        assert_eq!(m.recipients[0].status, RcptStatus::Failed(Reply::new(550, Some(EnhancedCode::new(5, 1, 1)), "gone")));
+        assert_eq!(m.recipients[1].last_error.as_ref().map(|r| r.code()), Some(554));
     }
 
     #[test]

@@ -1,0 +1,187 @@
+//! Remote delivery: the next hop over SMTP through smtp-client's pooled service, with MX
+//! lookups, static routes and a smarthost, per-destination and global concurrency limits, and
+//! the outbound TLS mode.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use smtp_client::service::{Destination as Dest, SendRequest, SmtpService};
+use smtp_client::{Body, CertVerify, ClientOptions, SmtpClient, TlsMode};
+use smtp_proto::client::MessageEnvelope;
+use smtp_proto::{Domain, MailVerb};
+use tokio::sync::Semaphore;
+
+use super::{local_reply, Outcome};
+use crate::dns::{MxAnswer, MxResolver};
+use crate::queue::{QueuedMessage, RemoteHost, StoredBody};
+use crate::relay::RelayConfig;
+
+/// Sends to next hops.
+pub struct RemoteDelivery {
+    config: Arc<RelayConfig>,
+    resolver: Arc<dyn MxResolver>,
+    services: HashMap<TlsMode, SmtpService>,
+    global: Semaphore,
+    per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl RemoteDelivery {
+    /// Clients for every TLS mode, as `config` says.
+    pub fn new(config: Arc<RelayConfig>, resolver: Arc<dyn MxResolver>) -> RemoteDelivery {
+        let ehlo = Domain::parse(&config.hostname).unwrap_or(Domain::Name("localhost".into()));
+        let mut services = HashMap::new();
+        for mode in [TlsMode::None, TlsMode::Opportunistic, TlsMode::Required, TlsMode::Implicit] {
+            let mut o = ClientOptions::new(ehlo.clone());
+            o.tls = mode;
+            o.verify = match (mode, &config.outbound_ca) {
+                // RFC 7435: opportunistic TLS encrypts without insisting on authentication.
+                (TlsMode::Opportunistic, _) => CertVerify::Insecure,
+                (_, Some(ca)) => CertVerify::CaFile(ca.clone()),
+                _ => CertVerify::WebPki,
+            };
+            match SmtpClient::new(o) {
+                Ok(c) => {
+                    services.insert(mode, SmtpService::new(c, config.max_per_destination.max(1)));
+                }
+                Err(e) => tracing::error!(error = %e, ?mode, "cannot build SMTP client"),
+            }
+        }
+        let global = Semaphore::new(config.max_deliveries.max(1));
+        RemoteDelivery { config, resolver, services, global, per_host: Mutex::default() }
+    }
+
+    /// (full, resumed) outbound TLS handshakes so far.
+    pub fn handshakes(&self) -> (u64, u64) {
+        self.services.values().map(|s| s.client().handshakes()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+
+    /// The hosts to try for a next hop: static route, smarthost, address literal, or MX.
+    async fn hosts_for(&self, hop: &Domain) -> Result<Vec<(String, Option<SocketAddr>, u16)>, Outcome> {
+        let cfg = &self.config;
+        let key = hop.canonical();
+        if let Some((h, p)) = cfg.routes.get(&key).or(cfg.relay_host.as_ref()) {
+            return Ok(vec![(h.clone(), None, *p)]);
+        }
+        let port = cfg.smtp_port;
+        let name = match hop {
+            Domain::Ipv4(ip) => return Ok(vec![(ip.to_string(), Some(SocketAddr::new((*ip).into(), port)), port)]),
+            Domain::Ipv6(ip) => return Ok(vec![(ip.to_string(), Some(SocketAddr::new((*ip).into(), port)), port)]),
+            Domain::Name(n) => n.clone(),
+        };
+        let hosts = match self.resolver.mx(&name).await {
+            Ok(MxAnswer::Hosts(h)) => h,
+            Ok(MxAnswer::NullMx) => {
+                let text = format!("{name} accepts no mail (null MX, RFC 7505)");
+                return Err(Outcome::Failed(local_reply(556, (5, 1, 10), &text), None));
+            }
+            Ok(MxAnswer::NoSuchDomain) => {
+                let text = format!("Domain {name} does not exist");
+                return Err(Outcome::Failed(local_reply(550, (5, 1, 2), &text), None));
+            }
+            Err(e) => return Err(Outcome::Retry(local_reply(451, (4, 4, 3), &e.to_string()), None)),
+        };
+        let mut out = Vec::new();
+        for h in hosts {
+            match self.resolver.addresses(&h).await {
+                Ok(addrs) => out.extend(addrs.into_iter().map(|ip| (h.clone(), Some(SocketAddr::new(ip, port)), port))),
+                Err(e) => tracing::info!(host = %h, error = %e, "MX host does not resolve"),
+            }
+        }
+        if out.is_empty() {
+            let text = format!("No address for any mail exchanger of {name}");
+            return Err(Outcome::Retry(local_reply(451, (4, 4, 4), &text), None));
+        }
+        Ok(out)
+    }
+
+    fn host_slot(&self, host: &str) -> Arc<Semaphore> {
+        let n = self.config.max_per_destination.max(1);
+        self.per_host
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(host.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(n)))
+            .clone()
+    }
+
+    /// Sends `msg` to the recipients at `idx`, all for next hop `hop`.
+    pub async fn deliver(&self, msg: &QueuedMessage, body: &StoredBody, hop: &Domain, idx: &[usize]) -> Vec<(usize, Outcome)> {
+        let all = |o: Outcome| idx.iter().map(|&i| (i, o.clone())).collect::<Vec<_>>();
+        let hosts = match self.hosts_for(hop).await {
+            Ok(h) => h,
+            Err(o) => return all(o),
+        };
+        let envelope = MessageEnvelope {
+            // SOML and SAML become MAIL at the next hop: its mailbox delivery is what survives.
+            verb: if msg.verb == MailVerb::Send { MailVerb::Send } else { MailVerb::Mail },
+            from: msg.from.clone(),
+            params: msg.params.clone(),
+            recipients: idx.iter().map(|&i| (msg.recipients[i].path.clone(), msg.recipients[i].params.clone())).collect(),
+        };
+        let mode = self.config.tls_per_domain.get(&hop.canonical()).copied().unwrap_or(self.config.outbound_tls);
+        let mut last = local_reply(451, (4, 4, 1), "No host could be reached");
+        for (host, addr, port) in hosts {
+            let _global = self.global.acquire().await;
+            let slot = self.host_slot(&host);
+            let _slot = slot.acquire().await;
+            let dest = Dest { host: host.clone(), port, addr };
+            let mta = Some(RemoteHost { name: host.clone() });
+            let mut result = self.send(mode, &dest, &envelope, body).await;
+            if let (TlsMode::Opportunistic, Err(smtp_client::Error::Tls(e))) = (mode, &result) {
+                tracing::warn!(destination = %host, port, error = %e, "STARTTLS failed; retrying once without TLS (downgrade)");
+                result = self.send(TlsMode::None, &dest, &envelope, body).await;
+            }
+            match result {
+                Ok(out) => {
+                    let data = out.reply.clone();
+                    return idx
+                        .iter()
+                        .zip(out.recipients)
+                        .map(|(&i, (_, rcpt))| {
+                            let mta = mta.clone();
+                            let o = match (&rcpt, &data) {
+                                (r, _) if r.is_permanent() => Outcome::Failed(r.clone(), mta),
+                                (r, _) if !r.is_positive() => Outcome::Retry(r.clone(), mta),
+                                (_, Some(d)) if d.is_positive() => Outcome::Delivered(mta),
+                                (_, Some(d)) if d.is_permanent() => Outcome::Failed(d.clone(), mta),
+                                (_, Some(d)) => Outcome::Retry(d.clone(), mta),
+                                (_, None) => Outcome::Retry(local_reply(451, (4, 3, 0), "Message data not accepted"), mta),
+                            };
+                            (i, o)
+                        })
+                        .collect();
+                }
+                Err(e) if e.is_permanent() => {
+                    let r = e.reply().cloned().unwrap_or_else(|| local_reply(554, (5, 0, 0), &e.to_string()));
+                    return all(Outcome::Failed(r, mta));
+                }
+                Err(e) => {
+                    last = e.reply().cloned().unwrap_or_else(|| local_reply(451, (4, 4, 1), &format!("{host}: {e}")));
+                    tracing::info!(destination = %host, port, error = %e, "delivery attempt failed");
+                }
+            }
+        }
+        all(Outcome::Retry(last, None))
+    }
+
+    async fn send(
+        &self,
+        mode: TlsMode,
+        dest: &Dest,
+        envelope: &MessageEnvelope,
+        body: &StoredBody,
+    ) -> Result<smtp_client::SendOutcome, smtp_client::Error> {
+        let Some(service) = self.services.get(&mode) else {
+            return Err(smtp_client::Error::Refused("no SMTP client for this TLS mode"));
+        };
+        let body = match body {
+            StoredBody::Memory(b) => Body::Bytes(b.clone()),
+            StoredBody::File { .. } => match body.reader().await {
+                Ok(r) => Body::Reader(r),
+                Err(e) => return Err(smtp_client::Error::Io(e)),
+            },
+        };
+        service.send(SendRequest { destination: dest.clone(), envelope: envelope.clone(), body }).await
+    }
+}
