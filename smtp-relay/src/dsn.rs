@@ -231,7 +231,8 @@ mod tests {
 
     fn msg(from: ReversePath) -> QueuedMessage {
         let mut r = RcptRecord::new(ForwardPath::Path(Path::parse("<bad@remote.test>").unwrap()), Default::default());
-        r.status = RcptStatus::Failed(Reply::new(550, Some(EnhancedCode::new(5, 1, 1)), "<bad@remote.test>: no such user"));
+        r.status =
+            RcptStatus::Failed(Reply::new(550, Some(EnhancedCode::new(5, 1, 1)), "<bad@remote.test>: no such user"));
         r.remote_mta = Some(crate::queue::RemoteHost { name: "mx.remote.test".into() });
         QueuedMessage {
             id: "Q1".into(),
@@ -281,7 +282,10 @@ mod tests {
         let mut full = m.clone();
         full.params.ret = Some(Ret::Full);
         let text = queued_text(&full, Action::Failed).await;
-        assert!(text.contains("Content-Type: message/rfc822\r\n\r\nSubject: hi\r\nFrom: a\r\n\r\nsecret body\r\n\r\n--"), "{text}");
+        assert!(
+            text.contains("Content-Type: message/rfc822\r\n\r\nSubject: hi\r\nFrom: a\r\n\r\nsecret body\r\n\r\n--"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -388,7 +388,10 @@ impl RelayMail {
             SourceRoutes::Honor => prepend_route(&tx.from, &removed_hops),
             SourceRoutes::Strip => strip_route(&tx.from),
         };
-        let routes = recipients.iter().map(|r| crate::route::route_of(&r.path, &c.hostname, &c.directory, c.source_routes)).collect();
+        let routes = recipients
+            .iter()
+            .map(|r| crate::route::route_of(&r.path, &c.hostname, &c.directory, c.source_routes))
+            .collect();
         let msg = QueuedMessage {
             id: String::new(),
             verb: tx.verb,

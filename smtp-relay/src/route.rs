@@ -145,7 +145,9 @@ pub enum Route {
 /// Routes a queued recipient (aliases were expanded when it was queued).
 pub fn route_of(to: &ForwardPath, hostname: &str, dir: &Directory, mode: SourceRoutes) -> Route {
     use crate::directory::{Lookup, Target};
-    let refused = |code, (c, s, d), text| Route::Refused(smtp_proto::Reply::new(code, Some(smtp_proto::EnhancedCode::new(c, s, d)), text));
+    let refused = |code, (c, s, d), text| {
+        Route::Refused(smtp_proto::Reply::new(code, Some(smtp_proto::EnhancedCode::new(c, s, d)), text))
+    };
     match classify(to, hostname, dir, mode).0 {
         Destination::Local(name) => match dir.lookup(&name) {
             Lookup::User(Target::Local(u)) => Route::Mailbox(u),

@@ -130,7 +130,7 @@ pub struct Scheduler {
 /// One unit of work for a delivery task.
 enum Job {
     /// Just accepted: everything in hand.
-    Fresh(Accepted),
+    Fresh(Box<Accepted>),
     /// Due: read the envelope (or the unsaved state in memory).
     Due(QueueId, bool),
 }
@@ -165,7 +165,16 @@ impl Scheduler {
         let handoff = Handoff(tx);
         let (ctx, commands) = mpsc::unbounded_channel();
         let handle = SchedulerHandle { tx: ctx };
-        let s = Scheduler { config, queue, terminals, accepted, handoff: handoff.clone(), commands, handle, resolver: None };
+        let s = Scheduler {
+            config,
+            queue,
+            terminals,
+            accepted,
+            handoff: handoff.clone(),
+            commands,
+            handle,
+            resolver: None,
+        };
         Ok((handoff, s))
     }
 
@@ -195,13 +204,14 @@ impl Scheduler {
                 }
             },
         };
-        let local = match LocalDelivery::new(Maildir::new(cfg.data_dir.join("mail"), &cfg.hostname), self.terminals.clone()) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start local delivery");
-                return;
-            }
-        };
+        let local =
+            match LocalDelivery::new(Maildir::new(cfg.data_dir.join("mail"), &cfg.hostname), self.terminals.clone()) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start local delivery");
+                    return;
+                }
+            };
         let ctx = Arc::new(Ctx {
             config: cfg.clone(),
             queue: self.queue.clone(),
@@ -260,7 +270,7 @@ impl Scheduler {
                     let id = a.msg.id.clone();
                     index.remove(&id);
                     if in_flight.insert(id.clone()) {
-                        let job = if tasks.len() < MAX_IN_HAND { Job::Fresh(a) } else { Job::Due(id, false) };
+                        let job = if tasks.len() < MAX_IN_HAND { Job::Fresh(Box::new(a)) } else { Job::Due(id, false) };
                         spawn(&mut tasks, &ctx, &done_tx, job);
                     }
                 }
@@ -385,7 +395,10 @@ impl Ctx {
     /// One pass over a message; returns when it is next due (`None`: done or gone).
     async fn process(&self, job: Job) -> Option<u64> {
         let (mut msg, routes, body, force, fresh, failures) = match job {
-            Job::Fresh(a) => (a.msg, a.routes, Some(a.body), false, true, 0),
+            Job::Fresh(a) => {
+                let a = *a;
+                (a.msg, a.routes, Some(a.body), false, true, 0)
+            }
             Job::Due(id, force) => {
                 let unsaved = self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                 let (msg, failures) = match unsaved {
@@ -443,10 +456,9 @@ impl Ctx {
                 Route::Refused(r) => outcomes.push((i, Outcome::Failed(r.clone(), None))),
             }
         }
-        let remote = futures_util::future::join_all(
-            groups.iter().map(|(hop, idx)| self.remote.deliver(&msg, &body, hop, idx)),
-        )
-        .await;
+        let remote =
+            futures_util::future::join_all(groups.iter().map(|(hop, idx)| self.remote.deliver(&msg, &body, hop, idx)))
+                .await;
         outcomes.extend(remote.into_iter().flatten());
         self.apply(&mut msg, outcomes, now);
         if now >= msg.arrival + self.config.queue_lifetime.as_secs() {

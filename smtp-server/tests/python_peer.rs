@@ -70,10 +70,13 @@ except (ssl.SSLError, OSError) as e:
     print("refused", e)
 "#;
 
+/// Each transaction received, with its collected data.
+type Inbox = Arc<Mutex<Vec<(Arc<Transaction>, bytes::Bytes)>>>;
+
 #[tokio::test]
 async fn smtplib_starttls_and_weak_tls_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let inbox: Arc<Mutex<Vec<(Arc<Transaction>, bytes::Bytes)>>> = Arc::default();
+    let inbox: Inbox = Arc::default();
     let inbox2 = inbox.clone();
     let mail = tower::service_fn(move |mut tx: Transaction| {
         let inbox = inbox2.clone();

@@ -95,7 +95,11 @@ async fn next_hop_down_then_up_and_restart_mid_retries() {
     .await
     .expect("retried while the next hop is down");
     let m = q.load(&id).await.unwrap();
-    assert!(m.recipients[0].last_error.as_ref().is_some_and(|r| r.to_string().contains("4.4.1")), "{:?}", m.recipients[0].last_error);
+    assert!(
+        m.recipients[0].last_error.as_ref().is_some_and(|r| r.to_string().contains("4.4.1")),
+        "{:?}",
+        m.recipients[0].last_error
+    );
     // Restart A in the middle of its retries: the state survives.
     a.stop().await;
     let a = InProcess::start(a_cfg, None).await;

@@ -88,7 +88,10 @@ async fn list(spool: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut out = String::new();
-    out.push_str(&format!("{:<24} {:>8} {:<7} {:<6} {:<30} recipients (pending/total)\n", "ID", "SIZE", "STATE", "VERB", "FROM"));
+    out.push_str(&format!(
+        "{:<24} {:>8} {:<7} {:<6} {:<30} recipients (pending/total)\n",
+        "ID", "SIZE", "STATE", "VERB", "FROM"
+    ));
     for e in entries {
         match e {
             ScanEntry::Queued(m, size) => {

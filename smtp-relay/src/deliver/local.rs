@@ -29,7 +29,14 @@ impl LocalDelivery {
 
     /// Delivers recipient `i` of `msg` to `user`. `thorough`: an earlier attempt (or an earlier
     /// run) may have written the file already, so look for it everywhere first.
-    pub async fn deliver(&self, msg: &QueuedMessage, i: usize, user: &str, body: &StoredBody, thorough: bool) -> Outcome {
+    pub async fn deliver(
+        &self,
+        msg: &QueuedMessage,
+        i: usize,
+        user: &str,
+        body: &StoredBody,
+        thorough: bool,
+    ) -> Outcome {
         let terminal = || async {
             match body.head(MAX_TERMINAL_MESSAGE).await {
                 Ok(b) => self.terminals.deliver(user, b).await,
@@ -42,7 +49,8 @@ impl LocalDelivery {
                 Ok(_) => Outcome::Delivered(None),
                 Err(e) => {
                     tracing::warn!(id = %msg.id, %user, error = %e, "local delivery failed");
-                    let (code, ec) = if crate::queue::is_storage_full(&e) { (452, (4, 3, 1)) } else { (451, (4, 3, 0)) };
+                    let (code, ec) =
+                        if crate::queue::is_storage_full(&e) { (452, (4, 3, 1)) } else { (451, (4, 3, 0)) };
                     Outcome::Retry(local_reply(code, ec, &format!("Local delivery failed: {e}")), None)
                 }
             }

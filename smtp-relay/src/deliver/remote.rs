@@ -106,7 +106,13 @@ impl RemoteDelivery {
     }
 
     /// Sends `msg` to the recipients at `idx`, all for next hop `hop`.
-    pub async fn deliver(&self, msg: &QueuedMessage, body: &StoredBody, hop: &Domain, idx: &[usize]) -> Vec<(usize, Outcome)> {
+    pub async fn deliver(
+        &self,
+        msg: &QueuedMessage,
+        body: &StoredBody,
+        hop: &Domain,
+        idx: &[usize],
+    ) -> Vec<(usize, Outcome)> {
         let all = |o: Outcome| idx.iter().map(|&i| (i, o.clone())).collect::<Vec<_>>();
         let hosts = match self.hosts_for(hop).await {
             Ok(h) => h,
@@ -117,7 +123,10 @@ impl RemoteDelivery {
             verb: if msg.verb == MailVerb::Send { MailVerb::Send } else { MailVerb::Mail },
             from: msg.from.clone(),
             params: msg.params.clone(),
-            recipients: idx.iter().map(|&i| (msg.recipients[i].path.clone(), msg.recipients[i].params.clone())).collect(),
+            recipients: idx
+                .iter()
+                .map(|&i| (msg.recipients[i].path.clone(), msg.recipients[i].params.clone()))
+                .collect(),
         };
         let mode = self.config.tls_per_domain.get(&hop.canonical()).copied().unwrap_or(self.config.outbound_tls);
         let mut last = local_reply(451, (4, 4, 1), "No host could be reached");
@@ -146,7 +155,9 @@ impl RemoteDelivery {
                                 (_, Some(d)) if d.is_positive() => Outcome::Delivered(mta),
                                 (_, Some(d)) if d.is_permanent() => Outcome::Failed(d.clone(), mta),
                                 (_, Some(d)) => Outcome::Retry(d.clone(), mta),
-                                (_, None) => Outcome::Retry(local_reply(451, (4, 3, 0), "Message data not accepted"), mta),
+                                (_, None) => {
+                                    Outcome::Retry(local_reply(451, (4, 3, 0), "Message data not accepted"), mta)
+                                }
                             };
                             (i, o)
                         })

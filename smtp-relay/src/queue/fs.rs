@@ -194,7 +194,8 @@ impl Inner {
             return Err(corrupt(RecordError { line: 2, message: format!("id {} in a file named {id}", msg.id) }, None));
         }
         if size != off as u64 + len {
-            let e = RecordError { line: 0, message: format!("body is {} octets, header says {len}", size - off as u64) };
+            let e =
+                RecordError { line: 0, message: format!("body is {} octets, header says {len}", size - off as u64) };
             return Err(corrupt(e, Some(&msg)));
         }
         let st = path.with_file_name(format!("{id}.st"));
@@ -272,7 +273,7 @@ impl Inner {
             match self.read_record(&self.msg_path(&id), &id) {
                 Ok((m, _, len)) => {
                     good.insert(id);
-                    out.push(ScanEntry::Queued(m, len));
+                    out.push(ScanEntry::Queued(Box::new(m), len));
                 }
                 Err(QueueError::NotFound(_)) => {}
                 Err(e @ QueueError::Corrupt { .. }) => {

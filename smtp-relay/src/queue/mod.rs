@@ -114,7 +114,7 @@ pub struct QueuedMessage {
 #[derive(Debug, Clone)]
 pub enum ScanEntry {
     /// A message waiting (envelope and state, no body) and its body's size.
-    Queued(QueuedMessage, u64),
+    Queued(Box<QueuedMessage>, u64),
     /// A damaged record, set aside: listed so an operator sees it.
     Corrupt {
         /// Its id (file name).

@@ -280,11 +280,8 @@ mod tests {
         ))
         .unwrap()
         .0;
-        m.recipients[0].status = RcptStatus::Failed(Reply::multiline(
-            550,
-            Some(EnhancedCode::new(5, 1, 1)),
-            ["no such user", "really"],
-        ));
+        m.recipients[0].status =
+            RcptStatus::Failed(Reply::multiline(550, Some(EnhancedCode::new(5, 1, 1)), ["no such user", "really"]));
         m.recipients[0].remote_mta = Some(RemoteHost { name: "mx.d".into() });
         m.recipients[0].attempts = 2;
         m.recipients[0].notified = true;
@@ -308,7 +305,10 @@ mod tests {
         let v1 = b"TERN-STATE 1\ndelay-warned 1\nrcpt 0 3 99 1 mx.d\nstatus 0 failed 550 5.1.1 gone\nerror 1 connection refused\n";
         apply_state(&mut m, v1).unwrap();
         assert!(m.delay_warned);
-        assert_eq!(m.recipients[0].status, RcptStatus::Failed(Reply::new(550, Some(EnhancedCode::new(5, 1, 1)), "gone")));
+        assert_eq!(
+            m.recipients[0].status,
+            RcptStatus::Failed(Reply::new(550, Some(EnhancedCode::new(5, 1, 1)), "gone"))
+        );
         assert_eq!(m.recipients[1].last_error.as_ref().map(|r| r.code()), Some(554));
     }
 
