@@ -30,6 +30,9 @@ pub(crate) enum Op {
     Sync { file: File, tmp: PathBuf, dest: PathBuf },
     /// Remove these files (missing ones are fine).
     Remove { paths: Vec<PathBuf> },
+    /// Rename `from` to `to` (a file kept for reuse: no inode to free now and allocate again
+    /// for the next message), and remove `remove`.
+    Recycle { from: PathBuf, to: PathBuf, remove: Vec<PathBuf> },
 }
 
 struct Job {
@@ -66,10 +69,12 @@ fn parent(p: &Path) -> PathBuf {
     p.parent().filter(|d| !d.as_os_str().is_empty()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
+type Done = oneshot::Sender<io::Result<()>>;
+
 /// A batch whose data is durable, waiting for its names.
 struct Staged {
-    writes: Vec<(PathBuf, PathBuf, oneshot::Sender<io::Result<()>>)>,
-    removes: Vec<(Vec<PathBuf>, oneshot::Sender<io::Result<()>>)>,
+    writes: Vec<(PathBuf, PathBuf, Done)>,
+    removes: Vec<(Vec<PathBuf>, Option<(PathBuf, PathBuf)>, Done)>,
 }
 
 /// Stage one: write and flush the data of each batch. Stage two ([`finisher`]) runs in its own
@@ -92,7 +97,8 @@ fn committer(rx: mpsc::Receiver<Job>, next: mpsc::Sender<Staged>) {
                     }
                 },
                 Op::Sync { file, tmp, dest } => written.push((file, tmp, dest, done)),
-                Op::Remove { paths } => removes.push((paths, done)),
+                Op::Remove { paths } => removes.push((paths, None, done)),
+                Op::Recycle { from, to, remove } => removes.push((remove, Some((from, to)), done)),
             }
         }
         // 2. Flush all of their data together.
@@ -128,8 +134,18 @@ fn finisher(rx: mpsc::Receiver<Staged>) {
             }
             results.push((r, done));
         }
-        for (paths, done) in removes {
+        for (paths, recycle, done) in removes {
             let mut r = Ok(());
+            if let Some((from, to)) = recycle {
+                dirs.insert(parent(&from));
+                if let Err(e) = fs::rename(&from, &to) {
+                    if let Err(e2) = fs::remove_file(&from) {
+                        if e2.kind() != io::ErrorKind::NotFound {
+                            r = Err(e);
+                        }
+                    }
+                }
+            }
             for p in paths {
                 dirs.insert(parent(&p));
                 if let Err(e) = fs::remove_file(&p) {
@@ -151,9 +167,13 @@ fn finisher(rx: mpsc::Receiver<Staged>) {
     }
 }
 
+/// Writes `data` as the whole content of `path`: a file kept for reuse is overwritten in
+/// place (no new inode), a missing one is created.
 fn write_file(path: &Path, data: &[u8]) -> io::Result<File> {
-    let mut f = create_file(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path)?;
     f.write_all(data)?;
+    f.set_len(data.len() as u64)?;
     Ok(f)
 }
 
