@@ -70,11 +70,13 @@ fn parent(p: &Path) -> PathBuf {
 }
 
 type Done = oneshot::Sender<io::Result<()>>;
+/// Files to remove, and a file to rename for reuse instead of removing it.
+type Removal = (Vec<PathBuf>, Option<(PathBuf, PathBuf)>, Done);
 
 /// A batch whose data is durable, waiting for its names.
 struct Staged {
     writes: Vec<(PathBuf, PathBuf, Done)>,
-    removes: Vec<(Vec<PathBuf>, Option<(PathBuf, PathBuf)>, Done)>,
+    removes: Vec<Removal>,
 }
 
 /// Stage one: write and flush the data of each batch. Stage two ([`finisher`]) runs in its own
