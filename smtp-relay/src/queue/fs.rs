@@ -386,9 +386,19 @@ impl FsWriter {
             Ok(f)
         })
         .await
-        .map_err(|e| QueueError::Io(io::Error::other(e)))??;
-        self.file = Some(file);
-        Ok(())
+        .map_err(|e| QueueError::Io(io::Error::other(e)))
+        .and_then(|r| r.map_err(QueueError::Io));
+        match file {
+            Ok(f) => {
+                self.file = Some(f);
+                Ok(())
+            }
+            Err(e) => {
+                // A failed write (a full disk) frees its space at once.
+                let _ = fs::remove_file(&self.tmp);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -514,5 +524,219 @@ impl Queue for FsQueue {
     async fn scan(&self, cancel: &tokio_util::sync::CancellationToken) -> Result<Vec<ScanEntry>, QueueError> {
         let cancel = cancel.clone();
         self.blocking(move |q| q.scan(&cancel)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{RcptRecord, RcptStatus};
+    use smtp_proto::{ForwardPath, Path as SPath, ReversePath};
+    use tokio::io::AsyncReadExt;
+    use tokio_util::sync::CancellationToken;
+
+    fn msg() -> QueuedMessage {
+        QueuedMessage {
+            id: String::new(),
+            verb: Default::default(),
+            from: ReversePath::Path(SPath::parse("<s@here.test>").unwrap()),
+            params: Default::default(),
+            arrival: 1,
+            client: None,
+            helo: None,
+            recipients: vec![RcptRecord::new(ForwardPath::Path(SPath::parse("<a@b>").unwrap()), Default::default())],
+            delay_warned: false,
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        v.sort();
+        v
+    }
+
+    async fn read(b: &StoredBody) -> Vec<u8> {
+        let mut out = Vec::new();
+        b.reader().await.unwrap().read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn enqueue_update_remove_and_concurrent_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = FsQueue::open(dir.path()).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let q = q.clone();
+            tasks.push(tokio::spawn(async move { q.enqueue(msg(), format!("body {i}").into()).await.unwrap().id }));
+        }
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.unwrap());
+        }
+        let mut listed = q.list().await.unwrap();
+        listed.sort();
+        ids.sort();
+        assert_eq!(listed, ids);
+        let mut m = q.load(&ids[0]).await.unwrap();
+        m.recipients[0].status = RcptStatus::Failed(smtp_proto::codes::no_such_user());
+        q.update(&m).await.unwrap();
+        assert_eq!(q.load(&ids[0]).await.unwrap(), m);
+        assert!(read(&q.body(&ids[0]).await.unwrap()).await.starts_with(b"body "));
+        q.remove(&ids[0]).await.unwrap();
+        assert!(matches!(q.load(&ids[0]).await, Err(QueueError::NotFound(_))));
+        assert_eq!(q.list().await.unwrap().len(), 49);
+        assert!(matches!(q.load("../etc").await, Err(QueueError::NotFound(_))));
+        assert!(names(&dir.path().join("tmp")).is_empty());
+    }
+
+    #[tokio::test]
+    async fn streamed_large_message_reads_back_and_files_are_reused() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let q = FsQueue::open(dir.path()).unwrap();
+        let block: Vec<u8> = (0..=255u8).cycle().take(50_000).collect();
+        let mut w = q.create(msg()).await.unwrap();
+        for _ in 0..10 {
+            w.write(&block).await.unwrap();
+        }
+        let stored = w.commit().await.unwrap();
+        assert!(matches!(stored.body, StoredBody::File { len: 500_000, .. }), "{:?}", stored.body);
+        assert_eq!(read(&stored.body).await, block.repeat(10));
+        assert_eq!(read(&q.body(&stored.id).await.unwrap()).await, block.repeat(10));
+        // Small messages stay in hand.
+        let small = q.enqueue(msg(), "tiny".into()).await.unwrap();
+        assert!(matches!(&small.body, StoredBody::Memory(b) if &b[..] == b"tiny"));
+        // A finished message's file is kept and written over by the next one.
+        let inode = fs::metadata(dir.path().join("msg").join(&small.id)).unwrap().ino();
+        q.remove(&small.id).await.unwrap();
+        assert_eq!(names(&dir.path().join("free")), vec![small.id.clone()]);
+        let next = q.enqueue(msg(), "second".into()).await.unwrap();
+        let path = dir.path().join("msg").join(&next.id);
+        assert_eq!(fs::metadata(&path).unwrap().ino(), inode, "the free file was reused");
+        assert_eq!(read(&q.body(&next.id).await.unwrap()).await, b"second", "no tail of the old content");
+        assert!(names(&dir.path().join("free")).is_empty());
+    }
+
+    #[tokio::test]
+    async fn temporary_files_never_stay_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = FsQueue::open(dir.path()).unwrap();
+        // Aborted transfer: the writer is dropped after a block was written out.
+        let mut w = q.create(msg()).await.unwrap();
+        w.write(&vec![b'x'; WRITE_BLOCK + 1]).await.unwrap();
+        assert_eq!(names(&dir.path().join("tmp")).len(), 1);
+        drop(w);
+        assert!(names(&dir.path().join("tmp")).is_empty());
+        // The rename fails (a directory is in the way), small and large.
+        for size in [10, WRITE_BLOCK * 2] {
+            let mut w = q.create(msg()).await.unwrap();
+            let blocker = dir.path().join("msg").join(w.id());
+            fs::create_dir(&blocker).unwrap();
+            fs::write(blocker.join("x"), b"x").unwrap();
+            w.write(&vec![b'y'; size]).await.unwrap();
+            assert!(w.commit().await.is_err());
+            assert!(names(&dir.path().join("tmp")).is_empty(), "size {size}");
+        }
+        // A state file that cannot be renamed into place.
+        let s = q.enqueue(msg(), "m".into()).await.unwrap();
+        let m = q.load(&s.id).await.unwrap();
+        let blocker = dir.path().join("msg").join(format!("{}.st", s.id));
+        fs::create_dir(&blocker).unwrap();
+        fs::write(blocker.join("x"), b"x").unwrap();
+        assert!(q.update(&m).await.is_err());
+        assert!(names(&dir.path().join("tmp")).is_empty());
+    }
+
+    #[tokio::test]
+    async fn bad_entries_are_skipped_and_logged_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = FsQueue::open(dir.path()).unwrap();
+        let good = q.enqueue(msg(), "fine".into()).await.unwrap().id;
+        fs::create_dir(dir.path().join("msg").join("0DIRECTORY")).unwrap();
+        fs::write(dir.path().join("msg").join("stray.name"), b"?").unwrap();
+        for _ in 0..3 {
+            assert_eq!(q.list().await.unwrap(), vec![good.clone()]);
+        }
+        assert!(q.load("0DIRECTORY").await.is_err());
+        assert_eq!(q.inner.logged.lock().unwrap().len(), 2, "one log line per bad entry");
+    }
+
+    #[tokio::test]
+    async fn corrupt_records_are_listed_once_new_and_inspectable() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let q = FsQueue::open(dir.path()).unwrap();
+            q.enqueue(msg(), "whole".into()).await.unwrap().id
+        };
+        // A process killed between write and rename leaves a file in tmp/ only.
+        let mut m = msg();
+        m.id = "HALF1".into();
+        let half = super::super::record::encode(&m, b"half a mess");
+        fs::write(dir.path().join("tmp").join("X.1"), &half[..half.len() - 4]).unwrap();
+        // A damaged record in msg/ whose envelope is readable (the body is short).
+        m.id = "BROKEN1".into();
+        let rec = super::super::record::encode(&m, b"0123456789");
+        fs::write(dir.path().join("msg").join("BROKEN1"), &rec[..rec.len() - 3]).unwrap();
+        // One whose envelope is not.
+        fs::write(dir.path().join("msg").join("BROKEN2"), b"TERN-SPOOL 1\nid BROKEN2\nmail FOO\n").unwrap();
+        let q = FsQueue::open(dir.path()).unwrap();
+        let first = q.scan(&CancellationToken::new()).await.unwrap();
+        let corrupt = |entries: &[ScanEntry], want: &str| {
+            entries.iter().find_map(|e| match e {
+                ScanEntry::Corrupt { id, envelope, new, .. } if id == want => Some((envelope.is_some(), *new)),
+                _ => None,
+            })
+        };
+        assert_eq!(corrupt(&first, "BROKEN1"), Some((true, true)));
+        assert_eq!(corrupt(&first, "BROKEN2"), Some((false, true)));
+        assert_eq!(corrupt(&first, "tmp-X.1"), Some((false, false)));
+        assert!(first.iter().any(|e| matches!(e, ScanEntry::Queued(m, 5) if m.id == id)));
+        let second = q.scan(&CancellationToken::new()).await.unwrap();
+        assert_eq!(corrupt(&second, "BROKEN1"), Some((false, false)), "told once");
+        let (env, why) = q.inspect_corrupt("BROKEN1").unwrap();
+        assert_eq!(env.unwrap().from.to_string(), "<s@here.test>");
+        assert!(why.contains("header says 10"), "{why}");
+        assert_eq!(read(&q.body(&id).await.unwrap()).await, b"whole");
+    }
+
+    /// ENOSPC on a real, tiny filesystem (tmpfs; the tests run as root, as CI does).
+    #[tokio::test]
+    async fn full_disk_is_reported_as_such_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("small");
+        fs::create_dir(&mnt).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mounting a tmpfs needs root (CI runs as root)");
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _guard = Unmount(&mnt);
+        let q = FsQueue::open(&mnt).unwrap();
+        let mut w = q.create(msg()).await.unwrap();
+        let mut err = None;
+        for _ in 0..8 {
+            if let Err(e) = w.write(&vec![b'z'; WRITE_BLOCK]).await {
+                err = Some(e);
+                break;
+            }
+        }
+        let err = match err {
+            Some(e) => e,
+            None => w.commit().await.unwrap_err(),
+        };
+        assert!(err.is_storage_full(), "{err}");
+        assert!(names(&mnt.join("tmp")).is_empty());
+        // Space is back: the next message goes through.
+        let s = q.enqueue(msg(), "small".into()).await.unwrap();
+        assert_eq!(q.list().await.unwrap(), vec![s.id]);
     }
 }
