@@ -223,9 +223,19 @@ impl InProcess {
         config: smtp_relay::RelayConfig,
         resolver: Option<std::sync::Arc<dyn smtp_relay::dns::MxResolver>>,
     ) -> InProcess {
+        let queue = std::sync::Arc::new(smtp_relay::FsQueue::open(config.data_dir.join("queue")).expect("queue"));
+        Self::start_with_queue(listen, config, resolver, queue).await
+    }
+
+    /// Like [`InProcess::start_on`] over a given queue (for example one that injects failures).
+    pub async fn start_with_queue(
+        listen: SocketAddr,
+        config: smtp_relay::RelayConfig,
+        resolver: Option<std::sync::Arc<dyn smtp_relay::dns::MxResolver>>,
+        queue: std::sync::Arc<dyn smtp_relay::Queue>,
+    ) -> InProcess {
         let data_dir = config.data_dir.clone();
         let hostname = config.hostname.clone();
-        let queue = std::sync::Arc::new(smtp_relay::FsQueue::open(data_dir.join("queue")).expect("queue"));
         let auth = !config.auth_users.is_empty();
         let (relay, mut scheduler) = smtp_relay::Relay::new(config, queue).expect("relay");
         if let Some(r) = resolver {
