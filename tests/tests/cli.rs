@@ -211,3 +211,23 @@ fn one_server_per_data_dir() {
     assert!(err.contains("is in use by another tern serve"), "{err}");
     assert!(first.terminate().success(), "the first server is unharmed");
 }
+
+#[test]
+fn damaged_records_are_listed_and_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("queue");
+    for sub in ["msg", "corrupt", "tmp"] {
+        std::fs::create_dir_all(q.join(sub)).unwrap();
+    }
+    let record = "TERN-SPOOL 1\nid BROKEN1\narrival 1\nmail MAIL FROM:<who@sender.test>\n\
+                  rcpt RCPT TO:<x@far.test>\nbody 00000000000000000100\nshort\r\n";
+    std::fs::write(q.join("corrupt/BROKEN1"), record).unwrap();
+    let data = dir.path().to_str().unwrap();
+    let (code, out, err) = run(&["queue", "list", "--data-dir", data], b"");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l.starts_with("BROKEN1") && l.contains("corrupt")), "{out}");
+    let (code, out, err) = run(&["queue", "show", "BROKEN1", "--data-dir", data], b"");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("state:    corrupt") && out.contains("header says 100"), "{out}");
+    assert!(out.contains("from:     <who@sender.test>") && out.contains("to:       <x@far.test>"), "{out}");
+}
