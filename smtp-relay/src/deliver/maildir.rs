@@ -85,7 +85,7 @@ impl Maildir {
         }
         let name = format!("{arrival}.T{key}.{}", self.hostname);
         let new = dir.join("new").join(&name);
-        if new.exists() {
+        if new.is_file() {
             return Ok(Ok(new));
         }
         Ok(match thorough.then(|| find_in_cur(&dir, &name)).transpose()?.flatten() {
@@ -226,6 +226,33 @@ mod tests {
         assert_eq!(fs::read_dir(root.path().join("bob/tmp")).unwrap().count(), 0);
         let null = m.deliver("bob", "ID2R0", 7, &ReversePath::Null, b"x").unwrap();
         assert!(fs::read(null).unwrap().starts_with(b"Return-Path: <>\n"));
+    }
+
+    #[tokio::test]
+    async fn failed_deliveries_leave_no_temporary_file() {
+        let root = tempfile::tempdir().unwrap();
+        let m = Maildir::new(root.path(), "mx.test");
+        let commit = GroupCommit::start("test-commit").unwrap();
+        let spool = root.path().join("spool");
+        fs::write(&spool, vec![b'a'; 3 * COPY_BLOCK]).unwrap();
+        let bodies = [
+            StoredBody::Memory("small\r\n".into()),
+            StoredBody::File { path: spool, offset: 0, len: 3 * COPY_BLOCK as u64 },
+        ];
+        for (i, body) in bodies.iter().enumerate() {
+            let key = format!("Q{i}R0");
+            // Something that is not a file sits where the message goes: the rename fails.
+            let name = format!("7.T{key}.mx.test");
+            fs::create_dir_all(root.path().join("bob/new").join(&name).join("x")).unwrap();
+            let r = m.deliver_grouped(&commit, "bob", &key, 7, &ReversePath::Null, body, false).await;
+            assert!(r.is_err(), "{r:?}");
+            assert_eq!(fs::read_dir(root.path().join("bob/tmp")).unwrap().count(), 0, "body {i}");
+        }
+        // And a delivery that works, from each kind of body.
+        for (i, body) in bodies.iter().enumerate() {
+            let p = m.deliver_grouped(&commit, "bob", &format!("OK{i}R0"), 7, &ReversePath::Null, body, false).await.unwrap();
+            assert!(fs::read(p).unwrap().starts_with(b"Return-Path: <>\n"));
+        }
     }
 
     #[test]
