@@ -250,7 +250,10 @@ mod tests {
         }
         // And a delivery that works, from each kind of body.
         for (i, body) in bodies.iter().enumerate() {
-            let p = m.deliver_grouped(&commit, "bob", &format!("OK{i}R0"), 7, &ReversePath::Null, body, false).await.unwrap();
+            let p = m
+                .deliver_grouped(&commit, "bob", &format!("OK{i}R0"), 7, &ReversePath::Null, body, false)
+                .await
+                .unwrap();
             assert!(fs::read(p).unwrap().starts_with(b"Return-Path: <>\n"));
         }
     }
