@@ -46,6 +46,8 @@ const KEEP_IN_MEMORY: usize = 256 * 1024;
 const HEAD_READ: usize = 4096;
 /// An envelope larger than this is damaged.
 const MAX_HEADER: usize = 4 * 1024 * 1024;
+/// Threads reading records during a scan.
+const SCAN_THREADS: usize = 8;
 /// Files kept in `free/` for reuse; more are removed.
 const MAX_FREE: usize = 1024;
 
@@ -176,6 +178,33 @@ fn envelope_of(e: &QueueError) -> Option<QueuedMessage> {
     }
 }
 
+/// Reads until `buf` is full or the file ends; the octets read.
+fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Reads a small file (a state file) with as few calls as its size allows.
+fn read_small(path: &Path) -> io::Result<Vec<u8>> {
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 1024];
+    let mut n = read_full(&mut f, &mut buf)?;
+    while n == buf.len() {
+        buf.resize(buf.len() * 2, 0);
+        n += read_full(&mut f, &mut buf[n..])?;
+    }
+    buf.truncate(n);
+    Ok(buf)
+}
+
 /// Queue ids: letters and digits.
 fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
@@ -201,6 +230,18 @@ impl Inner {
     /// Reads an envelope and state (not the body) from `path`; returns the message, the body's
     /// offset and length.
     fn read_record(&self, path: &Path, id: &str) -> Result<(QueuedMessage, u64, u64), QueueError> {
+        self.read_record_with(path, id, None)
+    }
+
+    /// [`Inner::read_record`]; `has_state` says whether a state file exists, when the caller
+    /// knows (a scan does, from the directory listing: no open is tried in vain). A small file
+    /// is read with one `read`, its size known from it.
+    fn read_record_with(
+        &self,
+        path: &Path,
+        id: &str,
+        has_state: Option<bool>,
+    ) -> Result<(QueuedMessage, u64, u64), QueueError> {
         let corrupt = |reason, envelope: Option<&QueuedMessage>| QueueError::Corrupt {
             id: id.to_string(),
             reason,
@@ -210,30 +251,44 @@ impl Inner {
             io::ErrorKind::NotFound => QueueError::NotFound(id.to_string()),
             _ => QueueError::Io(e),
         })?;
-        let size = f.metadata()?.len();
-        let mut head = Vec::new();
+        let mut head = vec![0u8; HEAD_READ];
+        let mut filled = read_full(&mut f, &mut head)?;
+        let mut size = (filled < head.len()).then_some(filled as u64);
         let (mut msg, off, len) = loop {
-            let want = (head.len() + HEAD_READ).min(MAX_HEADER);
-            let got = (&mut f).take((want - head.len()) as u64).read_to_end(&mut head)?;
-            match decode_header(&head) {
+            match decode_header(&head[..filled]) {
                 Ok(x) => break x,
-                Err(e) if e.message == "truncated header" && got > 0 && head.len() < MAX_HEADER => continue,
+                Err(e) if e.message == "truncated header" && size.is_none() && head.len() < MAX_HEADER => {
+                    let more = head.len().min(MAX_HEADER - head.len());
+                    head.resize(head.len() + more, 0);
+                    filled += read_full(&mut f, &mut head[filled..])?;
+                    if filled < head.len() {
+                        size = Some(filled as u64);
+                    }
+                }
                 Err(e) => return Err(corrupt(e, None)),
             }
         };
         if msg.id != id {
             return Err(corrupt(RecordError { line: 2, message: format!("id {} in a file named {id}", msg.id) }, None));
         }
+        let size = match size {
+            Some(s) => s,
+            None => f.metadata()?.len(),
+        };
         if size != off as u64 + len {
-            let e =
-                RecordError { line: 0, message: format!("body is {} octets, header says {len}", size - off as u64) };
+            let e = RecordError {
+                line: 0,
+                message: format!("body is {} octets, header says {len}", size.saturating_sub(off as u64)),
+            };
             return Err(corrupt(e, Some(&msg)));
         }
-        let st = path.with_file_name(format!("{id}.st"));
-        match fs::read(&st) {
-            Ok(data) => apply_state(&mut msg, &data).map_err(|e| corrupt(e, Some(&msg)))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(QueueError::Io(e)),
+        if has_state != Some(false) {
+            let st = path.with_file_name(format!("{id}.st"));
+            match read_small(&st) {
+                Ok(data) => apply_state(&mut msg, &data).map_err(|e| corrupt(e, Some(&msg)))?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(QueueError::Io(e)),
+            }
         }
         Ok((msg, off as u64, len))
     }
@@ -295,13 +350,36 @@ impl Inner {
             }
         }
         ids.sort();
-        let mut out = Vec::with_capacity(ids.len());
+        // Read in parallel (the reads are syscall-bound when cached and latency-bound when not),
+        // then act on the results in order.
+        let per = ids.len().div_ceil(SCAN_THREADS).max(1);
+        let read: Vec<(String, Result<(QueuedMessage, u64, u64), QueueError>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = ids
+                .chunks(per)
+                .map(|chunk| {
+                    let states = &states;
+                    s.spawn(move || {
+                        let mut v = Vec::with_capacity(chunk.len());
+                        for id in chunk {
+                            if cancel.is_cancelled() {
+                                break;
+                            }
+                            let has_state = Some(states.contains(id));
+                            v.push((id.clone(), self.read_record_with(&self.msg_path(id), id, has_state)));
+                        }
+                        v
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+        });
+        if cancel.is_cancelled() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity(read.len());
         let mut good = HashSet::new();
-        for id in ids {
-            if cancel.is_cancelled() {
-                return Ok(out);
-            }
-            match self.read_record(&self.msg_path(&id), &id) {
+        for (id, r) in read {
+            match r {
                 Ok((m, _, len)) => {
                     good.insert(id);
                     out.push(ScanEntry::Queued(Box::new(m), len));
