@@ -178,6 +178,9 @@ fn envelope_of(e: &QueueError) -> Option<QueuedMessage> {
     }
 }
 
+/// A record read back: envelope and state, the body's offset and length.
+type Record = (QueuedMessage, u64, u64);
+
 /// Reads until `buf` is full or the file ends; the octets read.
 fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
@@ -229,19 +232,14 @@ impl Inner {
 
     /// Reads an envelope and state (not the body) from `path`; returns the message, the body's
     /// offset and length.
-    fn read_record(&self, path: &Path, id: &str) -> Result<(QueuedMessage, u64, u64), QueueError> {
+    fn read_record(&self, path: &Path, id: &str) -> Result<Record, QueueError> {
         self.read_record_with(path, id, None)
     }
 
     /// [`Inner::read_record`]; `has_state` says whether a state file exists, when the caller
     /// knows (a scan does, from the directory listing: no open is tried in vain). A small file
     /// is read with one `read`, its size known from it.
-    fn read_record_with(
-        &self,
-        path: &Path,
-        id: &str,
-        has_state: Option<bool>,
-    ) -> Result<(QueuedMessage, u64, u64), QueueError> {
+    fn read_record_with(&self, path: &Path, id: &str, has_state: Option<bool>) -> Result<Record, QueueError> {
         let corrupt = |reason, envelope: Option<&QueuedMessage>| QueueError::Corrupt {
             id: id.to_string(),
             reason,
@@ -316,7 +314,7 @@ impl Inner {
     }
 
     /// Loads a record, setting it aside when damaged.
-    fn load(&self, id: &str) -> Result<(QueuedMessage, u64, u64), QueueError> {
+    fn load(&self, id: &str) -> Result<Record, QueueError> {
         if !valid_id(id) {
             return Err(QueueError::NotFound(id.to_string()));
         }
@@ -353,7 +351,7 @@ impl Inner {
         // Read in parallel (the reads are syscall-bound when cached and latency-bound when not),
         // then act on the results in order.
         let per = ids.len().div_ceil(SCAN_THREADS).max(1);
-        let read: Vec<(String, Result<(QueuedMessage, u64, u64), QueueError>)> = std::thread::scope(|s| {
+        let read: Vec<(String, Result<Record, QueueError>)> = std::thread::scope(|s| {
             let handles: Vec<_> = ids
                 .chunks(per)
                 .map(|chunk| {
