@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use tokio::sync::oneshot;
 
@@ -24,8 +24,9 @@ const MAX_BATCH: usize = 256;
 /// One durable file operation.
 #[derive(Debug)]
 pub(crate) enum Op {
-    /// Write `data` to `tmp`, then rename it to `dest`.
-    Write { tmp: PathBuf, dest: PathBuf, data: bytes::Bytes },
+    /// Write `data` to `tmp`, then rename it to `dest`. With `reuse`, `tmp` may be a file kept
+    /// for reuse, written over in place.
+    Write { tmp: PathBuf, dest: PathBuf, data: bytes::Bytes, reuse: bool },
     /// `file` (open on `tmp`) is written already: flush it, then rename it to `dest`.
     Sync { file: File, tmp: PathBuf, dest: PathBuf },
     /// Remove these files (missing ones are fine).
@@ -43,7 +44,7 @@ struct Job {
 /// A handle to a committer thread (clones share it).
 #[derive(Clone)]
 pub(crate) struct GroupCommit {
-    tx: std::sync::Arc<Mutex<mpsc::Sender<Job>>>,
+    tx: Arc<Mutex<mpsc::Sender<Job>>>,
 }
 
 impl GroupCommit {
@@ -51,9 +52,10 @@ impl GroupCommit {
     pub(crate) fn start(name: &str) -> io::Result<GroupCommit> {
         let (tx, rx) = mpsc::channel();
         let (stage_tx, stage_rx) = mpsc::channel();
-        std::thread::Builder::new().name(format!("{name}-data")).spawn(move || committer(rx, stage_tx))?;
+        let flushers = Flushers::start(name)?;
+        std::thread::Builder::new().name(format!("{name}-data")).spawn(move || committer(rx, stage_tx, flushers))?;
         std::thread::Builder::new().name(format!("{name}-names")).spawn(move || finisher(stage_rx))?;
-        Ok(GroupCommit { tx: std::sync::Arc::new(Mutex::new(tx)) })
+        Ok(GroupCommit { tx: Arc::new(Mutex::new(tx)) })
     }
 
     /// Runs `op` durably, sharing the flush with whatever else is pending.
@@ -82,7 +84,7 @@ struct Staged {
 /// Stage one: write and flush the data of each batch. Stage two ([`finisher`]) runs in its own
 /// thread, so one batch's directory flush overlaps the next batch's data flush; batches keep
 /// their order, and a removal can only follow the write it removes (it was acknowledged first).
-fn committer(rx: mpsc::Receiver<Job>, next: mpsc::Sender<Staged>) {
+fn committer(rx: mpsc::Receiver<Job>, next: mpsc::Sender<Staged>, flushers: Flushers) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter().take(MAX_BATCH - 1));
@@ -91,21 +93,22 @@ fn committer(rx: mpsc::Receiver<Job>, next: mpsc::Sender<Staged>) {
         let mut removes = Vec::new();
         for Job { op, done } in batch {
             match op {
-                Op::Write { tmp, dest, data } => match write_file(&tmp, &data) {
-                    Ok(file) => written.push((file, tmp, dest, done)),
+                Op::Write { tmp, dest, data, reuse } => match write_file(&tmp, &data, reuse) {
+                    Ok(file) => written.push((Arc::new(file), tmp, dest, done)),
                     Err(e) => {
                         let _ = fs::remove_file(&tmp);
                         let _ = done.send(Err(e));
                     }
                 },
-                Op::Sync { file, tmp, dest } => written.push((file, tmp, dest, done)),
+                Op::Sync { file, tmp, dest } => written.push((Arc::new(file), tmp, dest, done)),
                 Op::Remove { paths } => removes.push((paths, None, done)),
                 Op::Recycle { from, to, remove } => removes.push((remove, Some((from, to)), done)),
             }
         }
         // 2. Flush all of their data together.
-        let files: Vec<&File> = written.iter().map(|(f, ..)| f).collect();
-        let synced = sync_data_all(&files);
+        let files: Vec<Arc<File>> = written.iter().map(|(f, ..)| f.clone()).collect();
+        let synced = flushers.sync_data_all(&files);
+        drop(files);
         let mut writes = Vec::new();
         for ((_, tmp, dest, done), r) in written.into_iter().zip(synced) {
             match r {
@@ -169,13 +172,20 @@ fn finisher(rx: mpsc::Receiver<Staged>) {
     }
 }
 
-/// Writes `data` as the whole content of `path`: a file kept for reuse is overwritten in
-/// place (no new inode), a missing one is created.
-fn write_file(path: &Path, data: &[u8]) -> io::Result<File> {
+/// Writes `data` as the whole content of `path`. With `reuse`, a file kept for reuse is
+/// overwritten in place (no new inode, no blocks freed and allocated again) and cut to length.
+fn write_file(path: &Path, data: &[u8], reuse: bool) -> io::Result<File> {
+    if !reuse {
+        let mut f = create_file(path)?;
+        f.write_all(data)?;
+        return Ok(f);
+    }
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path)?;
     f.write_all(data)?;
-    f.set_len(data.len() as u64)?;
+    if f.metadata()?.len() > data.len() as u64 {
+        f.set_len(data.len() as u64)?;
+    }
     Ok(f)
 }
 
@@ -208,28 +218,57 @@ pub(crate) fn create_dir_durable(path: &Path) -> io::Result<()> {
     File::open(parent(path))?.sync_all()
 }
 
-/// Most threads issuing flushes for one batch.
-const SYNC_THREADS: usize = 8;
+/// Threads that issue flushes beside the committer thread.
+const SYNC_THREADS: usize = 7;
 /// Files per flush thread: small batches are flushed from the committer thread alone.
-const FILES_PER_THREAD: usize = 4;
+const FILES_PER_THREAD: usize = 2;
 
-/// `fdatasync` on every file, issued from several threads at once so the journal commits them
-/// together instead of one after another.
-fn sync_data_all(files: &[&File]) -> Vec<io::Result<()>> {
-    if files.len() <= FILES_PER_THREAD {
-        return files.iter().map(|f| f.sync_data()).collect();
+/// A part of a batch for a flush thread: its files, and where to say how each went.
+type FlushJob = (Vec<Arc<File>>, mpsc::Sender<Vec<io::Result<()>>>);
+
+/// Long-lived threads that `fdatasync` parts of a batch (started once: spawning threads per
+/// batch cost more than the flushes they shared).
+struct Flushers {
+    senders: Vec<mpsc::Sender<FlushJob>>,
+}
+
+impl Flushers {
+    fn start(name: &str) -> io::Result<Flushers> {
+        let mut senders = Vec::new();
+        for i in 0..SYNC_THREADS {
+            let (tx, rx) = mpsc::channel::<FlushJob>();
+            std::thread::Builder::new().name(format!("{name}-sync{i}")).spawn(move || {
+                for (files, done) in rx {
+                    let _ = done.send(files.iter().map(|f| f.sync_data()).collect());
+                }
+            })?;
+            senders.push(tx);
+        }
+        Ok(Flushers { senders })
     }
-    let per = files.len().div_ceil(SYNC_THREADS).max(FILES_PER_THREAD);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = files
-            .chunks(per)
-            .map(|c| (c.len(), s.spawn(move || c.iter().map(|f| f.sync_data()).collect::<Vec<_>>())))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|(n, h)| {
-                h.join().unwrap_or_else(|_| (0..n).map(|_| Err(io::Error::other("flush thread failed"))).collect())
-            })
-            .collect()
-    })
+
+    /// `fdatasync` on every file, issued from several threads at once so that the device
+    /// works on them together instead of one after another.
+    fn sync_data_all(&self, files: &[Arc<File>]) -> Vec<io::Result<()>> {
+        if files.len() <= FILES_PER_THREAD {
+            return files.iter().map(|f| f.sync_data()).collect();
+        }
+        let per = files.len().div_ceil(SYNC_THREADS + 1).max(FILES_PER_THREAD);
+        let mut chunks = files.chunks(per);
+        let own = chunks.next().unwrap_or_default();
+        let mut waits = Vec::new();
+        for (chunk, tx) in chunks.zip(&self.senders) {
+            let (done, wait) = mpsc::channel();
+            let sent = tx.send((chunk.to_vec(), done)).is_ok();
+            waits.push((chunk, sent.then_some(wait)));
+        }
+        let mut out: Vec<io::Result<()>> = own.iter().map(|f| f.sync_data()).collect();
+        for (chunk, wait) in waits {
+            match wait.and_then(|w| w.recv().ok()) {
+                Some(r) => out.extend(r),
+                None => out.extend(chunk.iter().map(|f| f.sync_data())),
+            }
+        }
+        out
+    }
 }

@@ -512,7 +512,7 @@ impl Ctx {
                     tracing::info!(%id, failures, "message state stored again");
                 }
                 if done {
-                    tracing::info!(%id, "removed from queue");
+                    tracing::debug!(%id, "removed from queue");
                     return None;
                 }
                 next_due(&msg, &self.config)

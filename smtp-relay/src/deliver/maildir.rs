@@ -64,9 +64,9 @@ impl Maildir {
 
 impl Maildir {
     /// Creates the Maildir if needed; `Ok(Ok(path))` when this delivery was already made,
-    /// `Ok(Err((dir, name)))` when it is still to do. `new/` is always checked; `cur/` (where
-    /// readers move mail, possibly many files) only when `thorough`, i.e. when an earlier
-    /// attempt may have written the file.
+    /// `Ok(Err((dir, name)))` when it is still to do. `new/` and `cur/` (where readers move
+    /// mail, possibly many files) are looked at only when `thorough`, i.e. when an earlier
+    /// attempt or an earlier run may have written the file.
     #[allow(clippy::type_complexity)]
     fn prepare(
         &self,
@@ -84,11 +84,15 @@ impl Maildir {
             self.known.lock().unwrap_or_else(|e| e.into_inner()).insert(user.to_string());
         }
         let name = format!("{arrival}.T{key}.{}", self.hostname);
+        if !thorough {
+            // A message accepted by this process and never attempted: no earlier copy.
+            return Ok(Err((dir, name)));
+        }
         let new = dir.join("new").join(&name);
         if new.is_file() {
             return Ok(Ok(new));
         }
-        Ok(match thorough.then(|| find_in_cur(&dir, &name)).transpose()?.flatten() {
+        Ok(match find_in_cur(&dir, &name)? {
             Some(existing) => Ok(existing),
             None => Err((dir, name)),
         })
@@ -119,7 +123,9 @@ impl Maildir {
             let tmp = dir.join("tmp").join(&name);
             let dest = dir.join("new").join(&name);
             let op = match &body {
-                StoredBody::Memory(b) => Op::Write { tmp, dest: dest.clone(), data: content(&from, b).into() },
+                StoredBody::Memory(b) => {
+                    Op::Write { tmp, dest: dest.clone(), data: content(&from, b).into(), reuse: false }
+                }
                 StoredBody::File { .. } => match stream_content(&tmp, &from, &body) {
                     Ok(file) => Op::Sync { file, tmp, dest: dest.clone() },
                     Err(e) => {

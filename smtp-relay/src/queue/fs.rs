@@ -66,6 +66,10 @@ struct Inner {
     logged: Mutex<HashSet<String>>,
     /// Files in `free/` ready to be written over.
     free: Mutex<Vec<PathBuf>>,
+    /// Messages known to have a state file (the others need no unlink when they go).
+    stated: Mutex<HashSet<QueueId>>,
+    /// This process's id, part of every queue id.
+    pid: u32,
 }
 
 impl std::fmt::Debug for FsQueue {
@@ -121,6 +125,8 @@ impl FsQueue {
                 counter: AtomicU64::new(0),
                 logged: Mutex::default(),
                 free: Mutex::default(),
+                stated: Mutex::default(),
+                pid: std::process::id(),
             }),
         }
     }
@@ -159,7 +165,7 @@ impl FsQueue {
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{micros:013X}{:02X}{:04X}", std::process::id() & 0xff, n & 0xffff)
+        format!("{micros:013X}{:02X}{:04X}", self.inner.pid & 0xff, n & 0xffff)
     }
 
     async fn blocking<T: Send + 'static>(
@@ -283,7 +289,10 @@ impl Inner {
         if has_state != Some(false) {
             let st = path.with_file_name(format!("{id}.st"));
             match read_small(&st) {
-                Ok(data) => apply_state(&mut msg, &data).map_err(|e| corrupt(e, Some(&msg)))?,
+                Ok(data) => {
+                    apply_state(&mut msg, &data).map_err(|e| corrupt(e, Some(&msg)))?;
+                    self.stated.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string());
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(QueueError::Io(e)),
             }
@@ -506,7 +515,7 @@ impl MessageWriter for FsWriter {
                 let mut data = std::mem::take(&mut self.header);
                 data.extend_from_slice(&self.buf);
                 let whole = Bytes::from(data);
-                let op = Op::Write { tmp: self.tmp.clone(), dest: dest.clone(), data: whole.clone() };
+                let op = Op::Write { tmp: self.tmp.clone(), dest: dest.clone(), data: whole.clone(), reuse: true };
                 commit.run(op).await?;
                 if whole.len() - off as usize <= KEEP_IN_MEMORY {
                     StoredBody::Memory(whole.slice(off as usize..))
@@ -574,8 +583,15 @@ impl Queue for FsQueue {
         let name = format!("{}.st", msg.id);
         let seq = self.inner.counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.inner.dir.join("tmp").join(format!("{name}.{seq}"));
-        let op = Op::Write { tmp, dest: self.inner.dir.join("msg").join(name), data: encode_state(msg).into() };
-        commit.run(op).await.map_err(QueueError::Io)
+        let op = Op::Write {
+            tmp,
+            dest: self.inner.dir.join("msg").join(name),
+            data: encode_state(msg).into(),
+            reuse: false,
+        };
+        commit.run(op).await.map_err(QueueError::Io)?;
+        self.inner.stated.lock().unwrap_or_else(|e| e.into_inner()).insert(msg.id.clone());
+        Ok(())
     }
 
     async fn remove(&self, id: &str) -> Result<(), QueueError> {
@@ -583,14 +599,16 @@ impl Queue for FsQueue {
             return Err(QueueError::NotFound(id.to_string()));
         }
         let commit = self.commit()?;
-        let state = self.inner.dir.join("msg").join(format!("{id}.st"));
+        let stated = self.inner.stated.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        let state: Vec<PathBuf> =
+            stated.then(|| self.inner.dir.join("msg").join(format!("{id}.st"))).into_iter().collect();
         let keep = self.inner.free.lock().unwrap_or_else(|e| e.into_inner()).len() < MAX_FREE;
         if !keep {
-            let paths = vec![self.inner.msg_path(id), state];
+            let paths = [vec![self.inner.msg_path(id)], state].concat();
             return commit.run(Op::Remove { paths }).await.map_err(QueueError::Io);
         }
         let to = self.inner.dir.join("free").join(id);
-        commit.run(Op::Recycle { from: self.inner.msg_path(id), to: to.clone(), remove: vec![state] }).await?;
+        commit.run(Op::Recycle { from: self.inner.msg_path(id), to: to.clone(), remove: state }).await?;
         if to.is_file() {
             self.inner.free.lock().unwrap_or_else(|e| e.into_inner()).push(to);
         }
