@@ -16,6 +16,8 @@ use smtp_proto::command::{Orcpt, RcptParams, XText};
 use smtp_proto::{codes, EnhancedCode, ForwardPath, MailVerb, Mailbox, Path, Reply};
 use smtp_server::{Decision, PolicyKind, PolicyRequest, Transaction};
 
+use crate::deliver::local::LocalDelivery;
+use crate::deliver::maildir::MaildirWriter;
 use crate::deliver::terminal::Terminals;
 use crate::directory::{Directory, Lookup, Target};
 use crate::queue::{Queue, QueuedMessage, RcptRecord};
@@ -65,6 +67,11 @@ pub struct RelayConfig {
     pub max_deliveries: usize,
     /// Most connections at once to one destination.
     pub max_per_destination: usize,
+    /// Deliver a message for one local mailbox into its Maildir before the `250` (final
+    /// delivery on receipt, as an LMTP server does) instead of queueing it first: half the
+    /// disk work. Messages that need the queue (several or remote recipients, SEND/SOML/SAML,
+    /// a success notification) always take it.
+    pub deliver_on_receipt: bool,
 }
 
 impl RelayConfig {
@@ -92,6 +99,7 @@ impl RelayConfig {
             tls_per_domain: HashMap::new(),
             max_deliveries: 20,
             max_per_destination: 10,
+            deliver_on_receipt: true,
         }
     }
 }
@@ -103,6 +111,7 @@ pub struct Relay {
     config: Arc<RelayConfig>,
     queue: Arc<dyn Queue>,
     terminals: Arc<Terminals>,
+    local: Arc<LocalDelivery>,
     handoff: Handoff,
 }
 
@@ -113,7 +122,8 @@ impl Relay {
         let config = Arc::new(config);
         let terminals = Arc::<Terminals>::default();
         let (handoff, scheduler) = Scheduler::new(config.clone(), queue.clone(), terminals.clone())?;
-        Ok((Relay { config, queue, terminals, handoff }, scheduler))
+        let local = scheduler.local();
+        Ok((Relay { config, queue, terminals, local, handoff }, scheduler))
     }
 
     /// The policy service: MAIL, RCPT (relay rules, users, terminals), VRFY, EXPN, AUTH.
@@ -124,7 +134,12 @@ impl Relay {
     /// The mail service: the body streamed into the queue, made durable, then `250` with the
     /// queue id; the scheduler gets the message in hand.
     pub fn mail(&self) -> RelayMail {
-        RelayMail { config: self.config.clone(), queue: self.queue.clone(), handoff: self.handoff.clone() }
+        RelayMail {
+            config: self.config.clone(),
+            queue: self.queue.clone(),
+            local: self.local.clone(),
+            handoff: self.handoff.clone(),
+        }
     }
 
     /// The live terminals (attached through [`crate::control::serve`]).
@@ -270,6 +285,7 @@ impl tower::Service<PolicyRequest> for RelayPolicy {
 pub struct RelayMail {
     config: Arc<RelayConfig>,
     queue: Arc<dyn Queue>,
+    local: Arc<LocalDelivery>,
     handoff: Handoff,
 }
 
@@ -333,6 +349,29 @@ fn queue_error_reply(e: &crate::queue::QueueError) -> Reply {
         reply(452, (4, 3, 1), "Insufficient system storage, try again later")
     } else {
         codes::local_error()
+    }
+}
+
+/// Where an incoming message is written as it arrives.
+enum Sink {
+    /// The queue (then the scheduler).
+    Queue(Box<dyn crate::queue::MessageWriter>),
+    /// Straight into one local mailbox (final delivery on receipt).
+    Mailbox(MaildirWriter),
+}
+
+impl Sink {
+    async fn write(&mut self, data: &[u8]) -> Result<(), Reply> {
+        match self {
+            Sink::Queue(w) => w.write(data).await.map_err(|e| {
+                tracing::error!(error = %e, "queue write failed");
+                queue_error_reply(&e)
+            }),
+            Sink::Mailbox(w) => w.write(data).await.map_err(|e| {
+                tracing::error!(error = %e, "mailbox write failed");
+                queue_error_reply(&e.into())
+            }),
+        }
     }
 }
 
@@ -406,25 +445,50 @@ impl RelayMail {
         (msg, routes)
     }
 
-    /// Streams the body into the queue; replies only once the message is durable, or with why
-    /// not. Nothing is kept of a transfer that did not complete.
+    /// The local user a message can be delivered to on receipt, when it can (see
+    /// [`RelayConfig::deliver_on_receipt`]).
+    fn on_receipt(&self, msg: &QueuedMessage, routes: &[crate::route::Route]) -> Option<String> {
+        use smtp_proto::command::Notify;
+        let [crate::route::Route::Mailbox(user)] = routes else { return None };
+        let success = matches!(msg.recipients[0].params.notify, Some(Notify::On { success: true, .. }));
+        (self.config.deliver_on_receipt && msg.verb == MailVerb::Mail && !success).then(|| user.clone())
+    }
+
+    /// Streams the body into the queue (or one local mailbox); replies only once the message
+    /// is durable, or with why not. Nothing is kept of a transfer that did not complete.
     async fn accept(self, mut tx: Transaction) -> Reply {
-        let (msg, routes) = self.record(&tx);
+        let (mut msg, routes) = self.record(&tx);
+        if msg.recipients.is_empty() {
+            // Read (and drop) the data: the reply comes at its end.
+            while let Ok(Some(_)) = tx.body.chunk().await {}
+            return reply(554, (5, 1, 1), "No deliverable recipients");
+        }
         let mut counter = ReceivedCounter::default();
         counter.feed(tx.received.as_bytes());
-        let mut writer = match self.queue.create(msg.clone()).await {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start a queue file");
-                return queue_error_reply(&e);
+        let direct = match self.on_receipt(&msg, &routes) {
+            Some(user) => {
+                msg.id = tx.id.clone();
+                match self.local.begin(&user, &format!("{}R0", tx.id), &msg).await {
+                    Ok(w) => Some(Sink::Mailbox(w)),
+                    Err(e) => {
+                        tracing::info!(%user, error = %e, "no delivery on receipt; queueing");
+                        None
+                    }
+                }
             }
+            None => None,
         };
-        let mut failed: Option<Reply> = None;
-        if let Some(w) = writer.as_mut() {
-            if let Err(e) = w.write(tx.received.as_bytes()).await {
-                failed = Some(queue_error_reply(&e));
-            }
-        }
+        let mut sink = match direct {
+            Some(s) => s,
+            None => match self.queue.create(msg.clone()).await {
+                Ok(w) => Sink::Queue(w),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start a queue file");
+                    return queue_error_reply(&e);
+                }
+            },
+        };
+        let mut failed: Option<Reply> = sink.write(tx.received.as_bytes()).await.err();
         let mut size = 0u64;
         loop {
             match tx.body.chunk().await {
@@ -433,16 +497,12 @@ impl RelayMail {
                     counter.feed(&chunk);
                     // After a failure the rest of the data is read and dropped, so the client
                     // gets the reply at the end of data, as RFC 5321 4.1.1.4 wants.
-                    if let (Some(w), None) = (writer.as_mut(), &failed) {
-                        if let Err(e) = w.write(&chunk).await {
-                            tracing::error!(error = %e, "queue write failed");
-                            failed = Some(queue_error_reply(&e));
-                            writer = None;
-                        }
+                    if failed.is_none() {
+                        failed = sink.write(&chunk).await.err();
                     }
                 }
                 Ok(None) => break,
-                // Aborted: the writer is dropped and its temporary file removed.
+                // Aborted: the sink is dropped and its temporary file removed.
                 Err(e) => return reply(451, (4, 3, 0), &e.to_string()),
             }
         }
@@ -452,23 +512,31 @@ impl RelayMail {
         if counter.count() > self.config.max_received {
             return codes::loop_detected();
         }
-        if msg.recipients.is_empty() {
-            return reply(554, (5, 1, 1), "No deliverable recipients");
-        }
-        let Some(writer) = writer else { return codes::local_error() };
-        match writer.commit().await {
-            Ok(stored) => {
-                let id = stored.id.clone();
-                tracing::info!(%id, from = %tx.from, recipients = tx.recipients.len(), size, "queued");
-                let mut msg = msg;
-                msg.id = id.clone();
-                self.handoff.accepted(Accepted { msg, routes, body: stored.body });
-                reply(250, (2, 0, 0), &format!("Ok: queued as {id}"))
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "enqueue failed");
-                queue_error_reply(&e)
-            }
+        match sink {
+            Sink::Mailbox(w) => match self.local.finish(w).await {
+                Ok(path) => {
+                    let id = &tx.id;
+                    tracing::info!(%id, from = %tx.from, to = %msg.recipients[0].path, size, file = %path.display(), "delivered on receipt");
+                    reply(250, (2, 0, 0), &format!("Ok: queued as {id}"))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "mailbox delivery failed");
+                    queue_error_reply(&e.into())
+                }
+            },
+            Sink::Queue(writer) => match writer.commit().await {
+                Ok(stored) => {
+                    let id = stored.id.clone();
+                    tracing::info!(%id, from = %tx.from, recipients = tx.recipients.len(), size, "queued");
+                    msg.id = id.clone();
+                    self.handoff.accepted(Accepted { msg, routes, body: stored.body });
+                    reply(250, (2, 0, 0), &format!("Ok: queued as {id}"))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "enqueue failed");
+                    queue_error_reply(&e)
+                }
+            },
         }
     }
 }

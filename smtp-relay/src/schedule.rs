@@ -119,7 +119,7 @@ pub fn next_due(msg: &QueuedMessage, config: &RelayConfig) -> Option<u64> {
 pub struct Scheduler {
     config: Arc<RelayConfig>,
     queue: Arc<dyn Queue>,
-    terminals: Arc<Terminals>,
+    local: Arc<LocalDelivery>,
     accepted: mpsc::UnboundedReceiver<Accepted>,
     handoff: Handoff,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -145,7 +145,7 @@ struct Done {
 struct Ctx {
     config: Arc<RelayConfig>,
     queue: Arc<dyn Queue>,
-    local: LocalDelivery,
+    local: Arc<LocalDelivery>,
     remote: RemoteDelivery,
     handoff: Handoff,
     /// State that could not be stored yet, with the number of failed stores: it wins over
@@ -165,16 +165,10 @@ impl Scheduler {
         let handoff = Handoff(tx);
         let (ctx, commands) = mpsc::unbounded_channel();
         let handle = SchedulerHandle { tx: ctx };
-        let s = Scheduler {
-            config,
-            queue,
-            terminals,
-            accepted,
-            handoff: handoff.clone(),
-            commands,
-            handle,
-            resolver: None,
-        };
+        let maildir = Maildir::new(config.data_dir.join("mail"), &config.hostname);
+        let local = Arc::new(LocalDelivery::new(maildir, terminals)?);
+        let s =
+            Scheduler { config, queue, local, accepted, handoff: handoff.clone(), commands, handle, resolver: None };
         Ok((handoff, s))
     }
 
@@ -182,6 +176,11 @@ impl Scheduler {
     pub fn with_resolver(mut self, resolver: Arc<dyn MxResolver>) -> Self {
         self.resolver = Some(resolver);
         self
+    }
+
+    /// Local delivery, shared with the relay's mail service for final delivery on receipt.
+    pub fn local(&self) -> Arc<LocalDelivery> {
+        self.local.clone()
     }
 
     /// A handle for `flush` and `delete`.
@@ -204,18 +203,10 @@ impl Scheduler {
                 }
             },
         };
-        let local =
-            match LocalDelivery::new(Maildir::new(cfg.data_dir.join("mail"), &cfg.hostname), self.terminals.clone()) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start local delivery");
-                    return;
-                }
-            };
         let ctx = Arc::new(Ctx {
             config: cfg.clone(),
             queue: self.queue.clone(),
-            local,
+            local: self.local.clone(),
             remote: RemoteDelivery::new(cfg.clone(), resolver),
             handoff: self.handoff.clone(),
             unsaved: Mutex::default(),

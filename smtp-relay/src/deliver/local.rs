@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use smtp_proto::MailVerb;
 
-use super::maildir::Maildir;
+use super::maildir::{Maildir, MaildirWriter};
 use super::terminal::Terminals;
 use super::{local_reply, Outcome};
 use crate::commit::GroupCommit;
@@ -25,6 +25,16 @@ impl LocalDelivery {
     /// Maildir writes share.
     pub fn new(maildir: Maildir, terminals: Arc<Terminals>) -> std::io::Result<LocalDelivery> {
         Ok(LocalDelivery { maildir, terminals, commit: GroupCommit::start("tern-maildir-commit")? })
+    }
+
+    /// Starts a final delivery to `user` while the data arrives (before the `250`).
+    pub(crate) async fn begin(&self, user: &str, key: &str, msg: &QueuedMessage) -> std::io::Result<MaildirWriter> {
+        self.maildir.begin(user, key, msg.arrival, &msg.from).await
+    }
+
+    /// Makes a delivery started with [`LocalDelivery::begin`] durable.
+    pub(crate) async fn finish(&self, w: MaildirWriter) -> std::io::Result<std::path::PathBuf> {
+        w.commit(&self.commit).await
     }
 
     /// Delivers recipient `i` of `msg` to `user`. `thorough`: an earlier attempt (or an earlier

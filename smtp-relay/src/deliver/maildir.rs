@@ -148,6 +148,35 @@ impl Maildir {
     }
 }
 
+/// CRLF to LF over a stream cut anywhere: a CR at the end of one block is held back until
+/// the next block shows whether an LF follows.
+#[derive(Debug, Default)]
+struct LfConverter {
+    cr: bool,
+}
+
+impl LfConverter {
+    fn push(&mut self, mut chunk: &[u8], out: &mut Vec<u8>) {
+        if chunk.is_empty() {
+            return;
+        }
+        if std::mem::take(&mut self.cr) && chunk[0] != b'\n' {
+            out.push(b'\r');
+        }
+        if chunk.last() == Some(&b'\r') {
+            self.cr = true;
+            chunk = &chunk[..chunk.len() - 1];
+        }
+        crlf_to_lf(chunk, out);
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if std::mem::take(&mut self.cr) {
+            out.push(b'\r');
+        }
+    }
+}
+
 /// Writes the return-path line and the body (CRLF to LF) into a new file at `tmp`, block by
 /// block.
 fn stream_content(tmp: &Path, from: &ReversePath, body: &StoredBody) -> io::Result<File> {
@@ -156,32 +185,137 @@ fn stream_content(tmp: &Path, from: &ReversePath, body: &StoredBody) -> io::Resu
     let mut input = body.reader_blocking()?;
     let mut buf = vec![0u8; COPY_BLOCK];
     let mut out = Vec::with_capacity(COPY_BLOCK + 1);
-    let mut cr = false;
+    let mut lf = LfConverter::default();
     loop {
         let n = input.read(&mut buf)?;
         if n == 0 {
             break;
         }
         out.clear();
-        let mut chunk = &buf[..n];
-        // A CR held back from the previous block: dropped when this one starts with LF.
-        if cr {
-            if chunk[0] != b'\n' {
-                out.push(b'\r');
-            }
-            cr = false;
-        }
-        if chunk.last() == Some(&b'\r') {
-            cr = true;
-            chunk = &chunk[..chunk.len() - 1];
-        }
-        crlf_to_lf(chunk, &mut out);
+        lf.push(&buf[..n], &mut out);
         f.write_all(&out)?;
     }
-    if cr {
-        f.write_all(b"\r")?;
-    }
+    out.clear();
+    lf.finish(&mut out);
+    f.write_all(&out)?;
     Ok(f)
+}
+
+/// A message being written straight into a Maildir as it arrives (final delivery before the
+/// `250`): the return-path line, then the data with LF line ends. Small messages stay in one
+/// buffer written by the committer; larger ones go to `tmp/` in blocks of [`COPY_BLOCK`].
+/// Dropped without [`MaildirWriter::commit`], it removes what it wrote.
+#[derive(Debug)]
+pub(crate) struct MaildirWriter {
+    tmp: PathBuf,
+    dest: PathBuf,
+    buf: Vec<u8>,
+    lf: LfConverter,
+    file: Option<File>,
+    done: bool,
+}
+
+impl Drop for MaildirWriter {
+    fn drop(&mut self) {
+        if !self.done && self.file.is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl MaildirWriter {
+    /// Appends data (CRLF to LF).
+    pub(crate) async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.lf.push(data, &mut self.buf);
+        if self.buf.len() >= COPY_BLOCK {
+            self.spill().await?;
+        }
+        Ok(())
+    }
+
+    async fn spill(&mut self) -> io::Result<()> {
+        let data = std::mem::take(&mut self.buf);
+        let (file, tmp) = (self.file.take(), self.tmp.clone());
+        let r = tokio::task::spawn_blocking(move || -> io::Result<File> {
+            let mut f = match file {
+                Some(f) => f,
+                None => create_file(&tmp)?,
+            };
+            f.write_all(&data)?;
+            Ok(f)
+        })
+        .await
+        .map_err(io::Error::other)
+        .and_then(|r| r);
+        match r {
+            Ok(f) => {
+                self.file = Some(f);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&self.tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes the message durable in `new/` (sharing the flush through `commit`).
+    pub(crate) async fn commit(mut self, commit: &GroupCommit) -> io::Result<PathBuf> {
+        self.lf.finish(&mut self.buf);
+        let op = match self.file.take() {
+            None => Op::Write {
+                tmp: self.tmp.clone(),
+                dest: self.dest.clone(),
+                data: std::mem::take(&mut self.buf).into(),
+                reuse: false,
+            },
+            Some(file) => {
+                let rest = std::mem::take(&mut self.buf);
+                let file = tokio::task::spawn_blocking(move || -> io::Result<File> {
+                    let mut f = file;
+                    f.write_all(&rest)?;
+                    Ok(f)
+                })
+                .await
+                .map_err(io::Error::other)??;
+                Op::Sync { file, tmp: self.tmp.clone(), dest: self.dest.clone() }
+            }
+        };
+        // The committer removes the temporary file if anything fails from here on.
+        self.done = true;
+        commit.run(op).await?;
+        Ok(self.dest.clone())
+    }
+}
+
+impl Maildir {
+    /// Starts writing a message for `user` as it arrives; see [`MaildirWriter`].
+    pub(crate) async fn begin(
+        &self,
+        user: &str,
+        key: &str,
+        arrival: u64,
+        from: &ReversePath,
+    ) -> io::Result<MaildirWriter> {
+        let this = self.clone();
+        let (user, key) = (user.to_string(), key.to_string());
+        let prepared = tokio::task::spawn_blocking(move || this.prepare(&user, &key, arrival, false))
+            .await
+            .map_err(io::Error::other)??;
+        let Err((dir, name)) = prepared else {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "message already delivered"));
+        };
+        let mut buf = Vec::with_capacity(1024);
+        buf.extend_from_slice(format!("Return-Path: {from}\n").as_bytes());
+        Ok(MaildirWriter {
+            tmp: dir.join("tmp").join(&name),
+            dest: dir.join("new").join(&name),
+            buf,
+            lf: LfConverter::default(),
+            file: None,
+            done: false,
+        })
+    }
 }
 
 /// The stored file: the return-path line, then the message with LF line ends.
