@@ -297,11 +297,17 @@ impl Maildir {
         arrival: u64,
         from: &ReversePath,
     ) -> io::Result<MaildirWriter> {
-        let this = self.clone();
-        let (user, key) = (user.to_string(), key.to_string());
-        let prepared = tokio::task::spawn_blocking(move || this.prepare(&user, &key, arrival, false))
-            .await
-            .map_err(io::Error::other)??;
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner()).contains(user);
+        let prepared = if known {
+            // Nothing to create and nothing to look up: no trip to a blocking thread.
+            self.prepare(user, key, arrival, false)?
+        } else {
+            let this = self.clone();
+            let (user, key) = (user.to_string(), key.to_string());
+            tokio::task::spawn_blocking(move || this.prepare(&user, &key, arrival, false))
+                .await
+                .map_err(io::Error::other)??
+        };
         let Err((dir, name)) = prepared else {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, "message already delivered"));
         };
