@@ -10,6 +10,18 @@
 //! It is not a protocol implementation (that is `smtp-proto`) and does no socket handling of
 //! its own beyond the local control socket.
 //!
+//! # One message, end to end
+//! `smtp-server` calls [`RelayMail`] when the data starts. The relay routes each recipient
+//! once ([`route::Route`]) and streams the body, chunk by chunk, into the queue
+//! ([`Queue::create`]; `queue/fs.rs` writes blocks off the async threads) or, for a message
+//! for one local mailbox, straight into that Maildir. Only when the message is durable does the
+//! `250` go out; the scheduler then gets it in hand ([`Accepted`]: envelope, routes, body
+//! handle), with no re-read. [`schedule`] is the queue loop (a due-time index, back-off,
+//! expiry, notifications); [`deliver::local`] and [`deliver::remote`] deliver. Every outcome
+//! carries the [`smtp_proto::Reply`] that decided it, stored with smtp-proto's serialiser and
+//! read by [`dsn`] as it is. No layer holds a whole message: memory per transfer is a few
+//! hundred kilobytes whatever the message size.
+//!
 //! # RFC 788 and RFC 5321
 //! - Source routes: [`SourceRoutes::Strip`] (RFC 5321 3.6.1) is the default, because honouring
 //!   routes lets anyone steer mail through this host. [`SourceRoutes::Honor`] implements RFC
@@ -19,6 +31,10 @@
 //!   4.4 puts it at the beginning of the data, above the `Received:` lines).
 //! - Partial success (RFC 788 DATA): recipients that fail after the `250` are notified about,
 //!   the others are delivered.
+//! - Final delivery on receipt ([`RelayConfig::deliver_on_receipt`], on by default): a message
+//!   for one local mailbox is in the mailbox, durably, before the `250`, which is when RFC 5321
+//!   6.1 hands responsibility over; it never sits in the queue. A mailbox that cannot be
+//!   written answers `451`/`452` and the client keeps the message.
 
 mod commit;
 pub mod control;
