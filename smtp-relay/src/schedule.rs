@@ -212,14 +212,19 @@ impl Scheduler {
             unsaved: Mutex::default(),
         });
         let cancel = CancellationToken::new();
-        let (scan_tx, mut scanned) = tokio::sync::oneshot::channel();
+        // The index is rebuilt from envelopes as the scan reads them; mail is accepted and
+        // delivered meanwhile.
+        let (scan_tx, mut scanned) = mpsc::channel::<ScanEntry>(1024);
         {
             let (queue, cancel) = (self.queue.clone(), cancel.clone());
             tokio::spawn(async move {
-                let _ = scan_tx.send(queue.scan(&cancel).await);
+                if let Err(e) = queue.scan(&cancel, scan_tx).await {
+                    tracing::error!(error = %e, "queue scan failed");
+                }
             });
         }
         let mut scan_pending = true;
+        let mut resumed = 0usize;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut index = Index::default();
         let mut in_flight: HashSet<QueueId> = HashSet::new();
@@ -229,34 +234,23 @@ impl Scheduler {
             let sleep = index.next_instant();
             tokio::select! {
                 _ = &mut shutdown => break,
-                r = &mut scanned, if scan_pending => {
-                    scan_pending = false;
-                    match r {
-                        Ok(Ok(entries)) => {
-                            let mut n = 0;
-                            for e in entries {
-                                match e {
-                                    ScanEntry::Queued(m, _) if !in_flight.contains(&m.id) => {
-                                        if let Some(due) = next_due(&m, &cfg) {
-                                            index.insert(m.id.clone(), due);
-                                            n += 1;
-                                        }
-                                    }
-                                    ScanEntry::Corrupt { id, envelope: Some(env), new: true, .. } => {
-                                        let ctx = ctx.clone();
-                                        tasks.spawn(async move { ctx.notify_corrupt(&id, *env).await });
-                                    }
-                                    _ => {}
-                                }
-                            }
-                            if n > 0 {
-                                tracing::info!(messages = n, "resuming queued messages");
-                            }
+                e = scanned.recv(), if scan_pending => match e {
+                    Some(ScanEntry::Queued(m, _)) if !in_flight.contains(&m.id) => {
+                        if let Some(due) = next_due(&m, &cfg) {
+                            index.insert(m.id.clone(), due);
+                            resumed += 1;
                         }
-                        Ok(Err(e)) => tracing::error!(error = %e, "queue scan failed"),
-                        Err(_) => tracing::error!("queue scan stopped"),
                     }
-                }
+                    Some(ScanEntry::Corrupt { id, envelope: Some(env), new: true, .. }) => {
+                        let ctx = ctx.clone();
+                        tasks.spawn(async move { ctx.notify_corrupt(&id, *env).await });
+                    }
+                    Some(_) => {}
+                    None => {
+                        scan_pending = false;
+                        tracing::info!(messages = resumed, "resuming queued messages");
+                    }
+                },
                 Some(a) = self.accepted.recv() => {
                     let id = a.msg.id.clone();
                     index.remove(&id);

@@ -333,12 +333,13 @@ async fn delay_warning_and_success_notice() {
     let q = a.relay.queue();
     tokio::time::timeout(tests::WAIT, async {
         loop {
-            let ids = q.list().await.unwrap();
+            // One read of every envelope: no window between listing and loading.
             let mut attempts = 0;
-            for id in ids {
-                let m = q.load(&id).await.unwrap();
-                if m.recipients[0].path.to_string() == "<x@slow.test>" {
-                    attempts = m.recipients[0].attempts;
+            for e in q.scan_all().await.unwrap() {
+                if let smtp_relay::ScanEntry::Queued(m, _) = e {
+                    if m.recipients[0].path.to_string() == "<x@slow.test>" {
+                        attempts = m.recipients[0].attempts;
+                    }
                 }
             }
             if attempts >= 3 {

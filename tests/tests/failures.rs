@@ -60,8 +60,12 @@ impl Queue for FlakyQueue {
         self.fail()?;
         self.inner.remove(id).await
     }
-    async fn scan(&self, cancel: &CancellationToken) -> Result<Vec<ScanEntry>, QueueError> {
-        self.inner.scan(cancel).await
+    async fn scan(
+        &self,
+        cancel: &CancellationToken,
+        found: tokio::sync::mpsc::Sender<ScanEntry>,
+    ) -> Result<(), QueueError> {
+        self.inner.scan(cancel, found).await
     }
 }
 

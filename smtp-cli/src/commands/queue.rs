@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use smtp_relay::queue::RcptStatus;
 use smtp_relay::{FsQueue, Queue, QueueError, ScanEntry};
-use tokio_util::sync::CancellationToken;
 
 /// Inspect or change the mail queue.
 #[derive(Debug, Args)]
@@ -52,7 +51,7 @@ pub async fn exec(args: QueueArgs) -> anyhow::Result<()> {
             None => {
                 let q = FsQueue::open(&spool)?;
                 let mut n = 0;
-                for e in q.scan(&CancellationToken::new()).await? {
+                for e in q.scan_all().await? {
                     if let ScanEntry::Queued(mut m, _) = e {
                         m.recipients.iter_mut().for_each(|r| r.next_attempt = 0);
                         q.update(&m).await?;
@@ -82,7 +81,7 @@ pub async fn exec(args: QueueArgs) -> anyhow::Result<()> {
 
 async fn list(spool: &Path) -> anyhow::Result<()> {
     let q = FsQueue::read_only(spool)?;
-    let entries = q.scan(&CancellationToken::new()).await?;
+    let entries = q.scan_all().await?;
     if entries.is_empty() {
         println!("queue is empty");
         return Ok(());

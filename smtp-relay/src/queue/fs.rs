@@ -342,7 +342,14 @@ impl Inner {
         }
     }
 
-    fn scan(&self, cancel: &tokio_util::sync::CancellationToken) -> Result<Vec<ScanEntry>, QueueError> {
+    /// Scans the spool, handing each entry to `found` as it is read (8 threads read records;
+    /// nothing is gathered, so memory stays flat for any queue size). Stops early when `cancel`
+    /// is cancelled or `found` says to (its receiver went away).
+    fn scan(
+        &self,
+        cancel: &tokio_util::sync::CancellationToken,
+        found: &(dyn Fn(ScanEntry) -> bool + Sync),
+    ) -> Result<(), QueueError> {
         let mut ids = Vec::new();
         let mut states = HashSet::new();
         for entry in fs::read_dir(self.dir.join("msg"))? {
@@ -357,74 +364,65 @@ impl Inner {
             }
         }
         ids.sort();
-        // Read in parallel (the reads are syscall-bound when cached and latency-bound when not),
-        // then act on the results in order.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let reported: Mutex<HashSet<String>> = Mutex::default();
+        // The reads are syscall-bound when cached and latency-bound when not: in parallel.
         let per = ids.len().div_ceil(SCAN_THREADS).max(1);
-        let read: Vec<(String, Result<Record, QueueError>)> = std::thread::scope(|s| {
-            let handles: Vec<_> = ids
-                .chunks(per)
-                .map(|chunk| {
-                    let states = &states;
-                    s.spawn(move || {
-                        let mut v = Vec::with_capacity(chunk.len());
-                        for id in chunk {
-                            if cancel.is_cancelled() {
-                                break;
-                            }
-                            let has_state = Some(states.contains(id));
-                            v.push((id.clone(), self.read_record_with(&self.msg_path(id), id, has_state)));
+        std::thread::scope(|s| {
+            for chunk in ids.chunks(per) {
+                let (states, stop, reported) = (&states, &stop, &reported);
+                s.spawn(move || {
+                    for id in chunk {
+                        if cancel.is_cancelled() || stop.load(Ordering::Relaxed) {
+                            return;
                         }
-                        v
-                    })
-                })
-                .collect();
-            handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-        });
-        if cancel.is_cancelled() {
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::with_capacity(read.len());
-        let mut good = HashSet::new();
-        for (id, r) in read {
-            match r {
-                Ok((m, _, len)) => {
-                    good.insert(id);
-                    out.push(ScanEntry::Queued(Box::new(m), len));
-                }
-                Err(QueueError::NotFound(_)) => {}
-                Err(e @ QueueError::Corrupt { .. }) => {
-                    let new = self.set_aside(&id, &e);
-                    out.push(ScanEntry::Corrupt {
-                        id: id.clone(),
-                        reason: e.to_string(),
-                        envelope: envelope_of(&e).map(Box::new),
-                        new,
-                    });
-                }
-                Err(e) => self.log_once(&id, &e),
+                        let has_state = Some(states.contains(id));
+                        let entry = match self.read_record_with(&self.msg_path(id), id, has_state) {
+                            Ok((m, _, len)) => ScanEntry::Queued(Box::new(m), len),
+                            Err(QueueError::NotFound(_)) => continue,
+                            Err(e @ QueueError::Corrupt { .. }) => {
+                                let new = self.set_aside(id, &e);
+                                reported.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
+                                let envelope = envelope_of(&e).map(Box::new);
+                                ScanEntry::Corrupt { id: id.clone(), reason: e.to_string(), envelope, new }
+                            }
+                            Err(e) => {
+                                self.log_once(id, &e);
+                                continue;
+                            }
+                        };
+                        if !found(entry) {
+                            stop.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                });
             }
+        });
+        if cancel.is_cancelled() || stop.load(Ordering::Relaxed) {
+            return Ok(());
         }
         if self.commit.is_some() {
-            for orphan in states.iter().filter(|s| !good.contains(*s) && valid_id(s)) {
-                if !self.msg_path(orphan).exists() {
-                    let _ = fs::remove_file(self.dir.join("msg").join(format!("{orphan}.st")));
-                }
+            let listed: HashSet<&String> = ids.iter().collect();
+            for orphan in states.iter().filter(|s| !listed.contains(s) && valid_id(s)) {
+                let _ = fs::remove_file(self.dir.join("msg").join(format!("{orphan}.st")));
             }
         }
         if let Ok(rd) = fs::read_dir(self.dir.join("corrupt")) {
+            let reported = reported.into_inner().unwrap_or_else(|e| e.into_inner());
             let mut seen: Vec<String> = rd
                 .filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| !n.ends_with(".st"))
+                .filter(|n| !n.ends_with(".st") && !reported.contains(n))
                 .collect();
             seen.sort();
             for id in seen {
-                if !out.iter().any(|e| matches!(e, ScanEntry::Corrupt { id: c, .. } if *c == id)) {
-                    out.push(ScanEntry::Corrupt { id, reason: "set aside earlier".into(), envelope: None, new: false });
+                if !found(ScanEntry::Corrupt { id, reason: "set aside earlier".into(), envelope: None, new: false }) {
+                    break;
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -615,9 +613,13 @@ impl Queue for FsQueue {
         Ok(())
     }
 
-    async fn scan(&self, cancel: &tokio_util::sync::CancellationToken) -> Result<Vec<ScanEntry>, QueueError> {
+    async fn scan(
+        &self,
+        cancel: &tokio_util::sync::CancellationToken,
+        found: tokio::sync::mpsc::Sender<ScanEntry>,
+    ) -> Result<(), QueueError> {
         let cancel = cancel.clone();
-        self.blocking(move |q| q.scan(&cancel)).await
+        self.blocking(move |q| q.scan(&cancel, &|e| found.blocking_send(e).is_ok())).await
     }
 }
 
@@ -627,7 +629,6 @@ mod tests {
     use crate::queue::{RcptRecord, RcptStatus};
     use smtp_proto::{ForwardPath, Path as SPath, ReversePath};
     use tokio::io::AsyncReadExt;
-    use tokio_util::sync::CancellationToken;
 
     fn msg() -> QueuedMessage {
         QueuedMessage {
@@ -776,7 +777,7 @@ mod tests {
         // One whose envelope is not.
         fs::write(dir.path().join("msg").join("BROKEN2"), b"TERN-SPOOL 1\nid BROKEN2\nmail FOO\n").unwrap();
         let q = FsQueue::open(dir.path()).unwrap();
-        let first = q.scan(&CancellationToken::new()).await.unwrap();
+        let first = q.scan_all().await.unwrap();
         let corrupt = |entries: &[ScanEntry], want: &str| {
             entries.iter().find_map(|e| match e {
                 ScanEntry::Corrupt { id, envelope, new, .. } if id == want => Some((envelope.is_some(), *new)),
@@ -787,7 +788,7 @@ mod tests {
         assert_eq!(corrupt(&first, "BROKEN2"), Some((false, true)));
         assert_eq!(corrupt(&first, "tmp-X.1"), Some((false, false)));
         assert!(first.iter().any(|e| matches!(e, ScanEntry::Queued(m, 5) if m.id == id)));
-        let second = q.scan(&CancellationToken::new()).await.unwrap();
+        let second = q.scan_all().await.unwrap();
         assert_eq!(corrupt(&second, "BROKEN1"), Some((false, false)), "told once");
         let (env, why) = q.inspect_corrupt("BROKEN1").unwrap();
         assert_eq!(env.unwrap().from.to_string(), "<s@here.test>");

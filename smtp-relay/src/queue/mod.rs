@@ -128,6 +128,16 @@ pub enum ScanEntry {
     },
 }
 
+impl ScanEntry {
+    /// The entry's queue id.
+    pub fn id(&self) -> &str {
+        match self {
+            ScanEntry::Queued(m, _) => &m.id,
+            ScanEntry::Corrupt { id, .. } => id,
+        }
+    }
+}
+
 /// A message just made durable: everything the scheduler needs to deliver it without reading
 /// the queue again.
 #[derive(Debug)]
@@ -218,14 +228,37 @@ pub trait Queue: Send + Sync + 'static {
     async fn update(&self, msg: &QueuedMessage) -> Result<(), QueueError>;
     /// Removes a message whose recipients are all done.
     async fn remove(&self, id: &str) -> Result<(), QueueError>;
-    /// Every message's envelope and state (no bodies), and the damaged records set aside.
-    /// Entries that are not records at all are skipped (and logged once). Stops early, with
-    /// what it has, once `cancel` is cancelled.
-    async fn scan(&self, cancel: &tokio_util::sync::CancellationToken) -> Result<Vec<ScanEntry>, QueueError>;
-    /// Ids of the messages waiting (damaged records left out).
+    /// Sends every message's envelope and state (no bodies), and the damaged records set
+    /// aside, to `found` as they are read, in no particular order. Entries that are not records
+    /// at all are skipped (and logged once). Stops early once `cancel` is cancelled or `found`
+    /// is closed.
+    async fn scan(
+        &self,
+        cancel: &tokio_util::sync::CancellationToken,
+        found: tokio::sync::mpsc::Sender<ScanEntry>,
+    ) -> Result<(), QueueError>;
+    /// Every entry of [`Queue::scan`], gathered and sorted by id (for tools and tests; the
+    /// scheduler takes them as they come).
+    async fn scan_all(&self) -> Result<Vec<ScanEntry>, QueueError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let gather = async move {
+            let mut v = Vec::new();
+            while let Some(e) = rx.recv().await {
+                v.push(e);
+            }
+            v
+        };
+        let (r, mut all) = tokio::join!(self.scan(&cancel, tx), gather);
+        r?;
+        all.sort_by(|a, b| a.id().cmp(b.id()));
+        Ok(all)
+    }
+    /// Ids of the messages waiting (damaged records left out), sorted.
     async fn list(&self) -> Result<Vec<QueueId>, QueueError> {
-        let entries = self.scan(&tokio_util::sync::CancellationToken::new()).await?;
-        Ok(entries
+        Ok(self
+            .scan_all()
+            .await?
             .into_iter()
             .filter_map(|e| match e {
                 ScanEntry::Queued(m, _) => Some(m.id),
