@@ -621,6 +621,21 @@ impl Queue for FsQueue {
         let cancel = cancel.clone();
         self.blocking(move |q| q.scan(&cancel, &|e| found.blocking_send(e).is_ok())).await
     }
+
+    async fn scan_all(&self) -> Result<Vec<ScanEntry>, QueueError> {
+        // Gathered straight from the reading threads, without a channel between.
+        self.blocking(|q| {
+            let all = Mutex::new(Vec::new());
+            q.scan(&tokio_util::sync::CancellationToken::new(), &|e| {
+                all.lock().unwrap_or_else(|e| e.into_inner()).push(e);
+                true
+            })?;
+            let mut all = all.into_inner().unwrap_or_else(|e| e.into_inner());
+            all.sort_unstable_by(|a, b| a.id().cmp(b.id()));
+            Ok(all)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
