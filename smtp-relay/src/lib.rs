@@ -37,6 +37,7 @@
 //!   written answers `451`/`452` and the client keeps the message.
 
 mod commit;
+pub mod config;
 pub mod control;
 pub mod deliver;
 pub mod directory;

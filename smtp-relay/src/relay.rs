@@ -1,108 +1,24 @@
 //! The relay's two tower services: the policy service (who may send what to whom) and the mail
 //! service (durable enqueue before `250`).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use smtp_client::TlsMode;
-use smtp_proto::auth::Secret;
 use smtp_proto::command::{Orcpt, RcptParams, XText};
 use smtp_proto::{codes, EnhancedCode, ForwardPath, MailVerb, Mailbox, Path, Reply};
 use smtp_server::{Decision, PolicyKind, PolicyRequest, Transaction};
 
+pub use crate::config::RelayConfig;
 use crate::deliver::local::LocalDelivery;
 use crate::deliver::maildir::MaildirWriter;
 use crate::deliver::terminal::Terminals;
-use crate::directory::{Directory, Lookup, Target};
+use crate::directory::{Lookup, Target};
 use crate::queue::{Queue, QueuedMessage, RcptRecord};
-use crate::route::{classify, prepend_route, strip_route, Cidr, Destination, SourceRoutes};
+use crate::route::{classify, prepend_route, strip_route, Destination, SourceRoutes};
 use crate::schedule::{Accepted, Handoff, Scheduler};
-
-/// Everything the relay decides with.
-#[derive(Debug, Clone)]
-pub struct RelayConfig {
-    /// This host's name (Received, Maildir names, DSNs).
-    pub hostname: String,
-    /// The data directory: `queue/`, `mail/`, `terminal.sock`.
-    pub data_dir: PathBuf,
-    /// Local domains, users, aliases.
-    pub directory: Directory,
-    /// Networks allowed to relay without AUTH.
-    pub trusted: Vec<Cidr>,
-    /// RFC 788 source routes: honor or strip.
-    pub source_routes: SourceRoutes,
-    /// More `Received:` lines than this means a loop: `554 5.4.6`.
-    pub max_received: usize,
-    /// Users allowed to AUTH, with their passwords.
-    pub auth_users: HashMap<String, Secret>,
-    /// Static routes: domain (lower case) to `host:port`.
-    pub routes: HashMap<String, (String, u16)>,
-    /// Send all non-local mail through this host.
-    pub relay_host: Option<(String, u16)>,
-    /// The DNS server for MX lookups (the system's when `None`).
-    pub dns_server: Option<std::net::SocketAddr>,
-    /// Port for MX and address deliveries (25).
-    pub smtp_port: u16,
-    /// First retry after a transient failure; later ones double, up to `max_retry_interval`.
-    pub retry_interval: Duration,
-    /// Longest wait between retries.
-    pub max_retry_interval: Duration,
-    /// After this, pending recipients fail and the sender is notified.
-    pub queue_lifetime: Duration,
-    /// Warn the sender once when a message has waited this long (`None`: never).
-    pub delay_warning: Option<Duration>,
-    /// Outbound TLS (opportunistic by default).
-    pub outbound_tls: TlsMode,
-    /// CA file to verify `required` TLS destinations against (web PKI roots when `None`).
-    pub outbound_ca: Option<PathBuf>,
-    /// Per-domain TLS overrides.
-    pub tls_per_domain: HashMap<String, TlsMode>,
-    /// Most deliveries at once.
-    pub max_deliveries: usize,
-    /// Most connections at once to one destination.
-    pub max_per_destination: usize,
-    /// Deliver a message for one local mailbox into its Maildir before the `250` (final
-    /// delivery on receipt, as an LMTP server does) instead of queueing it first: half the
-    /// disk work. Messages that need the queue (several or remote recipients, SEND/SOML/SAML,
-    /// a success notification) always take it.
-    pub deliver_on_receipt: bool,
-}
-
-impl RelayConfig {
-    /// Defaults for `hostname` and `data_dir`: local domains are the host name and `localhost`,
-    /// any local part is accepted, loopback may relay, routes are stripped, Postfix-like retries.
-    pub fn new(hostname: &str, data_dir: impl Into<PathBuf>) -> Self {
-        RelayConfig {
-            hostname: hostname.to_string(),
-            data_dir: data_dir.into(),
-            directory: Directory::new([hostname.to_string(), "localhost".to_string()], Vec::<String>::new()),
-            trusted: Cidr::loopback(),
-            source_routes: SourceRoutes::Strip,
-            max_received: 100,
-            auth_users: HashMap::new(),
-            routes: HashMap::new(),
-            relay_host: None,
-            dns_server: None,
-            smtp_port: 25,
-            retry_interval: Duration::from_secs(300),
-            max_retry_interval: Duration::from_secs(4000),
-            queue_lifetime: Duration::from_secs(5 * 24 * 3600),
-            delay_warning: None,
-            outbound_tls: TlsMode::Opportunistic,
-            outbound_ca: None,
-            tls_per_domain: HashMap::new(),
-            max_deliveries: 20,
-            max_per_destination: 10,
-            deliver_on_receipt: true,
-        }
-    }
-}
 
 /// A relay: hands out the policy and mail services for `smtp-server`. The [`Scheduler`] that
 /// delivers what they queue is built beside it, from the same parts.

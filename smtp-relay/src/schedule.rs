@@ -24,6 +24,7 @@ use smtp_proto::{EnhancedCode, Reply};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::RelayConfig;
 use crate::deliver::local::LocalDelivery;
 use crate::deliver::maildir::Maildir;
 use crate::deliver::remote::RemoteDelivery;
@@ -32,7 +33,6 @@ use crate::deliver::Outcome;
 use crate::dns::{HickoryMx, MxAnswer, MxResolver};
 use crate::dsn::{self, Action};
 use crate::queue::{Queue, QueueError, QueueId, QueuedMessage, RcptStatus, ScanEntry, StoredBody};
-use crate::relay::RelayConfig;
 use crate::route::{route_of, Route};
 
 /// Longest sleep of the queue loop when nothing is due (the clock may jump).

@@ -13,9 +13,9 @@ use smtp_proto::{Domain, MailVerb};
 use tokio::sync::Semaphore;
 
 use super::{local_reply, Outcome};
+use crate::config::RelayConfig;
 use crate::dns::{MxAnswer, MxResolver};
 use crate::queue::{QueuedMessage, RemoteHost, StoredBody};
-use crate::relay::RelayConfig;
 
 /// Sends to next hops.
 pub struct RemoteDelivery {
