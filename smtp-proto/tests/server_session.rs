@@ -219,6 +219,16 @@ fn recipient_limit() {
         &accept_all,
     );
     assert_eq!(codes_of(&run.output), ["220", "250", "250", "250", "250", "452"]);
+    // Pipelined past the limit, more times than the error limit: not errors (RFC 5321
+    // 4.5.3.1.10); the transaction goes on with the recipients accepted.
+    let config = ServerConfig { max_recipients: 2, max_errors: 3, ..cfg() };
+    let mut input = b"EHLO a\r\nMAIL FROM:<a@b>\r\n".to_vec();
+    input.extend(b"RCPT TO:<x@d>\r\n".repeat(10));
+    input.extend(b"DATA\r\nhi\r\n.\r\n");
+    let run = transcript(config, &input, &accept_all);
+    let codes = codes_of(&run.output);
+    assert_eq!(codes.iter().filter(|c| **c == "452").count(), 8, "{codes:?}");
+    assert_eq!(&codes[codes.len() - 2..], ["354", "250"], "{codes:?}");
 }
 
 #[test]

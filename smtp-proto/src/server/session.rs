@@ -722,7 +722,11 @@ impl ServerSession {
             return self.send(codes::bad_sequence());
         }
         if env.recipients.len() >= self.config.max_recipients {
-            return self.send(codes::too_many_recipients());
+            // RFC 5321 4.5.3.1.10: "the SMTP server MUST NOT treat" the client's excess
+            // recipients as an error; the 452 does not count toward the error limit, so the
+            // client keeps the recipients it has and goes on to DATA.
+            codes::too_many_recipients().write_to(&mut self.output);
+            return;
         }
         if (params.notify.is_some() || params.orcpt.is_some()) && !self.config.dsn {
             return self.send(codes::params_unrecognized());
