@@ -144,10 +144,10 @@ fn finisher(rx: mpsc::Receiver<Staged>) {
             if let Some((from, to)) = recycle {
                 dirs.insert(parent(&from));
                 if let Err(e) = fs::rename(&from, &to) {
+                    // Not kept for reuse then; a file that is not there is an error here (the
+                    // caller asked to remove a message that does not exist).
                     if let Err(e2) = fs::remove_file(&from) {
-                        if e2.kind() != io::ErrorKind::NotFound {
-                            r = Err(e);
-                        }
+                        r = Err(if e2.kind() == io::ErrorKind::NotFound { e2 } else { e });
                     }
                 }
             }

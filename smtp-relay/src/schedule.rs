@@ -492,6 +492,8 @@ impl Ctx {
         let done = msg.is_done();
         let r = if done { self.queue.remove(&id).await } else { self.queue.update(&msg).await };
         match r {
+            // Deleted meanwhile (`tern queue delete`): nothing more to do.
+            Err(QueueError::NotFound(_)) if done => None,
             Ok(()) => {
                 if failures > 0 {
                     tracing::info!(%id, failures, "message state stored again");

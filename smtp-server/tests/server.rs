@@ -321,7 +321,10 @@ async fn bad_inputs_never_break_the_server() {
     assert!(all.ends_with("221 2.0.0 Bye\r\n") && all.contains("354 "), "{}", &all[all.len() - 200..]);
     let _ = writer.await;
     wait_for(&t.inbox, 1).await;
-    assert_eq!(t.inbox.lock().unwrap().iter().find(|g| g.recipients.len() == 100).map(|g| g.recipients.len()), Some(100));
+    assert_eq!(
+        t.inbox.lock().unwrap().iter().find(|g| g.recipients.len() == 100).map(|g| g.recipients.len()),
+        Some(100)
+    );
     // Smuggling body: refused, session in sync.
     let mut s = connect(t.addr).await;
     for l in ["EHLO a\r\n", "MAIL FROM:<a@b>\r\n", "RCPT TO:<c@d>\r\n", "DATA\r\n"] {

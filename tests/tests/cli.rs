@@ -195,6 +195,9 @@ async fn queue_list_show_flush_delete_while_running() {
     assert_eq!((code, out.trim()), (0, "flush requested"));
     let (code, out, _) = run(&["queue", "delete", &id, "--data-dir", data], b"");
     assert_eq!((code, out.trim().to_string()), (0, format!("deleted {id}")));
+    // Deleting what is not there is an error, not "deleted".
+    let (code, out, err) = run(&["queue", "delete", &id, "--data-dir", data], b"");
+    assert!(code != 0 && out.is_empty() && err.contains(&format!("no queued message {id}")), "{code} {out} {err}");
     let (_, out, _) = run(&["queue", "list", "--data-dir", data], b"");
     assert!(out.contains("queue is empty"), "{out}");
     let logs: Vec<String> =
@@ -235,4 +238,7 @@ fn damaged_records_are_listed_and_shown() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("state:    corrupt") && out.contains("header says 100"), "{out}");
     assert!(out.contains("from:     <who@sender.test>") && out.contains("to:       <x@far.test>"), "{out}");
+    // No server running: deleting an id that is not queued fails clearly.
+    let (code, _, err) = run(&["queue", "delete", "NOSUCH1", "--data-dir", data], b"");
+    assert!(code != 0 && err.contains("no queued message NOSUCH1"), "{code} {err}");
 }

@@ -70,8 +70,10 @@ pub async fn exec(args: QueueArgs) -> anyhow::Result<()> {
             Some(r) => anyhow::bail!("server said: {r}"),
             None => {
                 let q = FsQueue::open(&spool)?;
-                q.load(&id).await?;
-                q.remove(&id).await?;
+                q.remove(&id).await.map_err(|e| match e {
+                    QueueError::NotFound(_) => anyhow::anyhow!("no queued message {id}"),
+                    e => e.into(),
+                })?;
                 println!("deleted {id}");
                 Ok(())
             }

@@ -602,11 +602,18 @@ impl Queue for FsQueue {
             stated.then(|| self.inner.dir.join("msg").join(format!("{id}.st"))).into_iter().collect();
         let keep = self.inner.free.lock().unwrap_or_else(|e| e.into_inner()).len() < MAX_FREE;
         if !keep {
+            if !self.inner.msg_path(id).exists() {
+                return Err(QueueError::NotFound(id.to_string()));
+            }
             let paths = [vec![self.inner.msg_path(id)], state].concat();
             return commit.run(Op::Remove { paths }).await.map_err(QueueError::Io);
         }
         let to = self.inner.dir.join("free").join(id);
-        commit.run(Op::Recycle { from: self.inner.msg_path(id), to: to.clone(), remove: state }).await?;
+        let op = Op::Recycle { from: self.inner.msg_path(id), to: to.clone(), remove: state };
+        commit.run(op).await.map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => QueueError::NotFound(id.to_string()),
+            _ => QueueError::Io(e),
+        })?;
         if to.is_file() {
             self.inner.free.lock().unwrap_or_else(|e| e.into_inner()).push(to);
         }
@@ -696,6 +703,7 @@ mod tests {
         assert!(read(&q.body(&ids[0]).await.unwrap()).await.starts_with(b"body "));
         q.remove(&ids[0]).await.unwrap();
         assert!(matches!(q.load(&ids[0]).await, Err(QueueError::NotFound(_))));
+        assert!(matches!(q.remove(&ids[0]).await, Err(QueueError::NotFound(_))), "removing twice");
         assert_eq!(q.list().await.unwrap().len(), 49);
         assert!(matches!(q.load("../etc").await, Err(QueueError::NotFound(_))));
         assert!(names(&dir.path().join("tmp")).is_empty());
