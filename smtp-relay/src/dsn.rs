@@ -106,7 +106,9 @@ pub fn build(hostname: &str, msg: &QueuedMessage, indexes: &[usize], action: Act
     });
     let mut status = format!("Reporting-MTA: dns; {hostname}\r\n");
     if let Some(envid) = &msg.params.envid {
-        status.push_str(&format!("Original-Envelope-Id: {}\r\n", String::from_utf8_lossy(&envid.decode())));
+        // RFC 3464 2.2.1: the envelope id as given, in xtext; decoding it could put a line
+        // break the client chose into the report.
+        status.push_str(&format!("Original-Envelope-Id: {}\r\n", envid.as_str()));
     }
     let arrival = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(msg.arrival);
     status.push_str(&format!("Arrival-Date: {}\r\n", date(arrival)));
@@ -135,11 +137,8 @@ pub fn build(hostname: &str, msg: &QueuedMessage, indexes: &[usize], action: Act
         ));
         status.push_str("\r\n");
         if let Some(o) = &r.params.orcpt {
-            status.push_str(&format!(
-                "Original-Recipient: {}; {}\r\n",
-                o.addr_type,
-                String::from_utf8_lossy(&o.addr.decode())
-            ));
+            // RFC 3464 2.3.2: the original recipient as given (xtext), never decoded.
+            status.push_str(&format!("Original-Recipient: {}; {}\r\n", o.addr_type, o.addr.as_str()));
         }
         status.push_str(&format!("Final-Recipient: rfc822; {}\r\n", addr(&r.path)));
         status.push_str(&format!("Action: {}\r\nStatus: {code}\r\n", action.as_str()));
@@ -259,6 +258,19 @@ mod tests {
         let mut out = Vec::new();
         q.body(&stored.id).await.unwrap().reader().await.unwrap().read_to_end(&mut out).await.unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    #[tokio::test]
+    async fn envelope_ids_stay_xtext_and_cannot_add_fields() {
+        use smtp_proto::command::{Orcpt, XText};
+        let mut m = msg(ReversePath::Path(Path::parse("<alice@here.test>").unwrap()));
+        m.params.envid = Some(XText::from_encoded("abc+0D+0ASubject:+20x").unwrap());
+        let orcpt = XText::from_encoded("x+0D+0AInjected:+20y").unwrap();
+        m.recipients[0].params.orcpt = Some(Orcpt { addr_type: "rfc822".into(), addr: orcpt });
+        let text = queued_text(&m, Action::Failed).await;
+        assert!(text.contains("Original-Envelope-Id: abc+0D+0ASubject:+20x\r\n"), "{text}");
+        assert!(text.contains("Original-Recipient: rfc822; x+0D+0AInjected:+20y\r\n"), "{text}");
+        assert!(!text.contains("\r\nSubject: x") && !text.contains("\r\nInjected:"), "{text}");
     }
 
     #[tokio::test]
