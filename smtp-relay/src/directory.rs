@@ -145,6 +145,11 @@ impl Directory {
                 continue;
             }
             let name = m.to_lowercase();
+            // The one check that a member can name a mailbox directory, before any use of it.
+            if !safe_local(&name) {
+                tracing::warn!(member = %name, "alias member is not a plain local part; ignored");
+                continue;
+            }
             if !seen.insert(name.clone()) {
                 // An alias naming itself (directly or through others) delivers to the mailbox of
                 // that name, as classic aliases do, instead of looping.
@@ -155,7 +160,7 @@ impl Directory {
             }
             match self.aliases.get(&name) {
                 Some(next) => self.expand(next, depth + 1, seen, out),
-                None if self.user_exists(&name) && safe_local(&name) => out.push(Target::Local(name)),
+                None if self.user_exists(&name) => out.push(Target::Local(name)),
                 None => tracing::warn!(member = %name, "alias member is no known user"),
             }
         }
@@ -247,6 +252,14 @@ mod tests {
         assert_eq!(d.lookup("self"), Lookup::User(Target::Local("alice".into())));
         assert_eq!(d.lookup("../etc"), Lookup::Unknown);
         assert_eq!(d.lookup("b%other"), Lookup::Unknown);
+    }
+
+    #[test]
+    fn unsafe_members_never_become_mailboxes_even_twice() {
+        let mut d = Directory::new(["x.test".to_string()], Vec::<String>::new());
+        let aliases = "list: \"../evil\"@x.test, \"../evil\"@x.test, ok\n";
+        d.aliases = parse_aliases(aliases, "aliases").unwrap();
+        assert_eq!(d.lookup("list"), Lookup::User(Target::Local("ok".into())));
     }
 
     #[test]
