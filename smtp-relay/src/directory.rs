@@ -98,6 +98,11 @@ impl Directory {
         !self.users.is_empty()
     }
 
+    /// Whether every local part is accepted (no users and no aliases configured).
+    pub fn is_catch_all(&self) -> bool {
+        self.users.is_empty() && self.aliases.is_empty()
+    }
+
     fn user_exists(&self, name: &str) -> bool {
         self.users.is_empty() || self.users.contains(name)
     }

@@ -229,6 +229,14 @@ pub fn log_format(args: &ServeArgs) -> Option<String> {
     config::load(p).ok().and_then(|(c, _)| c.log_format)
 }
 
+/// The warning for a server reachable beyond loopback that accepts every local part.
+fn catch_all_warning(s: &Settings) -> Option<&'static str> {
+    let public = s.listen.iter().chain(&s.implicit_tls).any(|a| !a.ip().is_loopback());
+    (public && s.relay.directory.is_catch_all()).then_some(
+        "listening beyond loopback with no --user and no aliases: every local part is accepted and gets a mailbox",
+    )
+}
+
 pub async fn exec(s: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&s.data_dir).map_err(|e| anyhow::anyhow!("{}: {e}", s.data_dir.display()))?;
     // One server per data directory: a second one would recover (move aside) the first one's
@@ -238,6 +246,9 @@ pub async fn exec(s: Settings) -> anyhow::Result<()> {
         anyhow::bail!("{} is in use by another tern serve", s.data_dir.display());
     }
     let queue = Arc::new(FsQueue::open(s.data_dir.join("queue")).map_err(|e| anyhow::anyhow!("queue: {e}"))?);
+    if let Some(w) = catch_all_warning(&s) {
+        tracing::warn!("{w}");
+    }
     let auth = !s.relay.auth_users.is_empty();
     let (relay, scheduler) = Relay::new(s.relay, queue)?;
     let handle = scheduler.handle();
@@ -292,4 +303,31 @@ pub async fn exec(s: Settings) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&control);
     println!("tern serve: stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn settings_for(args: &[&str]) -> Settings {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap().to_string();
+        let mut argv = vec!["tern", "--data-dir", &data, "--hostname", "mx.test"];
+        argv.extend(args);
+        settings(Cli::parse_from(argv).serve).unwrap()
+    }
+
+    #[test]
+    fn warns_when_a_public_catch_all_would_make_any_mailbox() {
+        assert!(catch_all_warning(&settings_for(&[])).is_none(), "loopback only");
+        assert!(catch_all_warning(&settings_for(&["--listen", "0.0.0.0:25"])).is_some());
+        assert!(catch_all_warning(&settings_for(&["--listen", "[::]:25", "--user", "bob"])).is_none());
+    }
 }

@@ -9,6 +9,12 @@ use smtp_proto::ReversePath;
 use crate::commit::{create_dir_durable, create_file, GroupCommit, Op};
 use crate::queue::StoredBody;
 
+/// Mailbox directories remembered as existing.
+#[cfg(not(test))]
+const MAX_KNOWN_MAILDIRS: usize = 4096;
+#[cfg(test)]
+const MAX_KNOWN_MAILDIRS: usize = 8;
+
 /// Bytes copied per block when a large message is streamed from the spool into a mailbox.
 const COPY_BLOCK: usize = 64 * 1024;
 
@@ -81,7 +87,13 @@ impl Maildir {
             for sub in ["tmp", "new", "cur"] {
                 create_dir_durable(&dir.join(sub))?;
             }
-            self.known.lock().unwrap_or_else(|e| e.into_inner()).insert(user.to_string());
+            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            // Bounded: a flood of new local parts (catch-all) cannot grow it without end; it is
+            // only a cache of directories known to exist.
+            if known.len() >= MAX_KNOWN_MAILDIRS {
+                known.clear();
+            }
+            known.insert(user.to_string());
         }
         let name = format!("{arrival}.T{key}.{}", self.hostname);
         if !thorough {
@@ -372,6 +384,17 @@ mod tests {
         assert_eq!(fs::read_dir(root.path().join("bob/tmp")).unwrap().count(), 0);
         let null = m.deliver("bob", "ID2R0", 7, &ReversePath::Null, b"x").unwrap();
         assert!(fs::read(null).unwrap().starts_with(b"Return-Path: <>\n"));
+    }
+
+    #[test]
+    fn the_cache_of_known_mailboxes_is_bounded() {
+        let root = tempfile::tempdir().unwrap();
+        let m = Maildir::new(root.path(), "mx.test");
+        for i in 0..3 * MAX_KNOWN_MAILDIRS {
+            m.deliver(&format!("user{i}"), &format!("Q{i}R0"), 7, &ReversePath::Null, b"x\r\n").unwrap();
+            assert!(m.known.lock().unwrap().len() <= MAX_KNOWN_MAILDIRS);
+        }
+        assert_eq!(fs::read_dir(root.path()).unwrap().count(), 3 * MAX_KNOWN_MAILDIRS, "all delivered");
     }
 
     #[tokio::test]
