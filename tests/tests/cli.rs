@@ -242,3 +242,23 @@ fn damaged_records_are_listed_and_shown() {
     let (code, _, err) = run(&["queue", "delete", "NOSUCH1", "--data-dir", data], b"");
     assert!(code != 0 && err.contains("no queued message NOSUCH1"), "{code} {err}");
 }
+
+#[tokio::test]
+async fn connection_limits_are_settable() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = Tern::serve(dir.path(), &["--max-connections-per-ip", "2"]);
+    let (_a, g1) = tests::Raw::connect(tern.addr).await;
+    let (_b, g2) = tests::Raw::connect(tern.addr).await;
+    let (_c, g3) = tests::Raw::connect(tern.addr).await;
+    assert!(g1.starts_with("220") && g2.starts_with("220"), "{g1}{g2}");
+    assert!(g3.starts_with("421 4.7.0"), "the third from one address is refused: {g3}");
+    // TOML key too.
+    let cfg = dir.path().join("tern.toml");
+    std::fs::write(&cfg, "max_connections = 1\n").unwrap();
+    drop((_a, _b, _c));
+    let tern2 = Tern::serve(&dir.path().join("two"), &["--config", cfg.to_str().unwrap()]);
+    let (_d, g4) = tests::Raw::connect(tern2.addr).await;
+    let (_e, g5) = tests::Raw::connect(tern2.addr).await;
+    assert!(g4.starts_with("220") && g5.starts_with("421 4.7.0"), "{g4}{g5}");
+    assert!(tern.terminate().success() && tern2.terminate().success());
+}

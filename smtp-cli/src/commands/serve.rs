@@ -81,6 +81,12 @@ pub struct ServeArgs {
     /// Close idle connections after this many seconds. Default 300.
     #[arg(long)]
     pub idle_timeout: Option<u64>,
+    /// Most connections at once. Default 4096.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Most connections at once from one IP address. Default 256.
+    #[arg(long)]
+    pub max_connections_per_ip: Option<usize>,
     /// TLS for outbound deliveries: opportunistic (default), required or none.
     #[arg(long)]
     pub outbound_tls: Option<String>,
@@ -100,6 +106,8 @@ pub struct Settings {
     pub max_message_size: u64,
     pub max_recipients: usize,
     pub idle_timeout: Duration,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
 }
 
 fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
@@ -220,6 +228,8 @@ pub fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
         max_message_size: pick(args.max_message_size, file.max_message_size).unwrap_or(25 * 1024 * 1024),
         max_recipients: pick(args.max_recipients, file.max_recipients).unwrap_or(100).max(1),
         idle_timeout: Duration::from_secs(pick(args.idle_timeout, file.idle_timeout).unwrap_or(300).max(1)),
+        max_connections: pick(args.max_connections, file.max_connections).map(|n| n.max(1)),
+        max_connections_per_ip: pick(args.max_connections_per_ip, file.max_connections_per_ip).map(|n| n.max(1)),
     })
 }
 
@@ -257,6 +267,12 @@ pub async fn exec(s: Settings) -> anyhow::Result<()> {
         o.session.max_recipients = s.max_recipients;
         o.command_timeout = s.idle_timeout;
         o.data_timeout = s.idle_timeout;
+        if let Some(n) = s.max_connections {
+            o.max_connections = n;
+        }
+        if let Some(n) = s.max_connections_per_ip {
+            o.max_connections_per_ip = n;
+        }
         if auth {
             o.session.auth_mechanisms = vec![AuthMechanism::Plain, AuthMechanism::Login];
         }
