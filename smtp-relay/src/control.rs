@@ -4,16 +4,24 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::deliver::terminal::Terminals;
 use crate::schedule::SchedulerHandle;
 
-/// Serves the control socket at `path` (a stale socket file is replaced).
+/// Longest command line: a peer cannot grow memory by sending no newline.
+const MAX_LINE: u64 = 1024;
+/// Time to send the command line.
+const LINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves the control socket at `path` (a stale socket file is replaced). The socket is made
+/// owner-only (0600) whatever the umask: it can watch mail and delete the queue.
 pub async fn serve(path: &Path, terminals: Arc<Terminals>, scheduler: SchedulerHandle) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     loop {
         let (stream, _) = listener.accept().await?;
         let (terminals, scheduler) = (terminals.clone(), scheduler.clone());
@@ -29,9 +37,12 @@ async fn session(stream: UnixStream, terminals: Arc<Terminals>, scheduler: Sched
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     let mut line = String::new();
-    tokio::time::timeout(std::time::Duration::from_secs(10), r.read_line(&mut line))
+    tokio::time::timeout(LINE_TIMEOUT, (&mut r).take(MAX_LINE).read_line(&mut line))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    if !line.ends_with('\n') {
+        return w.write_all(b"ERR line too long or incomplete\n").await;
+    }
     let line = line.trim_end();
     match line.split_once(' ').unwrap_or((line, "")) {
         ("WATCH", user) => terminals.attach(r, w, user.to_lowercase()).await,
@@ -61,4 +72,38 @@ pub async fn command(path: &Path, cmd: &str) -> std::io::Result<Option<String>> 
     let mut line = String::new();
     BufReader::new(r).read_line(&mut line).await?;
     Ok(Some(line.trim_end().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn owner_only_and_bounded_lines() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (_handoff, scheduler) = crate::Scheduler::new(
+            Arc::new(crate::RelayConfig::new("mx.test", dir.path())),
+            Arc::new(crate::FsQueue::open(dir.path().join("queue")).unwrap()),
+            Arc::default(),
+        )
+        .unwrap();
+        let handle = scheduler.handle();
+        let p = path.clone();
+        tokio::spawn(async move { serve(&p, Arc::default(), handle).await });
+        let start = std::time::Instant::now();
+        while !path.exists() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10), "socket never appeared");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let mut s = UnixStream::connect(&path).await.unwrap();
+        // A megabyte without a newline: refused after the bound, not buffered.
+        let _ = s.write_all(&vec![b'A'; 1 << 20]).await;
+        let mut reply = String::new();
+        let _ = BufReader::new(&mut s).read_line(&mut reply).await;
+        assert_eq!(reply, "ERR line too long or incomplete\n");
+        assert_eq!(command(&path, "NOPE").await.unwrap().as_deref(), Some("ERR expected WATCH user, FLUSH or DELETE id"));
+    }
 }
