@@ -104,6 +104,9 @@ mod tests {
         let mut reply = String::new();
         let _ = BufReader::new(&mut s).read_line(&mut reply).await;
         assert_eq!(reply, "ERR line too long or incomplete\n");
-        assert_eq!(command(&path, "NOPE").await.unwrap().as_deref(), Some("ERR expected WATCH user, FLUSH or DELETE id"));
+        assert_eq!(
+            command(&path, "NOPE").await.unwrap().as_deref(),
+            Some("ERR expected WATCH user, FLUSH or DELETE id")
+        );
     }
 }

@@ -82,6 +82,10 @@ pub fn self_signed(dir: &Path, hostname: &str) -> Result<Arc<ServerConfig>, Erro
     let key = dir.join("key.pem");
     if !cert.exists() || !key.exists() {
         std::fs::create_dir_all(dir)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         // Loopback names and addresses too, so local clients that verify can trust this file.
         let names = vec![hostname.to_string(), "localhost".into(), "127.0.0.1".into(), "::1".into()];
         let ck = rcgen::generate_simple_self_signed(names).map_err(|e| Error::CertGen(e.to_string()))?;

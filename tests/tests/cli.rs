@@ -262,3 +262,55 @@ async fn connection_limits_are_settable() {
     assert!(g4.starts_with("220") && g5.starts_with("421 4.7.0"), "{g4}{g5}");
     assert!(tern.terminate().success() && tern2.terminate().success());
 }
+
+#[tokio::test]
+async fn private_files_whatever_the_umask_and_no_shared_data_dir() {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // A data directory others can write to is refused, naming it.
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, _, err) = run(&["serve", "--listen", "127.0.0.1:0", "--data-dir", shared.path().to_str().unwrap()], b"");
+    assert!(code != 0 && err.contains("writable by group or others"), "{code} {err}");
+    // Under umask 000, everything tern creates is still owner-only.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let script = format!(
+        "umask 000; exec {} serve --listen 127.0.0.1:0 --hostname mx.test --data-dir {}",
+        tests::tern_bin().display(),
+        data.display()
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("tern serve: listening on ") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "tern serve did not start");
+    }
+    let addr: std::net::SocketAddr =
+        line["tern serve: listening on ".len()..].split(' ').next().unwrap().parse().unwrap();
+    let (mut c, _) = tests::Raw::connect(addr).await;
+    c.cmd("EHLO c\r\n").await;
+    assert!(c
+        .send_mail("MAIL", "a@x.test", &["u@mx.test", "v@mx.test"], "Subject: p\r\n\r\nprivate")
+        .await
+        .starts_with("250"));
+    let d = data.clone();
+    wait_until("delivered", move || maildir_files(&d, "u").len() == 1 && maildir_files(&d, "v").len() == 1).await;
+    for p in ["", "queue", "queue/msg", "queue/free", "mail", "mail/u", "mail/u/new", "tls"] {
+        assert_eq!(mode(&data.join(p)), 0o700, "{p}");
+    }
+    assert_eq!(mode(&maildir_files(&data, "u")[0]), 0o600);
+    assert_eq!(mode(&data.join("control.sock")), 0o600);
+    for f in std::fs::read_dir(data.join("queue/free")).unwrap() {
+        assert_eq!(mode(&f.unwrap().path()), 0o600);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

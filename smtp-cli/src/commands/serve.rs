@@ -211,6 +211,7 @@ pub fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
     }
     relay.auth_users =
         file.auth_users.unwrap_or_default().into_iter().map(|(u, p)| (u, Secret::new(p))).collect::<HashMap<_, _>>();
+    prepare_data_dir(&data_dir).map_err(|m| err("data_dir", m))?;
     let tls = match (pick(args.tls_cert, file.tls_cert), pick(args.tls_key, file.tls_key)) {
         (Some(c), Some(k)) => tls::from_pem_files(&c, &k).map_err(|e| err("tls_cert", e.to_string()))?,
         (None, None) => {
@@ -231,6 +232,25 @@ pub fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
         max_connections: pick(args.max_connections, file.max_connections).map(|n| n.max(1)),
         max_connections_per_ip: pick(args.max_connections_per_ip, file.max_connections_per_ip).map(|n| n.max(1)),
     })
+}
+
+/// Creates the data directory owner-only (0700, whatever the umask), or checks that an existing
+/// one is not writable by group or others: mail and the queue live there, and the control
+/// socket in it can watch mail and delete the queue.
+fn prepare_data_dir(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Err(format!("{} is not a directory", dir.display())),
+        Ok(m) if m.permissions().mode() & 0o022 != 0 => Err(format!(
+            "{} is writable by group or others (mode {:o}); run chmod 700 on it",
+            dir.display(),
+            m.permissions().mode() & 0o777
+        )),
+        Ok(_) => Ok(()),
+        Err(_) => std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|e| format!("{}: {e}", dir.display())),
+    }
 }
 
 /// Reads only the log format from the config file (logging starts before the rest is checked).
