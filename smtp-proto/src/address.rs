@@ -362,6 +362,9 @@ impl<'a> Parser<'a> {
         if name.len() > 255 {
             return Err("domain too long");
         }
+        if !name.is_ascii() && !name.chars().all(u_label_char) {
+            return Err("domain has characters no U-label may hold (controls, format or bidi marks)");
+        }
         Ok(Domain::Name(name.to_string()))
     }
 
@@ -451,6 +454,26 @@ impl From<InvalidInput> for CommandError {
     fn from(e: InvalidInput) -> Self {
         CommandError::Syntax(e.reason)
     }
+}
+
+/// Whether `c` may appear in a domain name label (RFC 5890 U-labels are made of letters,
+/// marks and digits; RFC 5892 disallows controls, spaces, and format characters such as the
+/// bidirectional overrides and zero-width characters, which would let a name display as
+/// another, e.g. in a `Received:` line). Without the full IDNA tables this refuses what can
+/// never be valid; it does not prove a name is a registrable U-label.
+pub(crate) fn u_label_char(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_';
+    }
+    !(c.is_control()
+        || c.is_whitespace()
+        || matches!(c,
+            '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+            | '\u{FFA0}' | '\u{FFF0}'..='\u{FFFF}' | '\u{E0000}'..='\u{E0FFF}')
+        || ('\u{E000}'..='\u{F8FF}').contains(&c)
+        || c >= '\u{F0000}')
 }
 
 #[cfg(test)]

@@ -282,9 +282,9 @@ impl Command {
             b"HELO" | b"EHLO" => {
                 let s = text()?.trim_end();
                 let mut p = Parser::new(s.as_bytes());
-                let domain = p.domain(true).map_err(CommandError::Syntax)?;
+                let domain = p.domain(true).map_err(CommandError::BadHelloName)?;
                 if !p.at_end() {
-                    return Err(CommandError::Syntax("HELO/EHLO takes one domain"));
+                    return Err(CommandError::BadHelloName("HELO/EHLO takes one domain"));
                 }
                 Ok(Command::Hello { extended: verb == b"EHLO", domain })
             }
@@ -611,6 +611,10 @@ mod tests {
         helo: "HELO relay.example" => Ok("HELO relay.example".into());
         ehlo_lower: "ehlo Relay.Example" => Ok("EHLO Relay.Example".into());
         ehlo_literal: "EHLO [192.0.2.1]" => Ok("EHLO [192.0.2.1]".into());
+        ehlo_u_label: "EHLO b\u{fc}cher.example" => Ok("EHLO b\u{fc}cher.example".into());
+        ehlo_bidi_override: "EHLO evil\u{202e}moc.example" => Err(CommandError::BadHelloName("domain has characters no U-label may hold (controls, format or bidi marks)"));
+        ehlo_nel: "EHLO a\u{85}b.example" => Err(CommandError::BadHelloName("domain has characters no U-label may hold (controls, format or bidi marks)"));
+        mail_zero_width_domain: "MAIL FROM:<a@pay\u{200b}pal.example>" => Err(CommandError::Syntax("domain has characters no U-label may hold (controls, format or bidi marks)"));
         mail_case: "mail from:<Smith@Alpha.ARPA>" => Ok("MAIL FROM:<Smith@Alpha.ARPA>".into());
         mail_null: "MAIL FROM:<>" => Ok("MAIL FROM:<>".into());
         mail_space: "MAIL FROM: <a@b>" => Ok("MAIL FROM:<a@b>".into());

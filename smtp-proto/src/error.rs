@@ -23,6 +23,10 @@ pub enum CommandError {
     /// The command line is longer than the configured limit: `500 5.5.2`.
     #[error("line too long")]
     LineTooLong,
+    /// The HELO/EHLO argument is not a domain or address literal (for example a name with
+    /// control or bidirectional-override characters): `501 5.5.2`.
+    #[error("bad HELO/EHLO name: {0}")]
+    BadHelloName(&'static str),
 }
 
 impl CommandError {
@@ -43,6 +47,9 @@ impl CommandError {
                 Reply::new(r.code(), r.enhanced(), &format!("Parameter not recognized: {p}"))
             }
             CommandError::LineTooLong => codes::line_too_long(),
+            CommandError::BadHelloName(what) => {
+                Reply::new(501, Some(crate::reply::EnhancedCode::new(5, 5, 2)), &format!("Bad HELO/EHLO name: {what}"))
+            }
         }
     }
 }

@@ -363,3 +363,14 @@ fn rfc5321_d4_verifying_and_sending() {
     assert_eq!(codes_of(&run.output), ["220", "250", "250", "250", "250", "354", "250", "221"]);
     assert!(run.output.contains("250 2.1.5 Mark Crispin <Admin.MRC@foo.com>\r\n"));
 }
+
+#[test]
+fn helo_names_with_controls_or_bidi_marks_are_refused() {
+    let run = transcript(
+        cfg(),
+        "EHLO evil\u{202e}moc.example\r\nHELO a\u{85}b\r\nEHLO good.example\r\n".as_bytes(),
+        &accept_all,
+    );
+    assert_eq!(codes_of(&run.output), ["220", "501", "501", "250"]);
+    assert!(run.output.contains("501 5.5.2 Bad HELO/EHLO name"), "{}", run.output);
+}
