@@ -338,6 +338,8 @@ catalogue! {
     no_valid_recipients => 554, (5, 5, 1), "No valid recipients";
     /// `550 5.6.0` for a body with bare CR or LF (SMTP smuggling defence).
     bare_line_ending => 550, (5, 6, 0), "Message refused: bare CR or LF in data (RFC 5321 2.3.8)";
+    /// `550 5.6.0` for a body with NUL characters (RFC 5321 4.1.1.4: not in message data).
+    nul_in_data => 550, (5, 6, 0), "Message refused: NUL characters in data (RFC 5321 4.1.1.4)";
     /// `555 5.5.4` for unrecognised MAIL/RCPT parameters (RFC 5321 4.1.1.11).
     params_unrecognized => 555, (5, 5, 4), "MAIL FROM/RCPT TO parameters not recognized or not implemented";
     /// `554 5.4.6` when a routing loop is detected.

@@ -2,7 +2,7 @@
 //! a time: the output must not depend on how the input was split.
 
 use smtp_proto::server::{AbortReason, CloseReason, Event, ServerConfig, ServerSession};
-use smtp_proto::{codes, MailVerb, Reply};
+use smtp_proto::{codes, LineEndingPolicy, MailVerb, Reply};
 
 /// Decides every decision event; `refuse` returns a reply for events to refuse.
 struct Run {
@@ -186,10 +186,37 @@ fn smuggling_bodies_are_refused_and_session_stays_in_sync() {
         assert!(run.events.contains(&Event::DataAborted(AbortReason::BareLineEnding)));
         assert!(!run.events.contains(&Event::DataEnd));
     }
-    // NUL before the dot is content, not a terminator.
-    let run =
-        transcript(cfg(), b"HELO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n\0.\r\n.\r\n", &accept_all);
-    assert_eq!(run.body, b"x\r\n\0.\r\n");
+    // NUL before the dot is not a terminator; under the default policy the message is refused
+    // (a next hop could split on it), and the session stays in sync.
+    let input = b"HELO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n\0.\r\nNOOP\r\n.\r\nNOOP\r\n";
+    let run = transcript(cfg(), input, &accept_all);
+    assert_eq!(codes_of(&run.output), ["220", "250", "250", "250", "354", "550", "250"]);
+    assert!(run.output.contains("550 5.6.0 Message refused: NUL"), "{}", run.output);
+    assert!(run.events.contains(&Event::DataAborted(AbortReason::Nul)));
+    // Under `normalize` the NUL is removed and the rest delivered as content.
+    let config = ServerConfig { line_endings: LineEndingPolicy::Normalize, ..cfg() };
+    let run = transcript(config, input, &accept_all);
+    assert_eq!(run.body, b"x\r\n.\r\nNOOP\r\n");
+}
+
+#[test]
+fn bdat_chunks_get_the_checks_of_data() {
+    // A bare LF and a NUL in BDAT chunks: refused at LAST, the session in sync.
+    for chunk in [&b"a\nb\r\n"[..], b"a\x00b\r\n"] {
+        let mut input = b"EHLO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n".to_vec();
+        input.extend(format!("BDAT {}\r\n", chunk.len()).as_bytes());
+        input.extend(chunk);
+        input.extend(b"BDAT 3 LAST\r\nx\r\nNOOP\r\n");
+        let run = transcript(cfg(), &input, &accept_all);
+        assert_eq!(codes_of(&run.output), ["220", "250", "250", "250", "250", "550", "250"], "{chunk:?}");
+        assert!(!run.events.contains(&Event::DataEnd));
+    }
+    // Normalized: a CR split across chunks is judged with the next one.
+    let config = ServerConfig { line_endings: LineEndingPolicy::Normalize, ..cfg() };
+    let input = b"EHLO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 4\r\na\nb\rBDAT 4 LAST\r\n\nc\x00\r";
+    let run = transcript(config, input, &accept_all);
+    assert_eq!(run.body, b"a\r\nb\r\nc\r\n");
+    assert!(run.events.contains(&Event::DataEnd));
 }
 
 #[test]

@@ -8,4 +8,4 @@ mod stuff;
 mod unstuff;
 
 pub use stuff::DotStuffer;
-pub use unstuff::{DotUnstuffer, LineEndingPolicy, Unstuffed};
+pub use unstuff::{DotUnstuffer, LineChecker, LineEndingPolicy, Unstuffed};

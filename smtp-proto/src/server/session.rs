@@ -6,7 +6,7 @@ use memchr::memchr;
 use crate::address::{Domain, ForwardPath, ReversePath};
 use crate::auth::{decode_b64, parse_plain, AuthMechanism, Credentials, Secret};
 use crate::command::{Body, Command, MailParams, MailVerb, RcptParams};
-use crate::data::{DotUnstuffer, LineEndingPolicy, Unstuffed};
+use crate::data::{DotUnstuffer, LineChecker, LineEndingPolicy, Unstuffed};
 use crate::extension::{Capabilities, Limits};
 use crate::reply::{codes, EnhancedCode, Reply};
 
@@ -114,6 +114,8 @@ pub enum AbortReason {
     TooBig,
     /// A bare CR or LF under [`LineEndingPolicy::Reject`] (`550 5.6.0` was sent).
     BareLineEnding,
+    /// A NUL under [`LineEndingPolicy::Reject`] (`550 5.6.0` was sent).
+    Nul,
     /// A BDAT chunk was refused; the transaction was reset.
     ChunkRefused,
 }
@@ -259,6 +261,8 @@ pub struct ServerSession {
     errors: u32,
     discarding_line: bool,
     unstuffer: DotUnstuffer,
+    /// The same checks for BDAT chunks.
+    chunk_checker: LineChecker,
     data_size: u64,
 }
 
@@ -267,6 +271,7 @@ impl ServerSession {
     pub fn new(config: ServerConfig) -> Self {
         let mut s = ServerSession {
             unstuffer: DotUnstuffer::new(config.line_endings),
+            chunk_checker: LineChecker::new(config.line_endings),
             config,
             state: State::Greeted,
             input: BytesMut::new(),
@@ -549,17 +554,21 @@ impl ServerSession {
         self.input.advance(consumed.unwrap_or(self.input.len()));
         self.data_size = self.data_size.saturating_add(chunk.len() as u64);
         let too_big = self.data_size > self.config.max_message_size;
-        let bare = self.config.line_endings == LineEndingPolicy::Reject && self.unstuffer.saw_bare_line_ending();
-        if !too_big && !bare && !chunk.is_empty() {
+        let reject = self.config.line_endings == LineEndingPolicy::Reject;
+        let bare = reject && self.unstuffer.saw_bare_line_ending();
+        let nul = reject && self.unstuffer.saw_nul();
+        if !too_big && !bare && !nul && !chunk.is_empty() {
             self.events.push_back(Event::DataChunk(chunk.freeze()));
         }
         if consumed.is_some() {
-            if too_big || bare {
+            if too_big || bare || nul {
                 self.end_transaction();
                 let (reply, reason) = if too_big {
                     (codes::too_big(), AbortReason::TooBig)
-                } else {
+                } else if bare {
                     (codes::bare_line_ending(), AbortReason::BareLineEnding)
+                } else {
+                    (codes::nul_in_data(), AbortReason::Nul)
                 };
                 self.events.push_back(Event::DataAborted(reason));
                 self.send(reply);
@@ -582,7 +591,14 @@ impl ServerSession {
             let bytes = self.input.split_to(take).freeze();
             if refuse.is_none() {
                 self.data_size += take as u64;
-                self.events.push_back(Event::DataChunk(bytes));
+                // RFC 3030 chunks carry no dot-stuffing, but the same bytes are refused or
+                // normalized as in DATA; once refused, nothing more is passed on.
+                let fixed = self.chunk_checker.check(&bytes);
+                let reject = self.config.line_endings == LineEndingPolicy::Reject;
+                let bad = reject && (self.chunk_checker.saw_bare_line_ending() || self.chunk_checker.saw_nul());
+                if !bad {
+                    self.events.push_back(Event::DataChunk(fixed.map(Bytes::from).unwrap_or(bytes)));
+                }
             }
             return true;
         }
@@ -595,8 +611,25 @@ impl ServerSession {
             self.end_transaction();
             self.send(reply);
         } else if last {
-            self.state = State::Ready;
-            self.decide(Pending::DataEnd, Event::DataEnd);
+            let tail = self.chunk_checker.finish();
+            let reject = self.config.line_endings == LineEndingPolicy::Reject;
+            let (bare, nul) = (self.chunk_checker.saw_bare_line_ending(), self.chunk_checker.saw_nul());
+            if reject && (bare || nul) {
+                let (reply, reason) = if bare {
+                    (codes::bare_line_ending(), AbortReason::BareLineEnding)
+                } else {
+                    (codes::nul_in_data(), AbortReason::Nul)
+                };
+                self.events.push_back(Event::DataAborted(reason));
+                self.end_transaction();
+                self.send(reply);
+            } else {
+                if let Some(t) = tail {
+                    self.events.push_back(Event::DataChunk(Bytes::from_static(t)));
+                }
+                self.state = State::Ready;
+                self.decide(Pending::DataEnd, Event::DataEnd);
+            }
         } else {
             let n = self.data_size;
             self.send(Reply::new(250, Some(EnhancedCode::new(2, 0, 0)), &format!("{n} octets received")));
@@ -766,6 +799,7 @@ impl ServerSession {
         if refuse.is_none() && !self.in_bdat {
             self.in_bdat = true;
             self.data_size = 0;
+            self.chunk_checker = LineChecker::new(self.config.line_endings);
             self.events.push_back(Event::DataStart);
         }
         self.state = State::Bdat { remaining: size, last, refuse };
