@@ -32,6 +32,7 @@ pub struct FileConfig {
     pub idle_timeout: Option<u64>,
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
+    pub transaction_deadline: Option<u64>,
     pub log_format: Option<String>,
     pub outbound_tls: Option<String>,
     pub route_tls: Option<Vec<String>>,

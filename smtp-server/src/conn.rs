@@ -107,6 +107,8 @@ pub(crate) async fn serve<P: PolicyService, M: MailService>(
 impl<P: PolicyService, M: MailService> Conn<P, M> {
     async fn run(&mut self, mut transport: Transport) -> End {
         let mut tls_buf = Vec::new();
+        // When the transaction in progress (MAIL accepted) must be over.
+        let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             while let Some(ev) = self.session.poll_event() {
                 match ev {
@@ -136,11 +138,21 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
                 // Only reachable with a decision pending, which events above always answer.
                 return End::Error;
             }
-            let wait = match self.session.timeout() {
+            let mut wait = match self.session.timeout() {
                 Timeout::Command => self.shared.options.command_timeout,
                 Timeout::Data => self.shared.options.data_timeout,
             };
             let in_transaction = self.session.envelope().is_some();
+            deadline = match (in_transaction, deadline) {
+                (false, _) => None,
+                (true, None) => Some(tokio::time::Instant::now() + self.shared.options.transaction_deadline),
+                (true, d) => d,
+            };
+            let over_deadline =
+                deadline.is_some_and(|d| d.saturating_duration_since(tokio::time::Instant::now()) < wait);
+            if let Some(d) = deadline.filter(|_| over_deadline) {
+                wait = d.saturating_duration_since(tokio::time::Instant::now());
+            }
             let read = tokio::select! {
                 biased;
                 _ = self.shared.force.cancelled() => return Box::pin(self.goodbye(&mut transport, codes::shutting_down())).await,
@@ -150,6 +162,15 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
                 r = tokio::time::timeout(wait, read_some(&mut transport, &mut tls_buf)) => r,
             };
             match read {
+                Err(_) if over_deadline => {
+                    tracing::info!(peer = %self.info.peer, "transaction deadline passed");
+                    let r = Reply::new(
+                        421,
+                        Some(smtp_proto::EnhancedCode::new(4, 4, 2)),
+                        "Transaction took too long, closing connection",
+                    );
+                    return Box::pin(self.goodbye(&mut transport, r)).await;
+                }
                 Err(_) => return Box::pin(self.goodbye(&mut transport, codes::timeout())).await,
                 Ok(Ok(None)) | Ok(Err(_)) => {
                     // Closed without QUIT: treated as RSET, nothing half-received goes on.

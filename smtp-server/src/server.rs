@@ -34,6 +34,9 @@ pub struct ServerOptions {
     pub data_timeout: Duration,
     /// Completing a TLS handshake.
     pub tls_handshake_timeout: Duration,
+    /// A whole transaction, from MAIL to the end of data: per-read timeouts alone let a client
+    /// that sends a byte now and then hold a transaction open for ever. Past it: `421 4.4.2`.
+    pub transaction_deadline: Duration,
     /// Most connections at once; more get `421 4.7.0`.
     pub max_connections: usize,
     /// Most connections at once from one IP address.
@@ -52,6 +55,7 @@ impl Default for ServerOptions {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(300),
             tls_handshake_timeout: Duration::from_secs(30),
+            transaction_deadline: Duration::from_secs(600),
             max_connections: 4096,
             max_connections_per_ip: 256,
             private_received_for_auth: false,

@@ -417,3 +417,33 @@ async fn ipv6_listener() {
     let mut s = connect(addr).await;
     assert!(send(&mut s, "EHLO [IPv6:::1]\r\n").await.starts_with("250-mx.test greets [IPv6:::1]"));
 }
+
+#[tokio::test]
+async fn a_dribbling_transaction_meets_its_deadline() {
+    let t = start(|o| {
+        o.transaction_deadline = Duration::from_secs(1);
+        o.data_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let mut s = connect(t.addr).await;
+    for l in ["EHLO a\r\n", "MAIL FROM:<a@b>\r\n", "RCPT TO:<c@d>\r\n", "DATA\r\n"] {
+        send(&mut s, l).await;
+    }
+    // One byte every 100 ms: each read is well within the data timeout.
+    let started = std::time::Instant::now();
+    let mut closed = String::new();
+    while started.elapsed() < WAIT {
+        if s.write_all(b"x").await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 256];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            closed.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if n == 0 || closed.ends_with("\r\n") {
+                break;
+            }
+        }
+    }
+    assert!(closed.starts_with("421 4.4.2 Transaction took too long"), "{closed:?}");
+    assert!(t.inbox.lock().unwrap().is_empty());
+}

@@ -87,6 +87,10 @@ pub struct ServeArgs {
     /// Most connections at once from one IP address. Default 256.
     #[arg(long)]
     pub max_connections_per_ip: Option<usize>,
+    /// Longest transaction, MAIL to end of data, in seconds (besides per-read timeouts).
+    /// Default 600.
+    #[arg(long)]
+    pub transaction_deadline: Option<u64>,
     /// TLS for outbound deliveries: opportunistic (default), required or none.
     #[arg(long)]
     pub outbound_tls: Option<String>,
@@ -108,6 +112,7 @@ pub struct Settings {
     pub idle_timeout: Duration,
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
+    pub transaction_deadline: Duration,
 }
 
 fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
@@ -231,6 +236,9 @@ pub fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
         idle_timeout: Duration::from_secs(pick(args.idle_timeout, file.idle_timeout).unwrap_or(300).max(1)),
         max_connections: pick(args.max_connections, file.max_connections).map(|n| n.max(1)),
         max_connections_per_ip: pick(args.max_connections_per_ip, file.max_connections_per_ip).map(|n| n.max(1)),
+        transaction_deadline: Duration::from_secs(
+            pick(args.transaction_deadline, file.transaction_deadline).unwrap_or(600).max(1),
+        ),
     })
 }
 
@@ -287,6 +295,7 @@ pub async fn exec(s: Settings) -> anyhow::Result<()> {
         o.session.max_recipients = s.max_recipients;
         o.command_timeout = s.idle_timeout;
         o.data_timeout = s.idle_timeout;
+        o.transaction_deadline = s.transaction_deadline;
         if let Some(n) = s.max_connections {
             o.max_connections = n;
         }
@@ -358,6 +367,12 @@ mod tests {
         let mut argv = vec!["tern", "--data-dir", &data, "--hostname", "mx.test"];
         argv.extend(args);
         settings(Cli::parse_from(argv).serve).unwrap()
+    }
+
+    #[test]
+    fn transaction_deadline_flag() {
+        assert_eq!(settings_for(&[]).transaction_deadline, Duration::from_secs(600));
+        assert_eq!(settings_for(&["--transaction-deadline", "30"]).transaction_deadline, Duration::from_secs(30));
     }
 
     #[test]
