@@ -42,4 +42,4 @@ pub use command::{Command, MailParams, MailVerb, RcptParams};
 pub use data::{DotStuffer, DotUnstuffer, LineEndingPolicy};
 pub use error::{CommandError, InvalidInput, ReplyError};
 pub use extension::Capabilities;
-pub use reply::{codes, EnhancedCode, Reply, ReplyParser};
+pub use reply::{codes, escape_controls, EnhancedCode, Reply, ReplyParser};

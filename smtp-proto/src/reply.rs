@@ -173,7 +173,28 @@ pub const MAX_REPLY_LINE: usize = 4096;
 /// Default largest number of lines in one multi-line reply.
 pub const MAX_REPLY_LINES: usize = 256;
 
+/// `s` with every control character except TAB written as an escape (`\x1b`, `\u{85}`):
+/// text a peer chose (reply text, headers, message bodies) can then be shown on a terminal or
+/// written to a log without moving the cursor, retitling the window or faking log lines.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\t' => out.push(c),
+            c if (c as u32) < 0x80 && c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// A streaming reply parser with bounded memory: feed it the receive buffer, take whole replies.
+/// Control characters a peer puts in reply text (other than TAB) arrive escaped
+/// ([`escape_controls`]): RFC 5321 4.2 reply text is printable, and it is logged and shown.
 #[derive(Debug)]
 pub struct ReplyParser {
     max_line: usize,
@@ -248,7 +269,7 @@ fn parse_reply_line(line: &[u8]) -> Result<(u16, bool, String), ReplyError> {
     if text.contains(&0) || text.contains(&b'\r') {
         return Err(ReplyError::Syntax);
     }
-    Ok((code, last, String::from_utf8_lossy(text).into_owned()))
+    Ok((code, last, escape_controls(&String::from_utf8_lossy(text)).into_owned()))
 }
 
 /// Recognises an enhanced code on the first line; strips the same code from the other lines.
@@ -389,6 +410,15 @@ mod tests {
     fn text_cannot_inject() {
         let r = Reply::new(250, None, "ok\r\nRCPT TO:<x@y>");
         assert_eq!(r.to_bytes(), b"250 ok  RCPT TO:<x@y>\r\n");
+    }
+
+    #[test]
+    fn control_characters_in_reply_text_arrive_escaped() {
+        let mut buf = BytesMut::from(&b"451 4.1.1 \x1b]0;owned\x07 later\ttab\r\n"[..]);
+        let r = ReplyParser::default().parse(&mut buf).unwrap().unwrap();
+        assert_eq!(r.lines(), ["\\x1b]0;owned\\x07 later\ttab"]);
+        assert_eq!(escape_controls("a\u{85}b\u{9b}c"), "a\\u{85}b\\u{9b}c");
+        assert!(matches!(escape_controls("plain"), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]

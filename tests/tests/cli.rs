@@ -173,7 +173,7 @@ async fn queue_list_show_flush_delete_while_running() {
     let tern = Tern::serve(dir.path(), &["--route", &route, "--log-format", "json"]);
     let (code, out, _) = run(
         &["send", "--server", &tern.addr.to_string(), "--from", "me@mx.test", "--to", "x@far.test", "--tls", "none"],
-        b"hi\n",
+        b"Subject: \x1b]0;owned\x07\n\nhi\n",
     );
     assert_eq!(code, 0, "{out}");
     let id = out.lines().last().unwrap().rsplit(' ').next().unwrap().to_string();
@@ -190,7 +190,9 @@ async fn queue_list_show_flush_delete_while_running() {
     .await;
     let (code, out, _) = run(&["queue", "show", &id, "--data-dir", data], b"");
     assert_eq!(code, 0);
-    assert!(out.contains("to:       <x@far.test> [pending") && out.contains("Subject: tern send"), "{out}");
+    assert!(out.contains("to:       <x@far.test> [pending"), "{out}");
+    // Headers someone else wrote are shown with their control characters escaped.
+    assert!(out.contains("Subject: \\x1b]0;owned\\x07") && !out.contains('\x1b'), "{out}");
     let (code, out, _) = run(&["queue", "flush", "--data-dir", data], b"");
     assert_eq!((code, out.trim()), (0, "flush requested"));
     let (code, out, _) = run(&["queue", "delete", &id, "--data-dir", data], b"");

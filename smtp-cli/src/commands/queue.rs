@@ -157,7 +157,7 @@ async fn show(spool: &Path, id: &str) -> anyhow::Result<()> {
     }
     let head = body.head(64 * 1024).await?;
     let end = headers_end(&head);
-    println!("size:     {} bytes\n\n{}", body.len(), String::from_utf8_lossy(&head[..end]));
+    println!("size:     {} bytes\n\n{}", body.len(), crate::commands::printable_lines(&head[..end]));
     Ok(())
 }
 

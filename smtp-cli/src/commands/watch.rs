@@ -28,7 +28,7 @@ pub async fn exec(args: WatchArgs) -> anyhow::Result<()> {
             m = term.next_message() => match m? {
                 Some(body) => {
                     println!("----- message -----");
-                    println!("{}", String::from_utf8_lossy(&body).replace("\r\n", "\n").trim_end());
+                    println!("{}", crate::commands::printable_lines(&body).trim_end());
                     println!("-------------------");
                 }
                 None => {
