@@ -37,7 +37,15 @@ impl Action {
 
 /// Whether the sender asked to hear about `action` for this recipient (RFC 3461 4.1). Without
 /// NOTIFY, failures and delays are reported, successes are not.
-pub fn wanted(r: &RcptRecord, action: Action) -> bool {
+///
+/// Mail from a session that was neither trusted nor authenticated gets failure notices only:
+/// its reverse-path is whatever the client claimed, so success and delay notices (which RFC
+/// 3461 lets any sender ask for) would let anyone send a message to a victim through this
+/// host (backscatter by request). NOTIFY is still accepted and passed on; it is not acted on.
+pub fn wanted(trusted: bool, r: &RcptRecord, action: Action) -> bool {
+    if !trusted && matches!(action, Action::Delivered | Action::Delayed) {
+        return false;
+    }
     match (r.params.notify, action) {
         (Some(Notify::Never), _) => false,
         (Some(Notify::On { failure, .. }), Action::Failed) => failure,
@@ -89,8 +97,15 @@ pub struct Notice {
 
 /// Builds the notification for `msg` about the recipients at `indexes`, or `None` when the
 /// reverse-path is null.
+///
+/// For untrusted mail ([`QueuedMessage::trusted`]) there is no notice to an address literal
+/// (the client would choose the host this relay connects to), and RET=FULL returns headers
+/// only (the content is not reflected to a claimed sender).
 pub fn build(hostname: &str, msg: &QueuedMessage, indexes: &[usize], action: Action) -> Option<Notice> {
     let ReversePath::Path(return_path) = &msg.from else { return None };
+    if !msg.trusted && !matches!(return_path.mailbox.domain(), smtp_proto::Domain::Name(_)) {
+        return None;
+    }
     let now = SystemTime::now();
     let boundary = format!("{}/{hostname}", msg.id);
     let subject = match action {
@@ -150,7 +165,7 @@ pub fn build(hostname: &str, msg: &QueuedMessage, indexes: &[usize], action: Act
         }
         status.push_str(&format!("Last-Attempt-Date: {}\r\n", date(now)));
     }
-    let full = msg.params.ret == Some(Ret::Full);
+    let full = msg.trusted && msg.params.ret == Some(Ret::Full);
     let ctype = if full { "message/rfc822" } else { "text/rfc822-headers" };
     let head = format!(
         "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\nTo: <{}>\r\nSubject: {subject}\r\nDate: {}\r\n\
@@ -178,6 +193,7 @@ Content-Type: {ctype}\r\n\r\n",
         helo: None,
         recipients: vec![rcpt],
         delay_warned: false,
+        trusted: false,
     };
     Some(Notice { envelope, head, full, tail })
 }
@@ -243,6 +259,7 @@ mod tests {
             helo: None,
             recipients: vec![r],
             delay_warned: false,
+            trusted: true,
         }
     }
 
@@ -304,11 +321,14 @@ mod tests {
     fn never_about_null_sender_and_notify_honoured() {
         assert!(build("h", &msg(ReversePath::Null), &[0], Action::Failed).is_none());
         let mut r = msg(ReversePath::Null).recipients.remove(0);
-        assert!(wanted(&r, Action::Failed) && !wanted(&r, Action::Delivered));
+        assert!(wanted(true, &r, Action::Failed) && !wanted(true, &r, Action::Delivered));
         r.params.notify = Some(Notify::Never);
-        assert!(!wanted(&r, Action::Failed));
+        assert!(!wanted(true, &r, Action::Failed));
         r.params.notify = Some(Notify::On { success: true, failure: false, delay: false });
-        assert!(wanted(&r, Action::Delivered) && !wanted(&r, Action::Failed));
+        assert!(wanted(true, &r, Action::Delivered) && !wanted(true, &r, Action::Failed));
+        r.params.notify = Some(Notify::On { success: true, failure: true, delay: true });
+        assert!(!wanted(false, &r, Action::Delivered) && !wanted(false, &r, Action::Delayed), "untrusted");
+        assert!(wanted(false, &r, Action::Failed));
         assert_eq!(status_code(&Reply::new(451, Some(EnhancedCode::new(4, 3, 0)), "later")).to_string(), "4.3.0");
         assert_eq!(status_code(&Reply::new(550, None, "no")).to_string(), "5.0.0");
     }

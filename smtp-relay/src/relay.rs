@@ -357,6 +357,7 @@ impl RelayMail {
             helo: tx.session.helo.as_ref().map(|d| d.to_string()),
             recipients,
             delay_warned: false,
+            trusted: tx.session.authenticated.is_some() || c.trusted.iter().any(|n| n.contains(tx.session.peer.ip())),
         };
         (msg, routes)
     }
@@ -366,7 +367,7 @@ impl RelayMail {
     fn on_receipt(&self, msg: &QueuedMessage, routes: &[crate::route::Route]) -> Option<String> {
         use smtp_proto::command::Notify;
         let [crate::route::Route::Mailbox(user)] = routes else { return None };
-        let success = matches!(msg.recipients[0].params.notify, Some(Notify::On { success: true, .. }));
+        let success = msg.trusted && matches!(msg.recipients[0].params.notify, Some(Notify::On { success: true, .. }));
         (self.config.deliver_on_receipt && msg.verb == MailVerb::Mail && !success).then(|| user.clone())
     }
 

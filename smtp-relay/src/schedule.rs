@@ -519,6 +519,7 @@ impl Ctx {
     /// Sends notifications: failures, successes when asked, and one delay warning.
     async fn notify(&self, msg: &mut QueuedMessage, body: &StoredBody) {
         let cfg = &self.config;
+        let trusted = msg.trusted;
         let mut by_action: Vec<(Action, Vec<usize>)> = vec![(Action::Failed, vec![]), (Action::Delivered, vec![])];
         for (i, r) in msg.recipients.iter_mut().enumerate() {
             let action = match r.status {
@@ -530,7 +531,7 @@ impl Ctx {
                 continue;
             }
             r.notified = true;
-            if dsn::wanted(r, action) {
+            if dsn::wanted(trusted, r, action) {
                 by_action.iter_mut().find(|(a, _)| *a == action).expect("listed").1.push(i);
             }
         }
@@ -540,7 +541,7 @@ impl Ctx {
                     .recipients
                     .iter()
                     .enumerate()
-                    .filter(|(_, r)| r.status == RcptStatus::Pending && dsn::wanted(r, Action::Delayed))
+                    .filter(|(_, r)| r.status == RcptStatus::Pending && dsn::wanted(trusted, r, Action::Delayed))
                     .map(|(i, _)| i)
                     .collect();
                 if !delayed.is_empty() {
@@ -575,10 +576,11 @@ impl Ctx {
     async fn notify_corrupt(&self, id: &str, mut env: QueuedMessage) {
         let why = Reply::new(554, Some(EnhancedCode::new(5, 3, 0)), "The queued message was damaged and set aside");
         let mut idx = Vec::new();
+        let trusted = env.trusted;
         for (i, r) in env.recipients.iter_mut().enumerate() {
             if r.status == RcptStatus::Pending {
                 r.status = RcptStatus::Failed(why.clone());
-                if dsn::wanted(r, Action::Failed) {
+                if dsn::wanted(trusted, r, Action::Failed) {
                     idx.push(i);
                 }
             }

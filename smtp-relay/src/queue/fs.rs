@@ -663,6 +663,7 @@ mod tests {
             helo: None,
             recipients: vec![RcptRecord::new(ForwardPath::Path(SPath::parse("<a@b>").unwrap()), Default::default())],
             delay_warned: false,
+            trusted: false,
         }
     }
 

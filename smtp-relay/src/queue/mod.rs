@@ -108,6 +108,9 @@ pub struct QueuedMessage {
     pub recipients: Vec<RcptRecord>,
     /// Whether a delay warning was sent.
     pub delay_warned: bool,
+    /// Whether it came from a trusted network or an authenticated session: only those get
+    /// success and delay notices, returned content and notices to address literals.
+    pub trusted: bool,
 }
 
 /// One entry found by [`Queue::scan`].

@@ -50,6 +50,9 @@ pub(crate) fn encode_header(msg: &QueuedMessage, body_len: u64) -> (Vec<u8>, usi
     if let Some(h) = &msg.helo {
         let _ = writeln!(s, "helo {h}");
     }
+    if msg.trusted {
+        let _ = writeln!(s, "trusted 1");
+    }
     let mail = Command::Mail { verb: msg.verb, from: msg.from.clone(), params: msg.params.clone() };
     let _ = writeln!(s, "mail {mail}");
     for r in &msg.recipients {
@@ -100,6 +103,7 @@ pub(crate) fn decode_header(data: &[u8]) -> Result<(QueuedMessage, usize, u64), 
         helo: None,
         recipients: Vec::new(),
         delay_warned: false,
+        trusted: false,
     };
     let mut pos = 0;
     let mut lineno = 0;
@@ -121,6 +125,7 @@ pub(crate) fn decode_header(data: &[u8]) -> Result<(QueuedMessage, usize, u64), 
             "arrival" => msg.arrival = value.parse().map_err(|_| err(lineno, "bad arrival"))?,
             "client" => msg.client = Some(value.parse().map_err(|_| err(lineno, "bad client address"))?),
             "helo" => msg.helo = Some(value.to_string()),
+            "trusted" => msg.trusted = value == "1",
             "mail" => match Command::parse(value.as_bytes()) {
                 Ok(Command::Mail { verb, from, params }) => {
                     msg.verb = verb;
@@ -275,6 +280,7 @@ mod tests {
                     RcptRecord::new(ForwardPath::Postmaster, Default::default()),
                 ],
                 delay_warned: false,
+                trusted: true,
             },
             b"hello",
         ))

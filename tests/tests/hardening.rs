@@ -1,0 +1,90 @@
+//! Hostile clients and hostile next hops, end to end (issue 11): each test reproduces an attack
+//! and shows it no longer works.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use smtp_proto::codes;
+use smtp_relay::{Directory, RelayConfig};
+use smtp_server::{Decision, PolicyKind, PolicyRequest, Server, Transaction};
+use tests::{maildir_files, wait_until, InProcess, Raw};
+
+fn cfg(dir: &Path) -> RelayConfig {
+    let mut c = RelayConfig::new("mx.local.test", dir);
+    c.directory = Directory::new(["local.test".to_string()], ["bob".into(), "victim".into()]);
+    // Only 127.0.0.1 is trusted: 127.0.0.2 plays a client from anywhere.
+    c.trusted = vec!["127.0.0.1/32".parse().unwrap()];
+    c.retry_interval = Duration::from_secs(1);
+    c
+}
+
+fn queue_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir.join("queue/msg")).map(|d| d.count() == 0).unwrap_or(false)
+}
+
+async fn transaction(from_ip: &str, addr: SocketAddr, mail: &str, rcpt: &str) -> String {
+    let (mut c, _) = Raw::connect_from(from_ip.parse().unwrap(), addr).await;
+    c.cmd("EHLO client.test\r\n").await;
+    let r = c.cmd(&format!("MAIL FROM:{mail}\r\n")).await;
+    assert!(r.starts_with("250"), "{r}");
+    let r = c.cmd(&format!("RCPT TO:{rcpt}\r\n")).await;
+    assert!(r.starts_with("250"), "{r}");
+    assert!(c.cmd("DATA\r\n").await.starts_with("354"));
+    c.cmd("Subject: spam\r\n\r\nthe whole spam\r\n.\r\n").await
+}
+
+/// Item 1: `MAIL FROM:<victim> RET=FULL` + `NOTIFY=SUCCESS` from anywhere must not make this
+/// host mail the victim a copy; a trusted sender still gets its success notice.
+#[tokio::test]
+async fn success_notices_only_for_trusted_senders() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = InProcess::start(cfg(dir.path()), None).await;
+    let r =
+        transaction("127.0.0.2", relay.addr, "<victim@local.test> RET=FULL", "<bob@local.test> NOTIFY=SUCCESS,FAILURE")
+            .await;
+    assert!(r.starts_with("250"), "{r}");
+    let d = dir.path().to_path_buf();
+    wait_until("delivered, queue empty", move || maildir_files(&d, "bob").len() == 1 && queue_empty(&d)).await;
+    assert!(maildir_files(dir.path(), "victim").is_empty(), "no notice for an untrusted sender");
+    // The same from a trusted address: RFC 3461 as written.
+    let r =
+        transaction("127.0.0.1", relay.addr, "<victim@local.test> RET=FULL", "<bob@local.test> NOTIFY=SUCCESS").await;
+    assert!(r.starts_with("250"), "{r}");
+    let d = dir.path().to_path_buf();
+    wait_until("the success notice", move || maildir_files(&d, "victim").len() == 1).await;
+    let notice = std::fs::read_to_string(&maildir_files(dir.path(), "victim")[0]).unwrap();
+    assert!(notice.contains("Action: delivered") && notice.contains("the whole spam"), "{notice}");
+    relay.stop().await;
+}
+
+/// Item 1: a failure notice for untrusted mail never goes to an address literal (the client
+/// would pick the host this relay connects to) and never carries the content.
+#[tokio::test]
+async fn no_notice_to_an_address_literal_from_untrusted_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    // A next hop that refuses every recipient for good.
+    let refuse = tower::service_fn(|req: PolicyRequest| async move {
+        Ok::<_, std::convert::Infallible>(match req.kind {
+            PolicyKind::Rcpt { .. } => Decision::Respond(codes::no_such_user()),
+            _ => Decision::Accept,
+        })
+    });
+    let mail = tower::service_fn(|_tx: Transaction| async { Ok::<_, std::convert::Infallible>(codes::ok()) });
+    let hop = Server::builder("hop.test").listen("127.0.0.1:0".parse().unwrap()).bind(refuse, mail).await.unwrap();
+    let port = hop.local_addrs()[0].port();
+    tokio::spawn(hop.run());
+    let aliases = dir.path().join("aliases");
+    std::fs::write(&aliases, "fwd: someone@remote.test\n").unwrap();
+    let mut c = cfg(dir.path());
+    c.directory.load_aliases(&aliases).unwrap();
+    c.routes.insert("remote.test".into(), ("127.0.0.1".into(), port));
+    let relay = InProcess::start(c, None).await;
+    let r = transaction("127.0.0.2", relay.addr, "<x@[127.0.0.1]> RET=FULL", "<fwd@local.test>").await;
+    assert!(r.starts_with("250"), "{r}");
+    // The failure is recorded and the message leaves the queue with no notice queued (a
+    // notice to [127.0.0.1]:25 would sit in the queue, deferred).
+    let d = dir.path().to_path_buf();
+    wait_until("the queue to drain", move || queue_empty(&d)).await;
+    relay.stop().await;
+}
