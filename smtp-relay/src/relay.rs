@@ -347,11 +347,26 @@ impl RelayMail {
             .iter()
             .map(|r| crate::route::route_of(&r.path, &c.hostname, &c.directory, c.source_routes))
             .collect();
+        // RFC 4954 5: the AUTH= identity is passed on only when this host vouches for it: it
+        // is the session's authenticated user, or a trusted client supplied it. Otherwise the
+        // next hop gets `AUTH=<>` (identity unknown), never a name the client made up.
+        let mut params = tx.params.clone();
+        if let Some(claimed) = &params.auth {
+            let trusted_net = c.trusted.iter().any(|n| n.contains(tx.session.peer.ip()));
+            let own = tx.session.authenticated.as_deref().is_some_and(|u| claimed.decode() == u.as_bytes());
+            let vouched = match &tx.session.authenticated {
+                Some(_) => own,
+                None => trusted_net,
+            };
+            if !vouched {
+                params.auth = Some(XText::from_encoded("<>").expect("valid xtext"));
+            }
+        }
         let msg = QueuedMessage {
             id: String::new(),
             verb: tx.verb,
             from,
-            params: tx.params.clone(),
+            params,
             arrival: QueuedMessage::now(),
             client: Some(tx.session.peer),
             helo: tx.session.helo.as_ref().map(|d| d.to_string()),

@@ -88,3 +88,53 @@ async fn no_notice_to_an_address_literal_from_untrusted_mail() {
     wait_until("the queue to drain", move || queue_empty(&d)).await;
     relay.stop().await;
 }
+
+/// Item 3: an `AUTH=` identity is passed on only when this host vouches for it (RFC 4954 5).
+#[tokio::test]
+async fn auth_identity_is_not_forwarded_for_a_client_that_made_it_up() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let s2 = seen.clone();
+    let policy = tower::service_fn(move |req: PolicyRequest| {
+        let seen = s2.clone();
+        async move {
+            if let PolicyKind::Mail { params, .. } = &req.kind {
+                let auth = params.auth.as_ref().map(|a| a.as_str().to_string()).unwrap_or_default();
+                seen.lock().unwrap().push(auth);
+            }
+            Ok::<_, std::convert::Infallible>(Decision::Accept)
+        }
+    });
+    let mail = tower::service_fn(|mut tx: Transaction| async move {
+        tx.body.collect(1 << 20).await?;
+        Ok::<_, smtp_server::BodyError>(codes::message_accepted())
+    });
+    let hop = Server::builder("hop.test")
+        .listen("127.0.0.1:0".parse().unwrap())
+        .options(|o| o.session.auth_mechanisms = vec![smtp_proto::auth::AuthMechanism::Plain])
+        .bind(policy, mail)
+        .await
+        .unwrap();
+    let port = hop.local_addrs()[0].port();
+    tokio::spawn(hop.run());
+    let aliases = dir.path().join("aliases");
+    std::fs::write(&aliases, "fwd: someone@remote.test\n").unwrap();
+    let mut c = cfg(dir.path());
+    c.directory.load_aliases(&aliases).unwrap();
+    c.routes.insert("remote.test".into(), ("127.0.0.1".into(), port));
+    c.outbound_tls = smtp_client::TlsMode::None;
+    // AUTH offered, so clients may give AUTH= (RFC 4954 5).
+    c.auth_users.insert("u".into(), smtp_proto::auth::Secret::new("p"));
+    let relay = InProcess::start(c, None).await;
+    let r = transaction("127.0.0.2", relay.addr, "<a@x.test> AUTH=ceo+40victim.test", "<fwd@local.test>").await;
+    assert!(r.starts_with("250"), "{r}");
+    let s = seen.clone();
+    wait_until("the first message at the next hop", move || s.lock().unwrap().len() == 1).await;
+    let r = transaction("127.0.0.1", relay.addr, "<a@x.test> AUTH=boss+40x.test", "<fwd@local.test>").await;
+    assert!(r.starts_with("250"), "{r}");
+    let s = seen.clone();
+    wait_until("the second message at the next hop", move || s.lock().unwrap().len() == 2).await;
+    assert_eq!(*seen.lock().unwrap(), ["<>", "boss+40x.test"], "made up: <>; from a trusted client: kept");
+    relay.stop().await;
+}
