@@ -228,6 +228,9 @@ pub struct SendOutcome {
     /// The reply to the end of data; `None` when no recipient was accepted. With several
     /// transactions (RCPTMAX), the first failure or else the last success.
     pub reply: Option<Reply>,
+    /// Whether the server offered DSN (RFC 3461), so NOTIFY, ORCPT, RET and ENVID went with
+    /// the message and the notices are the server's to send.
+    pub dsn: bool,
 }
 
 impl SendOutcome {
@@ -507,7 +510,7 @@ impl Connection {
                 Bytes::from(v)
             }
         };
-        let mut all = SendOutcome { recipients: Vec::new(), reply: None };
+        let mut all = SendOutcome { recipients: Vec::new(), reply: None, dsn: self.capabilities().dsn };
         for group in env.recipients.chunks(max) {
             let part = MessageEnvelope { recipients: group.to_vec(), ..env.clone() };
             if !self.can_send() {
@@ -558,7 +561,7 @@ impl Connection {
             }
             (false, false) => None,
         };
-        Ok(SendOutcome { recipients, reply })
+        Ok(SendOutcome { recipients, reply, dsn: self.capabilities().dsn })
     }
 
     async fn simple(&mut self, cmd: Command) -> Result<Reply, Error> {

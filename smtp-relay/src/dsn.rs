@@ -156,7 +156,13 @@ pub fn build(hostname: &str, msg: &QueuedMessage, indexes: &[usize], action: Act
             status.push_str(&format!("Original-Recipient: {}; {}\r\n", o.addr_type, o.addr.as_str()));
         }
         status.push_str(&format!("Final-Recipient: rfc822; {}\r\n", addr(&r.path)));
-        status.push_str(&format!("Action: {}\r\nStatus: {code}\r\n", action.as_str()));
+        // RFC 3464 2.3.3: success at a next hop without DSN support is "relayed"; a local
+        // delivery is "delivered".
+        let act = match action {
+            Action::Delivered if r.remote_mta.is_some() => "relayed",
+            a => a.as_str(),
+        };
+        status.push_str(&format!("Action: {act}\r\nStatus: {code}\r\n"));
         if let Some(m) = &r.remote_mta {
             status.push_str(&format!("Remote-MTA: dns; {m}\r\n"));
         }

@@ -465,8 +465,15 @@ impl Ctx {
             match o {
                 Outcome::Delivered(mta) => {
                     r.status = RcptStatus::Delivered;
+                    // Handed to a next hop that takes NOTIFY: the notices are its to send.
+                    r.notified = mta.is_some();
                     r.remote_mta = mta;
                     tracing::info!(%id, to = %r.path, "delivered");
+                }
+                Outcome::Relayed(mta) => {
+                    r.status = RcptStatus::Delivered;
+                    r.remote_mta = Some(mta);
+                    tracing::info!(%id, to = %r.path, "relayed");
                 }
                 Outcome::Failed(why, mta) => {
                     tracing::info!(%id, to = %r.path, reason = %dsn::one_line(&why), "failed");

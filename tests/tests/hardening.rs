@@ -138,3 +138,58 @@ async fn auth_identity_is_not_forwarded_for_a_client_that_made_it_up() {
     assert_eq!(*seen.lock().unwrap(), ["<>", "boss+40x.test"], "made up: <>; from a trusted client: kept");
     relay.stop().await;
 }
+
+/// Item 12: success at a next hop is "relayed" when it cannot take NOTIFY (RFC 3464 2.3.3);
+/// when it can, NOTIFY goes along and the notices are its own.
+#[tokio::test]
+async fn success_at_a_next_hop_is_relayed_or_passed_on() {
+    use std::sync::{Arc, Mutex};
+    for dsn in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let notify: Arc<Mutex<Vec<String>>> = Arc::default();
+        let n2 = notify.clone();
+        let policy = tower::service_fn(move |req: PolicyRequest| {
+            let notify = n2.clone();
+            async move {
+                if let PolicyKind::Rcpt { params, .. } = &req.kind {
+                    notify.lock().unwrap().push(format!("{:?}", params.notify));
+                }
+                Ok::<_, std::convert::Infallible>(Decision::Accept)
+            }
+        });
+        let mail = tower::service_fn(|mut tx: Transaction| async move {
+            tx.body.collect(1 << 20).await?;
+            Ok::<_, smtp_server::BodyError>(codes::message_accepted())
+        });
+        let hop = Server::builder("hop.test")
+            .listen("127.0.0.1:0".parse().unwrap())
+            .options(|o| o.session.dsn = dsn)
+            .bind(policy, mail)
+            .await
+            .unwrap();
+        let port = hop.local_addrs()[0].port();
+        tokio::spawn(hop.run());
+        let aliases = dir.path().join("aliases");
+        std::fs::write(&aliases, "fwd: someone@remote.test\n").unwrap();
+        let mut c = cfg(dir.path());
+        c.directory.load_aliases(&aliases).unwrap();
+        c.routes.insert("remote.test".into(), ("127.0.0.1".into(), port));
+        c.outbound_tls = smtp_client::TlsMode::None;
+        let relay = InProcess::start(c, None).await;
+        let r = transaction("127.0.0.1", relay.addr, "<bob@local.test>", "<fwd@local.test> NOTIFY=SUCCESS").await;
+        assert!(r.starts_with("250"), "{r}");
+        let n = notify.clone();
+        wait_until("the next hop's RCPT", move || n.lock().unwrap().len() == 1).await;
+        let d = dir.path().to_path_buf();
+        if dsn {
+            wait_until("the queue to drain", move || queue_empty(&d)).await;
+            assert!(notify.lock().unwrap()[0].contains("success: true"), "{:?}", notify.lock().unwrap());
+            assert!(maildir_files(dir.path(), "bob").is_empty(), "the next hop sends the notice, not this one");
+        } else {
+            wait_until("the success notice", move || maildir_files(&d, "bob").len() == 1).await;
+            let notice = std::fs::read_to_string(&maildir_files(dir.path(), "bob")[0]).unwrap();
+            assert!(notice.contains("Action: relayed") && notice.contains("Remote-MTA: dns; 127.0.0.1"), "{notice}");
+        }
+        relay.stop().await;
+    }
+}

@@ -13,8 +13,12 @@ use crate::queue::RemoteHost;
 /// What happened to one recipient in one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Delivered (or accepted by the next hop, named here).
+    /// Delivered here (the host is `None`), or accepted by the next hop named here.
     Delivered(Option<RemoteHost>),
+    /// Accepted by a next hop that does not take NOTIFY (RFC 3461 has no DSN extension
+    /// there): a success notice, if asked for, says `relayed` (RFC 3464 2.3.3). A next hop
+    /// with DSN support gets NOTIFY passed on and sends its own notices: that is `Delivered`.
+    Relayed(RemoteHost),
     /// Failed for good.
     Failed(Reply, Option<RemoteHost>),
     /// Failed for now; retried later.

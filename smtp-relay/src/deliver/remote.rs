@@ -144,6 +144,7 @@ impl RemoteDelivery {
             match result {
                 Ok(out) => {
                     let data = out.reply.clone();
+                    let dsn = out.dsn;
                     return idx
                         .iter()
                         .zip(out.recipients)
@@ -152,7 +153,8 @@ impl RemoteDelivery {
                             let o = match (&rcpt, &data) {
                                 (r, _) if r.is_permanent() => Outcome::Failed(r.clone(), mta),
                                 (r, _) if !r.is_positive() => Outcome::Retry(r.clone(), mta),
-                                (_, Some(d)) if d.is_positive() => Outcome::Delivered(mta),
+                                (_, Some(d)) if d.is_positive() && dsn => Outcome::Delivered(mta),
+                                (_, Some(d)) if d.is_positive() => Outcome::Relayed(RemoteHost { name: host.clone() }),
                                 (_, Some(d)) if d.is_permanent() => Outcome::Failed(d.clone(), mta),
                                 (_, Some(d)) => Outcome::Retry(d.clone(), mta),
                                 (_, None) => {
