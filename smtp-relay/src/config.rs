@@ -52,8 +52,11 @@ pub struct RelayConfig {
     pub tls_per_domain: HashMap<String, TlsMode>,
     /// Most deliveries at once.
     pub max_deliveries: usize,
-    /// Most connections at once to one destination.
+    /// Most connections at once to one destination: well below `max_deliveries`, so that one
+    /// slow or hostile destination leaves slots for the others.
     pub max_per_destination: usize,
+    /// Longest delivery attempt to one host, connection to last reply.
+    pub delivery_deadline: Duration,
     /// Deliver a message for one local mailbox into its Maildir before the `250` (final
     /// delivery on receipt, as an LMTP server does) instead of queueing it first: half the
     /// disk work. Messages that need the queue (several or remote recipients, SEND/SOML/SAML,
@@ -85,7 +88,8 @@ impl RelayConfig {
             outbound_ca: None,
             tls_per_domain: HashMap::new(),
             max_deliveries: 20,
-            max_per_destination: 10,
+            max_per_destination: 5,
+            delivery_deadline: Duration::from_secs(600),
             deliver_on_receipt: true,
         }
     }

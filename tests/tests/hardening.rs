@@ -193,3 +193,99 @@ async fn success_at_a_next_hop_is_relayed_or_passed_on() {
         relay.stop().await;
     }
 }
+
+/// Item 9: a destination that accepts connections and never greets cannot hold the slots
+/// other destinations need; its attempts end at the delivery deadline.
+#[tokio::test]
+async fn a_silent_destination_does_not_starve_the_others() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    // Accepts TCP, never says a word (connections are held open until the test ends).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held: Arc<Mutex<Vec<tokio::net::TcpStream>>> = Arc::default();
+    let h2 = held.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = silent.accept().await {
+            h2.lock().unwrap().push(s);
+        }
+    });
+    let got: Arc<Mutex<usize>> = Arc::default();
+    let g2 = got.clone();
+    let mail = tower::service_fn(move |mut tx: Transaction| {
+        let got = g2.clone();
+        async move {
+            tx.body.collect(1 << 20).await?;
+            *got.lock().unwrap() += 1;
+            Ok::<_, smtp_server::BodyError>(codes::message_accepted())
+        }
+    });
+    let good = Server::builder("good.test")
+        .listen("127.0.0.1:0".parse().unwrap())
+        .bind(smtp_server::AcceptAll, mail)
+        .await
+        .unwrap();
+    let good_port = good.local_addrs()[0].port();
+    tokio::spawn(good.run());
+    let mut c = cfg(dir.path());
+    c.routes.insert("slow.test".into(), ("127.0.0.1".into(), silent_port));
+    c.routes.insert("good.test".into(), ("127.0.0.1".into(), good_port));
+    c.outbound_tls = smtp_client::TlsMode::None;
+    c.max_deliveries = 4;
+    c.max_per_destination = 2;
+    // Longer than the test waits: the good delivery must not need a slow attempt to end.
+    c.delivery_deadline = Duration::from_secs(120);
+    let relay = InProcess::start(c, None).await;
+    for i in 0..10 {
+        let r = transaction("127.0.0.1", relay.addr, "<bob@local.test>", &format!("<u{i}@slow.test>")).await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+    let h = held.clone();
+    wait_until("the silent host holding its slots", move || h.lock().unwrap().len() >= 2).await;
+    let r = transaction("127.0.0.1", relay.addr, "<bob@local.test>", "<someone@good.test>").await;
+    assert!(r.starts_with("250"), "{r}");
+    let g = got.clone();
+    wait_until("the good destination's delivery", move || *g.lock().unwrap() == 1).await;
+    assert_eq!(held.lock().unwrap().len(), 2, "the silent host gets its two slots, no more");
+    relay.stop().await;
+}
+
+/// Item 9: a whole delivery attempt has a deadline, however slowly the host answers.
+#[tokio::test]
+async fn a_delivery_attempt_ends_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let mut c = cfg(dir.path());
+    c.routes.insert("slow.test".into(), ("127.0.0.1".into(), port));
+    c.delivery_deadline = Duration::from_secs(1);
+    let relay = InProcess::start(c, None).await;
+    let r = transaction("127.0.0.1", relay.addr, "<bob@local.test>", "<x@slow.test>").await;
+    assert!(r.starts_with("250"), "{r}");
+    let q = relay.relay.queue();
+    tokio::time::timeout(tests::WAIT, async {
+        loop {
+            let entries = q.scan_all().await.unwrap();
+            let timed_out = entries.iter().any(|e| match e {
+                smtp_relay::ScanEntry::Queued(m, _) => m.recipients[0]
+                    .last_error
+                    .as_ref()
+                    .is_some_and(|r| r.code() == 451 && r.text().contains("took too long")),
+                _ => false,
+            });
+            if timed_out {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the attempt ended at its deadline and was recorded");
+    relay.stop().await;
+}

@@ -91,6 +91,15 @@ pub struct ServeArgs {
     /// Default 600.
     #[arg(long)]
     pub transaction_deadline: Option<u64>,
+    /// Most outbound deliveries at once. Default 20.
+    #[arg(long)]
+    pub max_deliveries: Option<usize>,
+    /// Most outbound deliveries at once to one host. Default 5.
+    #[arg(long)]
+    pub max_per_destination: Option<usize>,
+    /// Longest delivery attempt to one host, in seconds. Default 600.
+    #[arg(long)]
+    pub delivery_deadline: Option<u64>,
     /// TLS for outbound deliveries: opportunistic (default), required or none.
     #[arg(long)]
     pub outbound_tls: Option<String>,
@@ -213,6 +222,15 @@ pub fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
     for r in many(args.route_tls, file.route_tls) {
         let (d, m) = r.split_once('=').ok_or_else(|| err("route_tls", format!("{r:?} is not DOMAIN=MODE")))?;
         relay.tls_per_domain.insert(d.to_lowercase(), tls_mode("route_tls", m)?);
+    }
+    if let Some(n) = pick(args.max_deliveries, file.max_deliveries) {
+        relay.max_deliveries = n.max(1);
+    }
+    if let Some(n) = pick(args.max_per_destination, file.max_per_destination) {
+        relay.max_per_destination = n.max(1);
+    }
+    if let Some(s) = pick(args.delivery_deadline, file.delivery_deadline) {
+        relay.delivery_deadline = Duration::from_secs(s.max(1));
     }
     relay.auth_users =
         file.auth_users.unwrap_or_default().into_iter().map(|(u, p)| (u, Secret::new(p))).collect::<HashMap<_, _>>();

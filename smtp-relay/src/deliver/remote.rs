@@ -95,6 +95,7 @@ impl RemoteDelivery {
         Ok(out)
     }
 
+    /// The concurrency limit of one destination (`host:port`).
     fn host_slot(&self, host: &str) -> Arc<Semaphore> {
         let n = self.config.max_per_destination.max(1);
         self.per_host
@@ -131,16 +132,31 @@ impl RemoteDelivery {
         let mode = self.config.tls_per_domain.get(&hop.canonical()).copied().unwrap_or(self.config.outbound_tls);
         let mut last = local_reply(451, (4, 4, 1), "No host could be reached");
         for (host, addr, port) in hosts {
-            let _global = self.global.acquire().await;
-            let slot = self.host_slot(&host);
+            // The destination's slot first, then a global one: deliveries waiting for a slow
+            // destination hold no global slot, so they cannot starve other destinations.
+            let slot = self.host_slot(&format!("{host}:{port}"));
             let _slot = slot.acquire().await;
+            let _global = self.global.acquire().await;
             let dest = Dest { host: host.clone(), port, addr };
             let mta = Some(RemoteHost { name: host.clone() });
-            let mut result = self.send(mode, &dest, &envelope, body).await;
-            if let (TlsMode::Opportunistic, Err(smtp_client::Error::Tls(e))) = (mode, &result) {
-                tracing::warn!(destination = %host, port, error = %e, "STARTTLS failed; retrying once without TLS (downgrade)");
-                result = self.send(TlsMode::None, &dest, &envelope, body).await;
-            }
+            let attempt = async {
+                let mut result = self.send(mode, &dest, &envelope, body).await;
+                if let (TlsMode::Opportunistic, Err(smtp_client::Error::Tls(e))) = (mode, &result) {
+                    tracing::warn!(destination = %host, port, error = %e, "STARTTLS failed; retrying once without TLS (downgrade)");
+                    result = self.send(TlsMode::None, &dest, &envelope, body).await;
+                }
+                result
+            };
+            // A whole attempt has a deadline: per-step timeouts alone let a host that answers
+            // slowly hold a slot for many minutes.
+            let result = match tokio::time::timeout(self.config.delivery_deadline, attempt).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::info!(destination = %host, port, "delivery attempt deadline passed");
+                    last = local_reply(451, (4, 4, 2), &format!("{host}: delivery attempt took too long"));
+                    continue;
+                }
+            };
             match result {
                 Ok(out) => {
                     let data = out.reply.clone();
