@@ -228,6 +228,11 @@ pub struct SendOutcome {
     /// The reply to the end of data; `None` when no recipient was accepted. With several
     /// transactions (RCPTMAX), the first failure or else the last success.
     pub reply: Option<Reply>,
+    /// For each recipient (same order), the reply to the end of data of the transaction that
+    /// carried it: `None` when it was refused at RCPT or its transaction was not completed.
+    /// With one transaction every accepted recipient has `reply`; with several (RCPTMAX) each
+    /// has its own, so a later transaction's failure never undoes an earlier delivery.
+    pub data: Vec<Option<Reply>>,
     /// Whether the server offered DSN (RFC 3461), so NOTIFY, ORCPT, RET and ENVID went with
     /// the message and the notices are the server's to send.
     pub dsn: bool,
@@ -510,14 +515,36 @@ impl Connection {
                 Bytes::from(v)
             }
         };
-        let mut all = SendOutcome { recipients: Vec::new(), reply: None, dsn: self.capabilities().dsn };
-        for group in env.recipients.chunks(max) {
+        let mut all =
+            SendOutcome { recipients: Vec::new(), reply: None, data: Vec::new(), dsn: self.capabilities().dsn };
+        for (n, group) in env.recipients.chunks(max).enumerate() {
             let part = MessageEnvelope { recipients: group.to_vec(), ..env.clone() };
-            if !self.can_send() {
-                return Err(Error::Refused("the server's MAILMAX is reached; use a new connection"));
-            }
-            let o = self.send_one(&part, Body::Bytes(bytes.clone())).await?;
+            let result = match self.can_send() {
+                true => self.send_one(&part, Body::Bytes(bytes.clone())).await,
+                false => Err(Error::Refused("the server's MAILMAX is reached; use a new connection")),
+            };
+            let o = match result {
+                Ok(o) => o,
+                // Nothing was completed: the error is the outcome.
+                Err(e) if n == 0 => return Err(e),
+                // Earlier transactions were delivered: report them, and this group and the
+                // rest as not sent (transient), so no delivered recipient is sent again.
+                Err(e) => {
+                    let why = e.reply().cloned().unwrap_or_else(|| {
+                        Reply::new(451, Some(smtp_proto::EnhancedCode::new(4, 4, 0)), &format!("Not sent: {e}"))
+                    });
+                    for (path, _) in &env.recipients[n * max..] {
+                        all.recipients.push((path.clone(), why.clone()));
+                        all.data.push(None);
+                    }
+                    if all.reply.as_ref().is_none_or(|r| r.is_positive()) {
+                        all.reply = Some(why);
+                    }
+                    break;
+                }
+            };
             all.recipients.extend(o.recipients);
+            all.data.extend(o.data);
             let keep = all.reply.as_ref().is_some_and(|r| !r.is_positive());
             if !keep && o.reply.is_some() {
                 all.reply = o.reply;
@@ -561,7 +588,8 @@ impl Connection {
             }
             (false, false) => None,
         };
-        Ok(SendOutcome { recipients, reply, dsn: self.capabilities().dsn })
+        let data = recipients.iter().map(|(_, r)| if r.is_positive() { reply.clone() } else { None }).collect();
+        Ok(SendOutcome { recipients, reply, data, dsn: self.capabilities().dsn })
     }
 
     async fn simple(&mut self, cmd: Command) -> Result<Reply, Error> {

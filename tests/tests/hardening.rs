@@ -289,3 +289,58 @@ async fn a_delivery_attempt_ends_at_its_deadline() {
     .expect("the attempt ended at its deadline and was recorded");
     relay.stop().await;
 }
+
+/// Item 10: a next hop with `LIMITS RCPTMAX=1` that refuses the second MAIL (451): the first
+/// recipient, delivered, is never sent again; the second is retried.
+#[tokio::test]
+async fn rcptmax_split_never_sends_a_delivered_recipient_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let mails = Arc::new(AtomicUsize::new(0));
+    let m2 = mails.clone();
+    let policy = tower::service_fn(move |req: PolicyRequest| {
+        let mails = m2.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(match req.kind {
+                // Only the first transaction ever is accepted; every later one: 451.
+                PolicyKind::Mail { .. } if mails.fetch_add(1, Ordering::SeqCst) >= 1 => Decision::Respond(
+                    smtp_proto::Reply::new(451, Some(smtp_proto::EnhancedCode::new(4, 3, 0)), "later"),
+                ),
+                _ => Decision::Accept,
+            })
+        }
+    });
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let g2 = got.clone();
+    let mail = tower::service_fn(move |mut tx: Transaction| {
+        let got = g2.clone();
+        async move {
+            tx.body.collect(1 << 20).await?;
+            got.lock().unwrap().extend(tx.recipients.iter().map(|r| r.path.to_string()));
+            Ok::<_, smtp_server::BodyError>(codes::message_accepted())
+        }
+    });
+    let hop = Server::builder("hop.test")
+        .listen("127.0.0.1:0".parse().unwrap())
+        .options(|o| o.session.max_recipients = 1)
+        .bind(policy, mail)
+        .await
+        .unwrap();
+    let port = hop.local_addrs()[0].port();
+    tokio::spawn(hop.run());
+    let mut c = cfg(dir.path());
+    c.routes.insert("remote.test".into(), ("127.0.0.1".into(), port));
+    c.outbound_tls = smtp_client::TlsMode::None;
+    c.max_retry_interval = Duration::from_secs(1);
+    let relay = InProcess::start(c, None).await;
+    let (mut cl, _) = Raw::connect(relay.addr).await;
+    cl.cmd("EHLO c\r\n").await;
+    let r = cl.send_mail("MAIL", "bob@local.test", &["a@remote.test", "b@remote.test"], "Subject: two\r\n\r\nx").await;
+    assert!(r.starts_with("250"), "{r}");
+    let m = mails.clone();
+    wait_until("two retries", move || m.load(Ordering::SeqCst) >= 4).await;
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.iter().filter(|p| *p == "<a@remote.test>").count(), 1, "{got:?}");
+    relay.stop().await;
+}

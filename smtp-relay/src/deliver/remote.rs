@@ -159,14 +159,16 @@ impl RemoteDelivery {
             };
             match result {
                 Ok(out) => {
-                    let data = out.reply.clone();
                     let dsn = out.dsn;
+                    // Each recipient by its own transaction's end-of-data reply (RCPTMAX may
+                    // have split the envelope): a later transaction's failure never turns an
+                    // earlier delivery into a retry or a bounce.
                     return idx
                         .iter()
-                        .zip(out.recipients)
-                        .map(|(&i, (_, rcpt))| {
+                        .zip(out.recipients.iter().zip(out.data.iter()))
+                        .map(|(&i, ((_, rcpt), data))| {
                             let mta = mta.clone();
-                            let o = match (&rcpt, &data) {
+                            let o = match (rcpt, data) {
                                 (r, _) if r.is_permanent() => Outcome::Failed(r.clone(), mta),
                                 (r, _) if !r.is_positive() => Outcome::Retry(r.clone(), mta),
                                 (_, Some(d)) if d.is_positive() && dsn => Outcome::Delivered(mta),
