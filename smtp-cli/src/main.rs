@@ -40,6 +40,8 @@ enum Command {
     Sink(commands::sink::SinkArgs),
     /// Show SEND/SOML/SAML messages for a user live.
     Watch(commands::watch::WatchArgs),
+    /// Print an argon2id hash of a password (for auth_users in the config).
+    Passwd(commands::passwd::PasswdArgs),
 }
 
 fn init_logging(format: Option<&str>, level: &str) -> Result<(), String> {
@@ -97,6 +99,7 @@ fn main() -> ExitCode {
             Err(Command::Sink(a)) => commands::sink::exec(a).await.map(|()| ExitCode::SUCCESS),
             Err(Command::Bench(a)) => commands::bench::exec(a).await.map(|()| ExitCode::SUCCESS),
             Err(Command::Watch(a)) => commands::watch::exec(a).await.map(|()| ExitCode::SUCCESS),
+            Err(Command::Passwd(a)) => commands::passwd::exec(a).map(|()| ExitCode::SUCCESS),
             Err(Command::Serve(_)) => Ok(ExitCode::from(70)),
         }
     });

@@ -401,3 +401,21 @@ fn helo_names_with_controls_or_bidi_marks_are_refused() {
     assert_eq!(codes_of(&run.output), ["220", "501", "501", "250"]);
     assert!(run.output.contains("501 5.5.2 Bad HELO/EHLO name"), "{}", run.output);
 }
+
+#[test]
+fn a_421_decision_closes_the_session() {
+    let mut s = ServerSession::new(cfg());
+    s.handle_input(b"EHLO a\r\nMAIL FROM:<a@b>\r\nNOOP\r\n");
+    let mut closed = false;
+    while let Some(ev) = s.poll_event() {
+        match ev {
+            Event::Hello { .. } => s.accept(),
+            Event::Mail { .. } => s.respond(Reply::new(421, None, "going away")),
+            Event::Close(CloseReason::ServiceClosing) => closed = true,
+            _ => {}
+        }
+    }
+    assert!(closed);
+    let out = String::from_utf8(s.poll_output().unwrap().to_vec()).unwrap();
+    assert!(out.ends_with("421 going away\r\n") && !out.contains("NOOP"), "{out}");
+}

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use smtp_client::TlsMode;
-use smtp_proto::auth::Secret;
 
 use crate::directory::Directory;
 use crate::route::{Cidr, SourceRoutes};
@@ -26,8 +25,10 @@ pub struct RelayConfig {
     pub source_routes: SourceRoutes,
     /// More `Received:` lines than this means a loop: `554 5.4.6`.
     pub max_received: usize,
-    /// Users allowed to AUTH, with their passwords.
-    pub auth_users: HashMap<String, Secret>,
+    /// Users allowed to AUTH, with their password hashes (argon2id, `tern passwd`).
+    pub auth_users: HashMap<String, crate::password::PasswordHashString>,
+    /// Failed AUTH attempts one address may make per hour before `421 4.7.0`.
+    pub auth_failure_budget: u32,
     /// Static routes: domain (lower case) to `host:port`.
     pub routes: HashMap<String, (String, u16)>,
     /// Send all non-local mail through this host.
@@ -76,6 +77,7 @@ impl RelayConfig {
             source_routes: SourceRoutes::Strip,
             max_received: 100,
             auth_users: HashMap::new(),
+            auth_failure_budget: 10,
             routes: HashMap::new(),
             relay_host: None,
             dns_server: None,

@@ -1,11 +1,13 @@
 //! The relay's two tower services: the policy service (who may send what to whom) and the mail
 //! service (durable enqueue before `250`).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use smtp_proto::command::{Orcpt, RcptParams, XText};
 use smtp_proto::{codes, EnhancedCode, ForwardPath, MailVerb, Mailbox, Path, Reply};
@@ -24,6 +26,7 @@ use crate::schedule::{Accepted, Handoff, Scheduler};
 /// delivers what they queue is built beside it, from the same parts.
 #[derive(Clone)]
 pub struct Relay {
+    failures: Arc<AuthFailures>,
     config: Arc<RelayConfig>,
     queue: Arc<dyn Queue>,
     terminals: Arc<Terminals>,
@@ -39,12 +42,12 @@ impl Relay {
         let terminals = Arc::<Terminals>::default();
         let (handoff, scheduler) = Scheduler::new(config.clone(), queue.clone(), terminals.clone())?;
         let local = scheduler.local();
-        Ok((Relay { config, queue, terminals, local, handoff }, scheduler))
+        Ok((Relay { failures: Arc::default(), config, queue, terminals, local, handoff }, scheduler))
     }
 
     /// The policy service: MAIL, RCPT (relay rules, users, terminals), VRFY, EXPN, AUTH.
     pub fn policy(&self) -> RelayPolicy {
-        RelayPolicy { config: self.config.clone(), terminals: self.terminals.clone() }
+        RelayPolicy { config: self.config.clone(), terminals: self.terminals.clone(), failures: self.failures.clone() }
     }
 
     /// The mail service: the body streamed into the queue, made durable, then `250` with the
@@ -79,6 +82,7 @@ impl Relay {
 pub struct RelayPolicy {
     config: Arc<RelayConfig>,
     terminals: Arc<Terminals>,
+    failures: Arc<AuthFailures>,
 }
 
 fn reply(code: u16, e: (u8, u16, u16), text: &str) -> Reply {
@@ -109,10 +113,8 @@ impl RelayPolicy {
             }
             PolicyKind::Verify(arg) => Decision::Respond(self.vrfy(&arg)),
             PolicyKind::Expand(arg) => Decision::Respond(self.expn(&arg)),
-            PolicyKind::Auth { credentials, .. } => match c.auth_users.get(&credentials.username) {
-                Some(p) if p.expose() == credentials.password.expose() => Decision::Accept,
-                _ => Decision::Respond(codes::auth_failed()),
-            },
+            // Answered in `call` (a slow hash, off the async threads, and throttled).
+            PolicyKind::Auth { .. } => Decision::Respond(codes::auth_failed()),
             _ => Decision::Accept,
         }
     }
@@ -182,17 +184,93 @@ impl RelayPolicy {
     }
 }
 
+/// AUTH failures per client address within [`AUTH_FAILURE_WINDOW`].
+#[derive(Debug, Default)]
+pub struct AuthFailures {
+    by_ip: std::sync::Mutex<HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+}
+
+/// How long failed AUTH attempts count against an address.
+pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(3600);
+/// Addresses remembered at most (the oldest are forgotten first).
+const MAX_AUTH_FAILURE_ADDRESSES: usize = 10_000;
+
+impl AuthFailures {
+    /// Failures of `ip` still in the window.
+    fn count(&self, ip: std::net::IpAddr) -> u32 {
+        let map = self.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&ip).filter(|(_, since)| since.elapsed() < AUTH_FAILURE_WINDOW).map(|(n, _)| *n).unwrap_or(0)
+    }
+
+    /// Records a failure; returns the count.
+    fn fail(&self, ip: std::net::IpAddr) -> u32 {
+        let mut map = self.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_AUTH_FAILURE_ADDRESSES {
+            map.retain(|_, (_, since)| since.elapsed() < AUTH_FAILURE_WINDOW);
+            if map.len() >= MAX_AUTH_FAILURE_ADDRESSES {
+                map.clear();
+            }
+        }
+        let e = map.entry(ip).or_insert((0, std::time::Instant::now()));
+        if e.1.elapsed() >= AUTH_FAILURE_WINDOW {
+            *e = (0, std::time::Instant::now());
+        }
+        e.0 += 1;
+        e.0
+    }
+}
+
+/// The wait before answering the `n`th failed AUTH from one address: 250 ms, doubling, at
+/// most 8 s. A guesser gets a few tries a minute instead of thousands a second.
+pub fn auth_failure_delay(n: u32) -> Duration {
+    Duration::from_millis(250).saturating_mul(1 << n.saturating_sub(1).min(5)).min(Duration::from_secs(8))
+}
+
+impl RelayPolicy {
+    /// AUTH: the password checked against its argon2id hash on a blocking thread; each failure
+    /// is logged (peer and user, never the password) and answered after a growing delay; past
+    /// the per-address budget the answer is `421 4.7.0` and the session closes.
+    async fn auth(self, req: PolicyRequest) -> Decision {
+        let PolicyKind::Auth { credentials, .. } = req.kind else { return self.decide(req) };
+        let ip = req.session.peer.ip();
+        let budget = self.config.auth_failure_budget;
+        let too_many = || reply(421, (4, 7, 0), "Too many authentication failures, closing connection");
+        if self.failures.count(ip) >= budget {
+            tracing::warn!(peer = %req.session.peer, user = %credentials.username, "AUTH refused: failure budget spent");
+            return Decision::Respond(too_many());
+        }
+        let hash = self.config.auth_users.get(&credentials.username).cloned();
+        let password = credentials.password.expose().to_string();
+        let ok = tokio::task::spawn_blocking(move || hash.is_some_and(|h| h.verify(&password))).await.unwrap_or(false);
+        if ok {
+            return Decision::Accept;
+        }
+        let n = self.failures.fail(ip);
+        tracing::warn!(peer = %req.session.peer, user = %credentials.username, failures = n, "AUTH failed");
+        tokio::time::sleep(auth_failure_delay(n)).await;
+        if n >= budget {
+            return Decision::Respond(too_many());
+        }
+        Decision::Respond(codes::auth_failed())
+    }
+}
+
 impl tower::Service<PolicyRequest> for RelayPolicy {
     type Response = Decision;
     type Error = Infallible;
-    type Future = std::future::Ready<Result<Decision, Infallible>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Decision, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: PolicyRequest) -> Self::Future {
-        std::future::ready(Ok(self.decide(req)))
+        if matches!(req.kind, PolicyKind::Auth { .. }) {
+            let me = self.clone();
+            return Box::pin(async move { Ok(me.auth(req).await) });
+        }
+        let d = self.decide(req);
+        Box::pin(std::future::ready(Ok(d)))
     }
 }
 
@@ -491,6 +569,50 @@ impl tower::Service<Transaction> for RelayMail {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_failure_delays_grow_to_a_cap() {
+        let d: Vec<u64> = (1..=8).map(|n| auth_failure_delay(n).as_millis() as u64).collect();
+        assert_eq!(d, [250, 500, 1000, 2000, 4000, 8000, 8000, 8000]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn auth_is_hashed_throttled_and_budgeted_per_address() {
+        use smtp_proto::auth::{AuthMechanism, Credentials, Secret};
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = RelayConfig::new("mx.test", dir.path());
+        c.auth_users.insert("u".into(), crate::password::PasswordHashString::hash("right").unwrap());
+        c.auth_failure_budget = 3;
+        let queue = Arc::new(crate::FsQueue::open(dir.path().join("queue")).unwrap());
+        let (relay, _scheduler) = Relay::new(c, queue).unwrap();
+        let ask = |ip: &str, password: &str| {
+            let peer: std::net::SocketAddr = format!("{ip}:1000").parse().unwrap();
+            let session = smtp_server::SessionInfo {
+                peer,
+                local: peer,
+                helo: None,
+                extended: true,
+                tls: None,
+                authenticated: None,
+            };
+            let credentials =
+                Credentials { authzid: String::new(), username: "u".into(), password: Secret::new(password) };
+            let kind = PolicyKind::Auth { mechanism: AuthMechanism::Plain, credentials };
+            relay.policy().oneshot(PolicyRequest { session, kind })
+        };
+        let code = |d: Decision| match d {
+            Decision::Accept => 235,
+            Decision::Respond(r) => r.code(),
+        };
+        let started = tokio::time::Instant::now();
+        assert_eq!(code(ask("192.0.2.1", "wrong").await.unwrap()), 535);
+        assert_eq!(code(ask("192.0.2.1", "wrong").await.unwrap()), 535);
+        assert!(started.elapsed() >= Duration::from_millis(750), "each failure waits longer");
+        assert_eq!(code(ask("192.0.2.1", "wrong").await.unwrap()), 421, "the budget is spent");
+        assert_eq!(code(ask("192.0.2.1", "right").await.unwrap()), 421, "even the right password, for an hour");
+        assert_eq!(code(ask("192.0.2.2", "right").await.unwrap()), 235, "other addresses are not affected");
+    }
 
     #[test]
     fn received_counting_stops_at_body() {

@@ -316,3 +316,23 @@ async fn private_files_whatever_the_umask_and_no_shared_data_dir() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn passwords_are_hashes_made_by_tern_passwd() {
+    let (code, out, err) = run(&["passwd"], b"correct horse\n");
+    assert_eq!(code, 0, "{err}");
+    let hash = out.trim().to_string();
+    assert!(hash.starts_with("$argon2id$v=19$"), "{hash}");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("tern.toml");
+    // A plaintext password is refused, naming the entry and its line.
+    std::fs::write(&cfg, "hostname = \"mx.test\"\n[auth_users]\nbob = \"correct horse\"\n").unwrap();
+    let (code, _, err) = run(&["serve", "--config", cfg.to_str().unwrap(), "--data-dir", data.to_str().unwrap()], b"");
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("line 3") && err.contains("auth_users.bob") && err.contains("tern passwd"), "{err}");
+    // The hash is accepted.
+    std::fs::write(&cfg, format!("hostname = \"mx.test\"\n[auth_users]\nbob = \"{hash}\"\n")).unwrap();
+    let tern = Tern::serve(&data, &["--config", cfg.to_str().unwrap()]);
+    assert!(tern.terminate().success());
+}

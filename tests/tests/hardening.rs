@@ -125,7 +125,7 @@ async fn auth_identity_is_not_forwarded_for_a_client_that_made_it_up() {
     c.routes.insert("remote.test".into(), ("127.0.0.1".into(), port));
     c.outbound_tls = smtp_client::TlsMode::None;
     // AUTH offered, so clients may give AUTH= (RFC 4954 5).
-    c.auth_users.insert("u".into(), smtp_proto::auth::Secret::new("p"));
+    c.auth_users.insert("u".into(), smtp_relay::password::PasswordHashString::hash("p").unwrap());
     let relay = InProcess::start(c, None).await;
     let r = transaction("127.0.0.2", relay.addr, "<a@x.test> AUTH=ceo+40victim.test", "<fwd@local.test>").await;
     assert!(r.starts_with("250"), "{r}");

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use smtp_proto::auth::{AuthMechanism, Secret};
+use smtp_proto::auth::AuthMechanism;
+use smtp_relay::password::PasswordHashString;
 use smtp_relay::{Cidr, Directory, FsQueue, Relay, RelayConfig, SourceRoutes};
 use smtp_server::{tls, Server};
 
@@ -232,8 +233,15 @@ pub fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
     if let Some(s) = pick(args.delivery_deadline, file.delivery_deadline) {
         relay.delivery_deadline = Duration::from_secs(s.max(1));
     }
-    relay.auth_users =
-        file.auth_users.unwrap_or_default().into_iter().map(|(u, p)| (u, Secret::new(p))).collect::<HashMap<_, _>>();
+    let mut auth_users = HashMap::new();
+    for (user, hash) in file.auth_users.unwrap_or_default() {
+        // A plaintext password is refused, naming the entry: hashes only (tern passwd).
+        let key = format!("auth_users.{user}");
+        let h = PasswordHashString::parse(&hash)
+            .map_err(|e| ConfigError::value(&name, &key, config::line_of_key(&text, &user), e.to_string()))?;
+        auth_users.insert(user, h);
+    }
+    relay.auth_users = auth_users;
     prepare_data_dir(&data_dir).map_err(|m| err("data_dir", m))?;
     let tls = match (pick(args.tls_cert, file.tls_cert), pick(args.tls_key, file.tls_key)) {
         (Some(c), Some(k)) => tls::from_pem_files(&c, &k).map_err(|e| err("tls_cert", e.to_string()))?,

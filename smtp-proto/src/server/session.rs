@@ -129,6 +129,9 @@ pub enum CloseReason {
     TooManyErrors,
     /// A BDAT chunk too large even to discard (`421` was sent).
     ChunkTooLarge,
+    /// The driver answered a decision with `421` (RFC 5321 3.8: the service is closing the
+    /// channel), e.g. after too many failed AUTH attempts.
+    ServiceClosing,
 }
 
 /// Which RFC 5321 4.5.3.2 timeout applies while the driver waits for input.
@@ -384,9 +387,16 @@ impl ServerSession {
         self.state = State::Greeted;
     }
 
-    /// Answers the pending decision with `reply`. A positive (2xx) reply accepts.
+    /// Answers the pending decision with `reply`. A positive (2xx) reply accepts; a `421`
+    /// closes the session after it is written (RFC 5321 3.8).
     pub fn respond(&mut self, reply: Reply) {
         let Some(pending) = self.pending.take() else { return };
+        if reply.code() == 421 {
+            if matches!(pending, Pending::DataEnd) {
+                self.end_transaction();
+            }
+            return self.close(reply, CloseReason::ServiceClosing);
+        }
         let ok = reply.is_positive();
         match pending {
             Pending::Hello { extended, domain } => {
