@@ -213,13 +213,13 @@ pub enum Command {
     /// RSET
     Rset,
     /// VRFY string
-    Vrfy(String),
+    Vrfy(Text),
     /// EXPN string
-    Expn(String),
+    Expn(Text),
     /// `HELP [topic]`
-    Help(Option<String>),
+    Help(Option<Text>),
     /// `NOOP [string]`
-    Noop(Option<String>),
+    Noop(Option<Text>),
     /// QUIT
     Quit,
     /// STARTTLS (RFC 3207)
@@ -227,17 +227,57 @@ pub enum Command {
     /// `AUTH mechanism [initial-response]` (RFC 4954)
     Auth {
         /// The SASL mechanism, upper case.
-        mechanism: String,
+        mechanism: Text,
         /// The base64 initial response, `=` for an empty one.
-        initial: Option<String>,
+        initial: Option<Text>,
     },
 }
 
-fn text_arg(s: &str, what: &'static str) -> Result<String, InvalidInput> {
-    if s.is_empty() || s.bytes().any(|b| b < 32 || b == 127) {
-        return Err(InvalidInput { what, reason: "empty or has control characters" });
+/// A command argument: non-empty text with no control characters (so no CR, LF or NUL), so
+/// that no [`Command`] value can ever write more than one line.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Text(String);
+
+impl Text {
+    /// Checks `s`: `what` names it in the error.
+    pub fn new(s: &str, what: &'static str) -> Result<Text, InvalidInput> {
+        if s.is_empty() || s.chars().any(char::is_control) {
+            return Err(InvalidInput { what, reason: "empty or has control characters" });
+        }
+        Ok(Text(s.to_string()))
     }
-    Ok(s.to_string())
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The text, owned.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+fn text_arg(s: &str, what: &'static str) -> Result<Text, InvalidInput> {
+    Text::new(s, what)
+}
+
+/// A parsed argument, or the peer's syntax error.
+fn parsed_text(s: &str) -> Result<Text, CommandError> {
+    Text::new(s, "argument").map_err(|_| CommandError::Syntax("control characters in the argument"))
 }
 
 impl Command {
@@ -335,11 +375,12 @@ impl Command {
                 if s.is_empty() {
                     return Err(CommandError::Syntax("argument required"));
                 }
-                Ok(if verb == b"VRFY" { Command::Vrfy(s.to_string()) } else { Command::Expn(s.to_string()) })
+                let s = parsed_text(s)?;
+                Ok(if verb == b"VRFY" { Command::Vrfy(s) } else { Command::Expn(s) })
             }
             b"HELP" | b"NOOP" => {
                 let s = text()?.trim();
-                let s = (!s.is_empty()).then(|| s.to_string());
+                let s = (!s.is_empty()).then(|| parsed_text(s)).transpose()?;
                 Ok(if verb == b"HELP" { Command::Help(s) } else { Command::Noop(s) })
             }
             b"AUTH" => {
@@ -349,15 +390,16 @@ impl Command {
                 if mech.is_empty() || !mech.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
                     return Err(CommandError::Syntax("AUTH mechanism [initial-response]"));
                 }
-                let initial = it.next().map(str::to_string);
+                let initial = it.next();
                 if it.next().is_some()
-                    || initial.as_deref().is_some_and(|i| {
+                    || initial.is_some_and(|i| {
                         !i.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)) || i.is_empty()
                     })
                 {
                     return Err(CommandError::Syntax("AUTH mechanism [initial-response]"));
                 }
-                Ok(Command::Auth { mechanism: mech.to_ascii_uppercase(), initial })
+                let initial = initial.map(parsed_text).transpose()?;
+                Ok(Command::Auth { mechanism: parsed_text(&mech.to_ascii_uppercase())?, initial })
             }
             _ => Err(CommandError::Unrecognized),
         }
@@ -605,6 +647,20 @@ mod tests {
                 assert_eq!(got, $expect, "input {:?}", $input);
             }
         )*};
+    }
+
+    #[test]
+    fn no_command_value_writes_two_lines() {
+        for bad in ["a\r\nRSET", "a\nb", "a\rb", "a\0b", "\u{85}", ""] {
+            assert!(Command::vrfy(bad).is_err(), "{bad:?}");
+            assert!(Command::expn(bad).is_err(), "{bad:?}");
+            assert!(Text::new(bad, "x").is_err(), "{bad:?}");
+        }
+        let ok = Command::vrfy("Smith").unwrap();
+        assert_eq!(ok.to_string(), "VRFY Smith");
+        // A parsed control character is the peer's syntax error.
+        assert_eq!(p("NOOP a\x01b"), Err(CommandError::Syntax("control characters in the argument")));
+        assert_eq!(p("HELP \x1b[2J"), Err(CommandError::Syntax("control characters in the argument")));
     }
 
     vectors! {

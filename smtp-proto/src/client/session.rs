@@ -4,7 +4,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::address::{Domain, ForwardPath, ReversePath};
 use crate::auth::{encode_b64, plain_response, AuthMechanism, Secret};
-use crate::command::{Command, MailParams, MailVerb, RcptParams};
+use crate::command::{Command, MailParams, MailVerb, RcptParams, Text};
 use crate::data::DotStuffer;
 use crate::error::ReplyError;
 use crate::extension::Capabilities;
@@ -479,14 +479,15 @@ impl ClientSession {
         if username.contains('\0') || password.expose().contains('\0') {
             return Err(ClientError::Misuse("credentials contain NUL"));
         }
+        let text = |s: &str| Text::new(s, "AUTH argument").map_err(|_| ClientError::Misuse("bad AUTH argument"));
         match mechanism {
             AuthMechanism::Plain => {
-                let cmd =
-                    Command::Auth { mechanism: "PLAIN".into(), initial: Some(plain_response(username, password)) };
+                let initial = Some(text(&plain_response(username, password))?);
+                let cmd = Command::Auth { mechanism: text(mechanism.as_str())?, initial };
                 self.write(&cmd, Expect::AuthFinal);
             }
             AuthMechanism::Login => {
-                let cmd = Command::Auth { mechanism: "LOGIN".into(), initial: None };
+                let cmd = Command::Auth { mechanism: text(mechanism.as_str())?, initial: None };
                 self.write(&cmd, Expect::AuthLoginUser(Secret::new(username), password.clone()));
             }
         }

@@ -5,7 +5,7 @@ use memchr::memchr;
 
 use crate::address::{Domain, ForwardPath, ReversePath};
 use crate::auth::{decode_b64, parse_plain, AuthMechanism, Credentials, Secret};
-use crate::command::{Body, Command, MailParams, MailVerb, RcptParams};
+use crate::command::{Body, Command, MailParams, MailVerb, RcptParams, Text};
 use crate::data::{DotUnstuffer, LineChecker, LineEndingPolicy, Unstuffed};
 use crate::extension::{Capabilities, Limits};
 use crate::reply::{codes, EnhancedCode, Reply};
@@ -686,13 +686,13 @@ impl ServerSession {
                 if !self.config.vrfy {
                     return self.send(codes::not_implemented());
                 }
-                self.decide(Pending::Verify, Event::Verify(s));
+                self.decide(Pending::Verify, Event::Verify(s.into_string()));
             }
             Command::Expn(s) => {
                 if !self.config.expn {
                     return self.send(codes::not_implemented());
                 }
-                self.decide(Pending::Verify, Event::Expand(s));
+                self.decide(Pending::Verify, Event::Expand(s.into_string()));
             }
             Command::Help(topic) => self.send(super::help::reply(topic.as_deref())),
             Command::Noop(_) => self.send(codes::ok()),
@@ -713,7 +713,7 @@ impl ServerSession {
                 self.state = State::TlsPending;
                 self.events.push_back(Event::StartTls);
             }
-            Command::Auth { mechanism, initial } => self.auth(mechanism, initial),
+            Command::Auth { mechanism, initial } => self.auth(mechanism.into_string(), initial.map(Text::into_string)),
         }
     }
 
