@@ -57,13 +57,26 @@ pub fn client_config(verify: &CertVerify) -> Result<Arc<ClientConfig>, Error> {
         CertVerify::CaFile(path) => {
             use rustls::pki_types::pem::PemObject;
             let mut roots = RootCertStore::empty();
+            let mut pins = Vec::new();
             let certs =
                 CertificateDer::pem_file_iter(path).map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
             for c in certs {
                 let c = c.map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
-                roots.add(c).map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
+                // Some certificates cannot be trust anchors; they still count as pins.
+                let _ = roots.add(c.clone());
+                pins.push(c);
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            if pins.is_empty() {
+                return Err(Error::Tls(format!("{}: no certificate in the file", path.display())));
+            }
+            let inner = (!roots.is_empty())
+                .then(|| {
+                    rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build()
+                })
+                .transpose()
+                .map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
+            let verifier = CaFileVerifier { inner, pins, provider: provider() };
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
         }
         CertVerify::Insecure => {
             builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider()))).with_no_client_auth()
@@ -71,6 +84,65 @@ pub fn client_config(verify: &CertVerify) -> Result<Arc<ClientConfig>, Error> {
     };
     config.enable_early_data = false;
     Ok(Arc::new(config))
+}
+
+/// Verification against a CA file, as chains to its certificates, or as a pin: a server
+/// certificate byte-identical to one in the file is accepted when it is valid for the name
+/// (a self-signed certificate made with `openssl req -x509` is marked as a CA, which the web
+/// PKI rules refuse as an end entity; swaks, `openssl s_client` and msmtp accept it when it is
+/// the trust anchor given). Handshake signatures are always checked.
+#[derive(Debug)]
+struct CaFileVerifier {
+    inner: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    pins: Vec<CertificateDer<'static>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for CaFileVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let chained = match &self.inner {
+            Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now),
+            None => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)),
+        };
+        match chained {
+            Ok(v) => Ok(v),
+            Err(e) if self.pins.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {
+                let cert = rustls::server::ParsedCertificate::try_from(end_entity).map_err(|_| e)?;
+                rustls::client::verify_server_name(&cert, server_name)?;
+                Ok(ServerCertVerified::assertion())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Accepts any certificate but still checks handshake signatures.

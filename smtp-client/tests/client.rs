@@ -284,3 +284,46 @@ async fn starttls_required_never_falls_back() {
     let err = SmtpClient::new(o).unwrap().connect("127.0.0.1", addr.port()).await.unwrap_err();
     assert!(matches!(err, Error::TlsUnavailable), "{err}");
 }
+
+/// A self-signed certificate marked as a CA (what `openssl req -x509` makes) in `dir`.
+fn ca_flagged_cert(dir: &std::path::Path, name: &str, file: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (dir.join(format!("{file}.pem")), dir.join(format!("{file}.key")));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+/// Issue 11 item 20: the exact certificate in the CA file is accepted as a pin, for its name,
+/// even when it is marked as a CA; another certificate or another name is not.
+#[tokio::test]
+async fn ca_file_pins_a_self_signed_ca_flagged_server_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca_flagged_cert(dir.path(), "mx.test", "server");
+    let (other, _) = ca_flagged_cert(dir.path(), "mx.test", "other");
+    let server = Server::builder("mx.test")
+        .listen("127.0.0.1:0".parse().unwrap())
+        .tls(tls::from_pem_files(&cert, &key).unwrap())
+        .bind(
+            smtp_server::AcceptAll,
+            tower::service_fn(|_tx: Transaction| async { Ok::<_, std::convert::Infallible>(codes::ok()) }),
+        )
+        .await
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    tokio::spawn(server.run());
+    let client = |ca: &std::path::Path| {
+        let mut o = ClientOptions::new(Domain::parse("client.test").unwrap());
+        o.tls = TlsMode::Required;
+        o.verify = CertVerify::CaFile(ca.to_path_buf());
+        SmtpClient::new(o).unwrap()
+    };
+    let conn = client(&cert).connect_addr(addr, "mx.test").await.expect("pinned certificate accepted");
+    assert!(conn.tls_info().is_some());
+    conn.quit().await.unwrap();
+    assert!(client(&cert).connect_addr(addr, "other.test").await.is_err(), "the name is still checked");
+    assert!(client(&other).connect_addr(addr, "mx.test").await.is_err(), "only the exact certificate");
+}
