@@ -598,3 +598,78 @@ impl Ctx {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::RcptRecord;
+    use smtp_proto::{ForwardPath, Path, ReversePath};
+
+    #[test]
+    fn backoff_doubles_from_the_first_interval_to_the_cap() {
+        let (first, max) = (Duration::from_millis(300), Duration::from_secs(4));
+        let waits: Vec<u128> = (1..=6).map(|n| backoff(first, max, n).as_millis()).collect();
+        assert_eq!(waits, [300, 600, 1200, 2400, 4000, 4000]);
+        assert_eq!(backoff(first, max, 0), first, "before any failure");
+        assert_eq!(backoff(first, Duration::MAX, 400), first.saturating_mul(1 << 16), "no overflow");
+        assert_eq!(persist_retry(1), Duration::from_secs(1));
+        assert_eq!(persist_retry(20), Duration::from_secs(300));
+    }
+
+    fn msg(arrival: u64) -> QueuedMessage {
+        let rcpt = |n: u64| {
+            let mut r = RcptRecord::new(ForwardPath::Path(Path::parse("<a@b.test>").unwrap()), Default::default());
+            r.next_attempt = n;
+            r
+        };
+        QueuedMessage {
+            id: "Q".into(),
+            verb: Default::default(),
+            from: ReversePath::Null,
+            params: Default::default(),
+            arrival,
+            client: None,
+            helo: None,
+            recipients: vec![rcpt(500), rcpt(300)],
+            delay_warned: false,
+            trusted: false,
+        }
+    }
+
+    #[test]
+    fn next_due_is_the_earliest_of_attempts_expiry_and_delay_warning() {
+        let mut cfg = RelayConfig::new("mx.test", "/nonexistent");
+        cfg.queue_lifetime = Duration::from_secs(1000);
+        let mut m = msg(100);
+        assert_eq!(next_due(&m, &cfg), Some(300), "the earliest pending recipient");
+        cfg.queue_lifetime = Duration::from_secs(150);
+        assert_eq!(next_due(&m, &cfg), Some(250), "expiry comes first");
+        cfg.queue_lifetime = Duration::from_secs(1000);
+        cfg.delay_warning = Some(Duration::from_secs(50));
+        assert_eq!(next_due(&m, &cfg), Some(150), "the delay warning comes first");
+        m.delay_warned = true;
+        assert_eq!(next_due(&m, &cfg), Some(300), "once warned, not again");
+        m.recipients[1].status = RcptStatus::Delivered;
+        assert_eq!(next_due(&m, &cfg), Some(0), "an outcome not yet notified is due now");
+        m.recipients[1].notified = true;
+        assert_eq!(next_due(&m, &cfg), Some(500));
+        m.recipients[0].status = RcptStatus::Delivered;
+        m.recipients[0].notified = true;
+        assert_eq!(next_due(&m, &cfg), None, "done");
+    }
+
+    #[test]
+    fn the_index_hands_out_due_messages_once_in_time_order() {
+        let mut index = Index::default();
+        index.insert("B".into(), 20);
+        index.insert("A".into(), 10);
+        index.insert("C".into(), 30);
+        index.insert("B".into(), 5);
+        assert_eq!(index.pop_due(19), ["B", "A"]);
+        assert!(index.pop_due(19).is_empty());
+        index.remove("C");
+        assert!(index.pop_due(100).is_empty());
+        index.insert("D".into(), 1);
+        assert_eq!(index.drain(), ["D"]);
+    }
+}
