@@ -59,7 +59,48 @@ fn command_line() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Runs a [`LineChecker`] over `data` cut at `cuts`; the bytes passed on and the flags.
+fn check_chunks(data: &[u8], cuts: &[usize], policy: LineEndingPolicy) -> (Vec<u8>, bool, bool) {
+    let mut c = smtp_proto::data::LineChecker::new(policy);
+    let mut out = Vec::new();
+    let mut pos = 0;
+    let mut cuts: Vec<usize> = cuts.iter().map(|&x| x.min(data.len())).collect();
+    cuts.sort_unstable();
+    cuts.push(data.len());
+    for end in cuts {
+        let chunk = &data[pos..end.max(pos)];
+        match c.check(chunk) {
+            Some(fixed) => out.extend(fixed),
+            None => out.extend_from_slice(chunk),
+        }
+        pos = end.max(pos);
+    }
+    out.extend(c.finish().unwrap_or_default());
+    (out, c.saw_bare_line_ending(), c.saw_nul())
+}
+
 proptest! {
+    /// BDAT checks do not depend on where chunks are cut; normalized output is clean CRLF text.
+    #[test]
+    fn bdat_line_checks_any_chunking(
+        data in prop::collection::vec(prop_oneof![Just(b'\r'), Just(b'\n'), Just(0u8), any::<u8>()], 0..300),
+        cuts in prop::collection::vec(0usize..300, 0..6),
+    ) {
+        for policy in [LineEndingPolicy::Reject, LineEndingPolicy::Normalize] {
+            let whole = check_chunks(&data, &[], policy);
+            prop_assert_eq!(&check_chunks(&data, &cuts, policy), &whole);
+            if policy == LineEndingPolicy::Reject {
+                prop_assert_eq!(&whole.0, &data, "reject passes bytes through");
+            } else {
+                let out = &whole.0;
+                prop_assert!(!out.contains(&0));
+                for (i, &b) in out.iter().enumerate() {
+                    if b == b'\n' { prop_assert!(i > 0 && out[i - 1] == b'\r'); }
+                    if b == b'\r' { prop_assert!(out.get(i + 1) == Some(&b'\n')); }
+                }
+            }
+        }
+    }
     #[test]
     fn command_round_trip(line in command_line()) {
         let cmd = Command::parse(line.as_bytes()).unwrap();

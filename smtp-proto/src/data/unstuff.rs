@@ -221,20 +221,23 @@ impl LineChecker {
     /// Checks a chunk. Under `Reject` the chunk goes on unchanged (`None`); under `Normalize`
     /// the corrected bytes are returned when anything had to change.
     pub fn check(&mut self, input: &[u8]) -> Option<Vec<u8>> {
+        if input.is_empty() {
+            return None;
+        }
         let normalize = self.policy == LineEndingPolicy::Normalize;
         let mut out: Option<Vec<u8>> = None;
         let mut span = 0;
         let mut i = 0;
         if self.cr {
             self.cr = false;
-            if input.first() != Some(&b'\n') && !input.is_empty() {
+            if input[0] != b'\n' {
                 // The CR that ended the previous chunk was bare.
                 self.bare = true;
                 if normalize {
                     out.get_or_insert_with(Vec::new).put_u8(b'\n');
                 }
             }
-            if input.first() == Some(&b'\n') {
+            if input[0] == b'\n' {
                 i = 1;
             }
         }
