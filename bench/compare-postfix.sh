@@ -6,21 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-20000}
 S=${S:-20}
-cargo build --release -q -p smtp-cli
-TERN=$PWD/target/release/tern
-WORK=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; postfix stop >/dev/null 2>&1 || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-# Seconds taken by a command that must succeed (a failed run must not pass for a fast one).
-secs() {
-  local out
-  out=$(/usr/bin/time -f "%e %x" "$@" 2>&1 >/dev/null | tail -1)
-  [ "${out#* }" = 0 ] || { echo "FAILED: $* ($out)" >&2; exit 1; }
-  echo "${out% *}"
-}
-rate() { awk -v n="$1" -v t="$2" 'BEGIN { printf "%.0f msg/s (%d in %.2f s)", n / t, n, t }'; }
+source bench/lib.sh
 
 pkill -f 'tern (sink|serve)' 2>/dev/null || true
 echo "== sinks, loaded by Postfix smtp-source (-s $S -m $N -l 1024, one session per message stream)"

@@ -9,20 +9,7 @@ cd "$(dirname "$0")/.."
 M=${M:-3000}
 S=${S:-20}
 RUNS=${RUNS:-3}
-cargo build --release -q -p smtp-cli
-TERN=$PWD/target/release/tern
-WORK=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; postfix stop >/dev/null 2>&1 || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-secs() {
-  local out
-  out=$(/usr/bin/time -f "%e %x" "$@" 2>&1 >/dev/null | tail -1)
-  [ "${out#* }" = 0 ] || { echo "FAILED: $* ($out)" >&2; exit 1; }
-  echo "${out% *}"
-}
-rate() { awk -v n="$1" -v t="$2" 'BEGIN { printf "%.0f msg/s (%d in %.2f s)", n / t, n, t }'; }
+source bench/lib.sh
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 pkill -f 'tern (sink|serve)' 2>/dev/null || true

@@ -75,7 +75,7 @@ pub fn client_config(verify: &CertVerify) -> Result<Arc<ClientConfig>, Error> {
                 })
                 .transpose()
                 .map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
-            let verifier = CaFileVerifier { inner, pins, provider: provider() };
+            let verifier = CaFileVerifier { inner, pins, signatures: NoVerify(provider()) };
             builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
         }
         CertVerify::Insecure => {
@@ -95,7 +95,8 @@ pub fn client_config(verify: &CertVerify) -> Result<Arc<ClientConfig>, Error> {
 struct CaFileVerifier {
     inner: Option<Arc<rustls::client::WebPkiServerVerifier>>,
     pins: Vec<CertificateDer<'static>>,
-    provider: Arc<CryptoProvider>,
+    /// Handshake signatures, checked against the presented certificate's key.
+    signatures: NoVerify,
 }
 
 impl ServerCertVerifier for CaFileVerifier {
@@ -128,7 +129,7 @@ impl ServerCertVerifier for CaFileVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        self.signatures.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -137,11 +138,11 @@ impl ServerCertVerifier for CaFileVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        self.signatures.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.signatures.supported_verify_schemes()
     }
 }
 

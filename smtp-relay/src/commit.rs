@@ -189,6 +189,30 @@ fn write_file(path: &Path, data: &[u8], reuse: bool) -> io::Result<File> {
     Ok(f)
 }
 
+/// Appends `parts` to `file` (creating `path` when there is no file yet) on a blocking thread:
+/// how a message being received is written out block by block. On failure the file is
+/// removed at once (a full disk gets its space back) and the error returned.
+pub(crate) async fn append_blocking(file: Option<File>, path: &Path, parts: Vec<bytes::Bytes>) -> io::Result<File> {
+    let p = path.to_path_buf();
+    let r = tokio::task::spawn_blocking(move || -> io::Result<File> {
+        let mut f = match file {
+            Some(f) => f,
+            None => create_file(&p)?,
+        };
+        for part in parts {
+            f.write_all(&part)?;
+        }
+        Ok(f)
+    })
+    .await
+    .map_err(io::Error::other)
+    .and_then(|r| r);
+    if r.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    r
+}
+
 /// Creates (or truncates) a file readable by its owner only: queued mail and mailboxes are
 /// private.
 pub(crate) fn create_file(path: &Path) -> io::Result<File> {

@@ -19,6 +19,35 @@ fn cfg(dir: &Path) -> RelayConfig {
     c
 }
 
+/// A next hop on 127.0.0.1 with these services; its port.
+async fn next_hop<P: smtp_server::PolicyService, M: smtp_server::MailService>(
+    tweak: impl FnOnce(&mut smtp_server::ServerOptions),
+    policy: P,
+    mail: M,
+) -> u16 {
+    let hop = Server::builder("hop.test")
+        .listen("127.0.0.1:0".parse().unwrap())
+        .options(tweak)
+        .bind(policy, mail)
+        .await
+        .unwrap();
+    let port = hop.local_addrs()[0].port();
+    tokio::spawn(hop.run());
+    port
+}
+
+/// The relay's configuration with `fwd@local.test` forwarded to `someone@remote.test`, routed to
+/// the next hop on `port` without TLS.
+fn forwarding(dir: &Path, port: u16) -> RelayConfig {
+    let aliases = dir.join("aliases");
+    std::fs::write(&aliases, "fwd: someone@remote.test\n").unwrap();
+    let mut c = cfg(dir);
+    c.directory.load_aliases(&aliases).unwrap();
+    c.routes.insert("remote.test".into(), ("127.0.0.1".into(), port));
+    c.outbound_tls = smtp_client::TlsMode::None;
+    c
+}
+
 fn queue_empty(dir: &Path) -> bool {
     std::fs::read_dir(dir.join("queue/msg")).map(|d| d.count() == 0).unwrap_or(false)
 }
@@ -71,15 +100,8 @@ async fn no_notice_to_an_address_literal_from_untrusted_mail() {
         })
     });
     let mail = tower::service_fn(|_tx: Transaction| async { Ok::<_, std::convert::Infallible>(codes::ok()) });
-    let hop = Server::builder("hop.test").listen("127.0.0.1:0".parse().unwrap()).bind(refuse, mail).await.unwrap();
-    let port = hop.local_addrs()[0].port();
-    tokio::spawn(hop.run());
-    let aliases = dir.path().join("aliases");
-    std::fs::write(&aliases, "fwd: someone@remote.test\n").unwrap();
-    let mut c = cfg(dir.path());
-    c.directory.load_aliases(&aliases).unwrap();
-    c.routes.insert("remote.test".into(), ("127.0.0.1".into(), port));
-    let relay = InProcess::start(c, None).await;
+    let port = next_hop(|_| {}, refuse, mail).await;
+    let relay = InProcess::start(forwarding(dir.path(), port), None).await;
     let r = transaction("127.0.0.2", relay.addr, "<x@[127.0.0.1]> RET=FULL", "<fwd@local.test>").await;
     assert!(r.starts_with("250"), "{r}");
     // The failure is recorded and the message leaves the queue with no notice queued (a
@@ -110,20 +132,9 @@ async fn auth_identity_is_not_forwarded_for_a_client_that_made_it_up() {
         tx.body.collect(1 << 20).await?;
         Ok::<_, smtp_server::BodyError>(codes::message_accepted())
     });
-    let hop = Server::builder("hop.test")
-        .listen("127.0.0.1:0".parse().unwrap())
-        .options(|o| o.session.auth_mechanisms = vec![smtp_proto::auth::AuthMechanism::Plain])
-        .bind(policy, mail)
-        .await
-        .unwrap();
-    let port = hop.local_addrs()[0].port();
-    tokio::spawn(hop.run());
-    let aliases = dir.path().join("aliases");
-    std::fs::write(&aliases, "fwd: someone@remote.test\n").unwrap();
-    let mut c = cfg(dir.path());
-    c.directory.load_aliases(&aliases).unwrap();
-    c.routes.insert("remote.test".into(), ("127.0.0.1".into(), port));
-    c.outbound_tls = smtp_client::TlsMode::None;
+    let port =
+        next_hop(|o| o.session.auth_mechanisms = vec![smtp_proto::auth::AuthMechanism::Plain], policy, mail).await;
+    let mut c = forwarding(dir.path(), port);
     // AUTH offered, so clients may give AUTH= (RFC 4954 5).
     c.auth_users.insert("u".into(), smtp_relay::password::PasswordHashString::hash("p").unwrap());
     let relay = InProcess::start(c, None).await;
@@ -161,21 +172,8 @@ async fn success_at_a_next_hop_is_relayed_or_passed_on() {
             tx.body.collect(1 << 20).await?;
             Ok::<_, smtp_server::BodyError>(codes::message_accepted())
         });
-        let hop = Server::builder("hop.test")
-            .listen("127.0.0.1:0".parse().unwrap())
-            .options(|o| o.session.dsn = dsn)
-            .bind(policy, mail)
-            .await
-            .unwrap();
-        let port = hop.local_addrs()[0].port();
-        tokio::spawn(hop.run());
-        let aliases = dir.path().join("aliases");
-        std::fs::write(&aliases, "fwd: someone@remote.test\n").unwrap();
-        let mut c = cfg(dir.path());
-        c.directory.load_aliases(&aliases).unwrap();
-        c.routes.insert("remote.test".into(), ("127.0.0.1".into(), port));
-        c.outbound_tls = smtp_client::TlsMode::None;
-        let relay = InProcess::start(c, None).await;
+        let port = next_hop(|o| o.session.dsn = dsn, policy, mail).await;
+        let relay = InProcess::start(forwarding(dir.path(), port), None).await;
         let r = transaction("127.0.0.1", relay.addr, "<bob@local.test>", "<fwd@local.test> NOTIFY=SUCCESS").await;
         assert!(r.starts_with("250"), "{r}");
         let n = notify.clone();
@@ -321,14 +319,7 @@ async fn rcptmax_split_never_sends_a_delivered_recipient_again() {
             Ok::<_, smtp_server::BodyError>(codes::message_accepted())
         }
     });
-    let hop = Server::builder("hop.test")
-        .listen("127.0.0.1:0".parse().unwrap())
-        .options(|o| o.session.max_recipients = 1)
-        .bind(policy, mail)
-        .await
-        .unwrap();
-    let port = hop.local_addrs()[0].port();
-    tokio::spawn(hop.run());
+    let port = next_hop(|o| o.session.max_recipients = 1, policy, mail).await;
     let mut c = cfg(dir.path());
     c.routes.insert("remote.test".into(), ("127.0.0.1".into(), port));
     c.outbound_tls = smtp_client::TlsMode::None;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use smtp_proto::ReversePath;
 
-use crate::commit::{create_dir_durable, create_file, GroupCommit, Op};
+use crate::commit::{append_blocking, create_dir_durable, create_file, GroupCommit, Op};
 use crate::queue::StoredBody;
 
 /// Mailbox directories remembered as existing.
@@ -246,29 +246,9 @@ impl MaildirWriter {
     }
 
     async fn spill(&mut self) -> io::Result<()> {
-        let data = std::mem::take(&mut self.buf);
-        let (file, tmp) = (self.file.take(), self.tmp.clone());
-        let r = tokio::task::spawn_blocking(move || -> io::Result<File> {
-            let mut f = match file {
-                Some(f) => f,
-                None => create_file(&tmp)?,
-            };
-            f.write_all(&data)?;
-            Ok(f)
-        })
-        .await
-        .map_err(io::Error::other)
-        .and_then(|r| r);
-        match r {
-            Ok(f) => {
-                self.file = Some(f);
-                Ok(())
-            }
-            Err(e) => {
-                let _ = fs::remove_file(&self.tmp);
-                Err(e)
-            }
-        }
+        let data = std::mem::take(&mut self.buf).into();
+        self.file = Some(append_blocking(self.file.take(), &self.tmp, vec![data]).await?);
+        Ok(())
     }
 
     /// Makes the message durable in `new/` (sharing the flush through `commit`).
@@ -282,14 +262,8 @@ impl MaildirWriter {
                 reuse: false,
             },
             Some(file) => {
-                let rest = std::mem::take(&mut self.buf);
-                let file = tokio::task::spawn_blocking(move || -> io::Result<File> {
-                    let mut f = file;
-                    f.write_all(&rest)?;
-                    Ok(f)
-                })
-                .await
-                .map_err(io::Error::other)??;
+                let rest = std::mem::take(&mut self.buf).into();
+                let file = append_blocking(Some(file), &self.tmp, vec![rest]).await?;
                 Op::Sync { file, tmp: self.tmp.clone(), dest: self.dest.clone() }
             }
         };

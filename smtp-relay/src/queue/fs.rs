@@ -36,7 +36,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::record::{apply_state, decode_header, encode_header, encode_state, length_digits, RecordError};
 use super::{MessageWriter, Queue, QueueError, QueueId, QueuedMessage, ScanEntry, Stored, StoredBody};
-use crate::commit::{create_dir_durable, create_file, GroupCommit, Op};
+use crate::commit::{append_blocking, create_dir_durable, GroupCommit, Op};
 
 /// Data buffered per message before it is written out: the memory one incoming message holds.
 pub const WRITE_BLOCK: usize = 128 * 1024;
@@ -455,33 +455,13 @@ impl FsWriter {
     async fn spill(&mut self) -> Result<(), QueueError> {
         let data = self.buf.split().freeze();
         let file = self.file.take();
-        let (tmp, header) = (self.tmp.clone(), (file.is_none()).then(|| self.header.clone()));
-        let file = tokio::task::spawn_blocking(move || -> io::Result<File> {
-            let mut f = match file {
-                Some(f) => f,
-                None => {
-                    let mut f = create_file(&tmp)?;
-                    f.write_all(&header.unwrap_or_default())?;
-                    f
-                }
-            };
-            f.write_all(&data)?;
-            Ok(f)
-        })
-        .await
-        .map_err(|e| QueueError::Io(io::Error::other(e)))
-        .and_then(|r| r.map_err(QueueError::Io));
-        match file {
-            Ok(f) => {
-                self.file = Some(f);
-                Ok(())
-            }
-            Err(e) => {
-                // A failed write (a full disk) frees its space at once.
-                let _ = fs::remove_file(&self.tmp);
-                Err(e)
-            }
+        let mut parts = Vec::with_capacity(2);
+        if file.is_none() {
+            parts.push(bytes::Bytes::from(self.header.clone()));
         }
+        parts.push(data);
+        self.file = Some(append_blocking(file, &self.tmp, parts).await?);
+        Ok(())
     }
 }
 
