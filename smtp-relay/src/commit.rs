@@ -50,11 +50,26 @@ pub(crate) struct GroupCommit {
 impl GroupCommit {
     /// Starts a committer thread called `name`.
     pub(crate) fn start(name: &str) -> io::Result<GroupCommit> {
+        Self::start_with(name, None)
+    }
+
+    /// A committer that records every file-system step it takes, in order (tests assert the
+    /// durability order with it: a missing flush cannot be seen any other way).
+    #[cfg(test)]
+    pub(crate) fn recording(name: &str) -> io::Result<(GroupCommit, Steps)> {
+        let steps = Steps::default();
+        Ok((Self::start_with(name, Some(steps.clone()))?, steps))
+    }
+
+    fn start_with(name: &str, rec: Option<Steps>) -> io::Result<GroupCommit> {
         let (tx, rx) = mpsc::channel();
         let (stage_tx, stage_rx) = mpsc::channel();
         let flushers = Flushers::start(name)?;
-        std::thread::Builder::new().name(format!("{name}-data")).spawn(move || committer(rx, stage_tx, flushers))?;
-        std::thread::Builder::new().name(format!("{name}-names")).spawn(move || finisher(stage_rx))?;
+        let r2 = rec.clone();
+        std::thread::Builder::new()
+            .name(format!("{name}-data"))
+            .spawn(move || committer(rx, stage_tx, flushers, r2))?;
+        std::thread::Builder::new().name(format!("{name}-names")).spawn(move || finisher(stage_rx, rec))?;
         Ok(GroupCommit { tx: Arc::new(Mutex::new(tx)) })
     }
 
@@ -72,6 +87,30 @@ fn parent(p: &Path) -> PathBuf {
 }
 
 type Done = oneshot::Sender<io::Result<()>>;
+
+/// One file-system step of the committer, as recorded for tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// A file's data was written (under its temporary name).
+    Written(PathBuf),
+    /// Its data was flushed (`fdatasync`).
+    Synced(PathBuf),
+    /// It was renamed into place.
+    Renamed(PathBuf, PathBuf),
+    /// A directory was flushed (`fsync`).
+    DirSynced(PathBuf),
+    /// The caller was told the file at this path is durable.
+    Replied(PathBuf),
+}
+
+/// The steps recorded so far.
+pub(crate) type Steps = Arc<Mutex<Vec<Step>>>;
+
+fn note(rec: &Option<Steps>, step: Step) {
+    if let Some(r) = rec {
+        r.lock().unwrap_or_else(|e| e.into_inner()).push(step);
+    }
+}
 /// Files to remove, and a file to rename for reuse instead of removing it.
 type Removal = (Vec<PathBuf>, Option<(PathBuf, PathBuf)>, Done);
 
@@ -84,7 +123,7 @@ struct Staged {
 /// Stage one: write and flush the data of each batch. Stage two ([`finisher`]) runs in its own
 /// thread, so one batch's directory flush overlaps the next batch's data flush; batches keep
 /// their order, and a removal can only follow the write it removes (it was acknowledged first).
-fn committer(rx: mpsc::Receiver<Job>, next: mpsc::Sender<Staged>, flushers: Flushers) {
+fn committer(rx: mpsc::Receiver<Job>, next: mpsc::Sender<Staged>, flushers: Flushers, rec: Option<Steps>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter().take(MAX_BATCH - 1));
@@ -94,19 +133,26 @@ fn committer(rx: mpsc::Receiver<Job>, next: mpsc::Sender<Staged>, flushers: Flus
         for Job { op, done } in batch {
             match op {
                 Op::Write { tmp, dest, data, reuse } => match write_file(&tmp, &data, reuse) {
-                    Ok(file) => written.push((Arc::new(file), tmp, dest, done)),
+                    Ok(file) => {
+                        note(&rec, Step::Written(tmp.clone()));
+                        written.push((Arc::new(file), tmp, dest, done))
+                    }
                     Err(e) => {
                         let _ = fs::remove_file(&tmp);
                         let _ = done.send(Err(e));
                     }
                 },
-                Op::Sync { file, tmp, dest } => written.push((Arc::new(file), tmp, dest, done)),
+                Op::Sync { file, tmp, dest } => {
+                    note(&rec, Step::Written(tmp.clone()));
+                    written.push((Arc::new(file), tmp, dest, done))
+                }
                 Op::Remove { paths } => removes.push((paths, None, done)),
                 Op::Recycle { from, to, remove } => removes.push((remove, Some((from, to)), done)),
             }
         }
         // 2. Flush all of their data together.
-        let files: Vec<Arc<File>> = written.iter().map(|(f, ..)| f.clone()).collect();
+        let files: Vec<Flush> =
+            written.iter().map(|(f, tmp, ..)| Flush { file: f.clone(), path: tmp.clone(), rec: rec.clone() }).collect();
         let synced = flushers.sync_data_all(&files);
         drop(files);
         let mut writes = Vec::new();
@@ -126,18 +172,21 @@ fn committer(rx: mpsc::Receiver<Job>, next: mpsc::Sender<Staged>, flushers: Flus
 }
 
 /// Stage two: rename into place and remove; then one fsync per directory touched.
-fn finisher(rx: mpsc::Receiver<Staged>) {
+fn finisher(rx: mpsc::Receiver<Staged>, rec: Option<Steps>) {
     while let Ok(Staged { writes, removes }) = rx.recv() {
         let mut dirs = BTreeSet::new();
         let mut results = Vec::new();
         for (tmp, dest, done) in writes {
             dirs.insert(parent(&dest));
             let r = fs::rename(&tmp, &dest);
-            if r.is_err() {
+            match &r {
+                Ok(()) => note(&rec, Step::Renamed(tmp.clone(), dest.clone())),
                 // Nothing is left behind in tmp/ on any error path.
-                let _ = fs::remove_file(&tmp);
+                Err(_) => {
+                    let _ = fs::remove_file(&tmp);
+                }
             }
-            results.push((r, done));
+            results.push((r, done, Some(dest)));
         }
         for (paths, recycle, done) in removes {
             let mut r = Ok(());
@@ -159,14 +208,21 @@ fn finisher(rx: mpsc::Receiver<Staged>) {
                     }
                 }
             }
-            results.push((r, done));
+            results.push((r, done, None));
         }
-        let dir_sync = dirs.iter().try_for_each(|d| File::open(d).and_then(|f| f.sync_all()));
-        for (r, done) in results {
+        let dir_sync = dirs.iter().try_for_each(|d| {
+            File::open(d).and_then(|f| f.sync_all())?;
+            note(&rec, Step::DirSynced(d.clone()));
+            Ok::<(), io::Error>(())
+        });
+        for (r, done, dest) in results {
             let r = match (r, &dir_sync) {
                 (Ok(()), Err(e)) => Err(io::Error::new(e.kind(), e.to_string())),
                 (r, _) => r,
             };
+            if let (Ok(()), Some(dest)) = (&r, dest) {
+                note(&rec, Step::Replied(dest));
+            }
             let _ = done.send(r);
         }
     }
@@ -248,7 +304,24 @@ const SYNC_THREADS: usize = 7;
 const FILES_PER_THREAD: usize = 2;
 
 /// A part of a batch for a flush thread: its files, and where to say how each went.
-type FlushJob = (Vec<Arc<File>>, mpsc::Sender<Vec<io::Result<()>>>);
+type FlushJob = (Vec<Flush>, mpsc::Sender<Vec<io::Result<()>>>);
+
+/// A file to flush, its path (for the record), and the recorder.
+#[derive(Clone)]
+struct Flush {
+    file: Arc<File>,
+    path: PathBuf,
+    rec: Option<Steps>,
+}
+
+impl Flush {
+    /// `fdatasync`, recorded when it succeeds.
+    fn run(&self) -> io::Result<()> {
+        self.file.sync_data()?;
+        note(&self.rec, Step::Synced(self.path.clone()));
+        Ok(())
+    }
+}
 
 /// Long-lived threads that `fdatasync` parts of a batch (started once: spawning threads per
 /// batch cost more than the flushes they shared).
@@ -263,7 +336,7 @@ impl Flushers {
             let (tx, rx) = mpsc::channel::<FlushJob>();
             std::thread::Builder::new().name(format!("{name}-sync{i}")).spawn(move || {
                 for (files, done) in rx {
-                    let _ = done.send(files.iter().map(|f| f.sync_data()).collect());
+                    let _ = done.send(files.iter().map(Flush::run).collect());
                 }
             })?;
             senders.push(tx);
@@ -273,9 +346,9 @@ impl Flushers {
 
     /// `fdatasync` on every file, issued from several threads at once so that the device
     /// works on them together instead of one after another.
-    fn sync_data_all(&self, files: &[Arc<File>]) -> Vec<io::Result<()>> {
+    fn sync_data_all(&self, files: &[Flush]) -> Vec<io::Result<()>> {
         if files.len() <= FILES_PER_THREAD {
-            return files.iter().map(|f| f.sync_data()).collect();
+            return files.iter().map(Flush::run).collect();
         }
         let per = files.len().div_ceil(SYNC_THREADS + 1).max(FILES_PER_THREAD);
         let mut chunks = files.chunks(per);
@@ -286,13 +359,32 @@ impl Flushers {
             let sent = tx.send((chunk.to_vec(), done)).is_ok();
             waits.push((chunk, sent.then_some(wait)));
         }
-        let mut out: Vec<io::Result<()>> = own.iter().map(|f| f.sync_data()).collect();
+        let mut out: Vec<io::Result<()>> = own.iter().map(Flush::run).collect();
         for (chunk, wait) in waits {
             match wait.and_then(|w| w.recv().ok()) {
                 Some(r) => out.extend(r),
-                None => out.extend(chunk.iter().map(|f| f.sync_data())),
+                None => out.extend(chunk.iter().map(Flush::run)),
             }
         }
         out
     }
+}
+
+/// Asserts that the file now at `dest` was written, flushed, renamed into place and its
+/// directory flushed, in that order, before its writer was told it is durable.
+#[cfg(test)]
+pub(crate) fn assert_durable_order(steps: &Steps, dest: &Path) {
+    let steps = steps.lock().unwrap().clone();
+    let at = |want: &dyn Fn(&Step) -> bool, what: &str| {
+        steps.iter().position(|s| want(s)).unwrap_or_else(|| panic!("no {what} for {}: {steps:?}", dest.display()))
+    };
+    let renamed = at(&|s| matches!(s, Step::Renamed(_, d) if d == dest), "rename");
+    let Step::Renamed(tmp, _) = &steps[renamed] else { unreachable!() };
+    let written = at(&|s| *s == Step::Written(tmp.clone()), "write");
+    let synced = at(&|s| *s == Step::Synced(tmp.clone()), "fdatasync");
+    let dir = parent(dest);
+    let dir_synced = steps[renamed..].iter().position(|s| *s == Step::DirSynced(dir.clone())).map(|p| p + renamed);
+    let dir_synced = dir_synced.unwrap_or_else(|| panic!("no directory fsync after the rename: {steps:?}"));
+    let replied = at(&|s| *s == Step::Replied(dest.to_path_buf()), "reply");
+    assert!(written < synced && synced < renamed && renamed < dir_synced && dir_synced < replied, "{steps:?}");
 }

@@ -371,6 +371,33 @@ mod tests {
         assert_eq!(fs::read_dir(root.path()).unwrap().count(), 3 * MAX_KNOWN_MAILDIRS, "all delivered");
     }
 
+    /// Durability order for mailboxes, from memory, from the spool, and on receipt.
+    #[tokio::test]
+    async fn deliveries_are_flushed_renamed_and_the_directory_flushed_before_success() {
+        let root = tempfile::tempdir().unwrap();
+        let m = Maildir::new(root.path(), "mx.test");
+        let (commit, steps) = GroupCommit::recording("test-maildir").unwrap();
+        let spool = root.path().join("spool");
+        fs::write(&spool, vec![b'a'; 2 * COPY_BLOCK]).unwrap();
+        let bodies = [
+            StoredBody::Memory("m\r\n".into()),
+            StoredBody::File { path: spool, offset: 0, len: 2 * COPY_BLOCK as u64 },
+        ];
+        for (i, body) in bodies.iter().enumerate() {
+            let p = m
+                .deliver_grouped(&commit, "bob", &format!("Q{i}R0"), 7, &ReversePath::Null, body, false)
+                .await
+                .unwrap();
+            crate::commit::assert_durable_order(&steps, &p);
+        }
+        for size in [10, 3 * COPY_BLOCK] {
+            let mut w = m.begin("bob", &format!("D{size}R0"), 7, &ReversePath::Null).await.unwrap();
+            w.write(&vec![b'z'; size]).await.unwrap();
+            let p = w.commit(&commit).await.unwrap();
+            crate::commit::assert_durable_order(&steps, &p);
+        }
+    }
+
     #[tokio::test]
     async fn failed_deliveries_leave_no_temporary_file() {
         let root = tempfile::tempdir().unwrap();

@@ -82,6 +82,11 @@ impl FsQueue {
     /// Opens (creating if needed, durably) the spool in `dir` and starts its committer thread.
     /// Leftovers of an interrupted write are set aside in `corrupt/`.
     pub fn open(dir: impl AsRef<Path>) -> io::Result<FsQueue> {
+        Self::open_with(dir, GroupCommit::start("tern-spool-commit")?)
+    }
+
+    /// [`FsQueue::open`] with a given committer (tests record its steps).
+    pub(crate) fn open_with(dir: impl AsRef<Path>, commit: GroupCommit) -> io::Result<FsQueue> {
         let dir = dir.as_ref().to_path_buf();
         for sub in ["tmp", "msg", "corrupt", "free"] {
             create_dir_durable(&dir.join(sub))?;
@@ -101,7 +106,6 @@ impl FsQueue {
             tracing::warn!(file = %entry.path().display(), "interrupted spool write set aside");
             fs::rename(entry.path(), to)?;
         }
-        let commit = GroupCommit::start("tern-spool-commit")?;
         let q = FsQueue::with(dir, Some(commit));
         *q.inner.free.lock().unwrap_or_else(|e| e.into_inner()) = free;
         Ok(q)
@@ -688,6 +692,28 @@ mod tests {
         assert_eq!(q.list().await.unwrap().len(), 49);
         assert!(matches!(q.load("../etc").await, Err(QueueError::NotFound(_))));
         assert!(names(&dir.path().join("tmp")).is_empty());
+    }
+
+    /// Durability order: write, fdatasync, rename, directory fsync, and only then the caller is
+    /// told (SIGKILL cannot see a missing flush: the page cache survives it).
+    #[tokio::test]
+    async fn a_message_is_flushed_renamed_and_its_directory_flushed_before_commit_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (commit, steps) = GroupCommit::recording("test-spool").unwrap();
+        let q = FsQueue::open_with(dir.path(), commit).unwrap();
+        let small = q.enqueue(msg(), "small".into()).await.unwrap();
+        crate::commit::assert_durable_order(&steps, &dir.path().join("msg").join(&small.id));
+        let mut w = q.create(msg()).await.unwrap();
+        w.write(&vec![b'x'; 3 * WRITE_BLOCK]).await.unwrap();
+        let large = w.commit().await.unwrap();
+        crate::commit::assert_durable_order(&steps, &dir.path().join("msg").join(&large.id));
+        // Reused files and state files take the same path.
+        q.remove(&small.id).await.unwrap();
+        let reused = q.enqueue(msg(), "again".into()).await.unwrap();
+        crate::commit::assert_durable_order(&steps, &dir.path().join("msg").join(&reused.id));
+        let m = q.load(&reused.id).await.unwrap();
+        q.update(&m).await.unwrap();
+        crate::commit::assert_durable_order(&steps, &dir.path().join("msg").join(format!("{}.st", reused.id)));
     }
 
     #[tokio::test]
