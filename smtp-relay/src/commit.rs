@@ -376,7 +376,7 @@ impl Flushers {
 pub(crate) fn assert_durable_order(steps: &Steps, dest: &Path) {
     let steps = steps.lock().unwrap().clone();
     let at = |want: &dyn Fn(&Step) -> bool, what: &str| {
-        steps.iter().position(|s| want(s)).unwrap_or_else(|| panic!("no {what} for {}: {steps:?}", dest.display()))
+        steps.iter().position(want).unwrap_or_else(|| panic!("no {what} for {}: {steps:?}", dest.display()))
     };
     let renamed = at(&|s| matches!(s, Step::Renamed(_, d) if d == dest), "rename");
     let Step::Renamed(tmp, _) = &steps[renamed] else { unreachable!() };
