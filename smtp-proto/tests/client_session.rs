@@ -1,8 +1,8 @@
 //! The client session against scripted replies and, in memory, against the server session.
 
-use smtp_proto::client::{ClientConfig, ClientEvent, ClientSession, CommandKind, DataMode, MessageEnvelope};
+use smtp_proto::client::{ClientConfig, ClientError, ClientEvent, ClientSession, CommandKind, DataMode, MessageEnvelope};
 use smtp_proto::server::{Event, ServerConfig, ServerSession};
-use smtp_proto::{Domain, EnhancedCode, ForwardPath, MailParams, MailVerb, Reply, ReversePath};
+use smtp_proto::{Domain, EnhancedCode, ForwardPath, MailParams, MailVerb, Reply, ReplyError, ReversePath};
 
 fn client() -> ClientSession {
     ClientSession::new(ClientConfig::new(Domain::parse("client.test").unwrap()))
@@ -94,11 +94,11 @@ fn starttls_discards_and_re_ehlos() {
 fn unbounded_replies_are_errors() {
     let mut c = client();
     let long = vec![b'2'; 10_000];
-    assert!(c.handle_input(&long).is_err());
+    assert_eq!(c.handle_input(&long), Err(ClientError::Malformed(ReplyError::LineTooLong)));
     let mut c = client();
     let mut endless = b"220-a\r\n".repeat(1000);
     endless.extend_from_slice(b"220 a\r\n");
-    assert!(c.handle_input(&endless).is_err());
+    assert_eq!(c.handle_input(&endless), Err(ClientError::Malformed(ReplyError::TooManyLines)));
 }
 
 /// Runs client and server against each other in memory, the server refusing `refused` RCPTs.
