@@ -1,6 +1,8 @@
 //! The client session against scripted replies and, in memory, against the server session.
 
-use smtp_proto::client::{ClientConfig, ClientError, ClientEvent, ClientSession, CommandKind, DataMode, MessageEnvelope};
+use smtp_proto::client::{
+    ClientConfig, ClientError, ClientEvent, ClientSession, CommandKind, DataMode, MessageEnvelope,
+};
 use smtp_proto::server::{Event, ServerConfig, ServerSession};
 use smtp_proto::{Domain, EnhancedCode, ForwardPath, MailParams, MailVerb, Reply, ReplyError, ReversePath};
 
