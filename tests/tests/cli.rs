@@ -285,13 +285,23 @@ async fn private_files_whatever_the_umask_and_no_shared_data_dir() {
         tests::tern_bin().display(),
         data.display()
     );
-    let mut child = Command::new("sh")
-        .args(["-c", &script])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    /// Kills the server when the test ends, also when it fails.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = std::io::BufReader::new(child.0.stdout.take().unwrap());
     let mut line = String::new();
     while !line.starts_with("tern serve: listening on ") {
         line.clear();
@@ -315,8 +325,7 @@ async fn private_files_whatever_the_umask_and_no_shared_data_dir() {
     for f in std::fs::read_dir(data.join("queue/free")).unwrap() {
         assert_eq!(mode(&f.unwrap().path()), 0o600);
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 }
 
 #[test]
