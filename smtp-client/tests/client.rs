@@ -327,3 +327,88 @@ async fn ca_file_pins_a_self_signed_ca_flagged_server_certificate() {
     assert!(client(&cert).connect_addr(addr, "other.test").await.is_err(), "the name is still checked");
     assert!(client(&other).connect_addr(addr, "mx.test").await.is_err(), "only the exact certificate");
 }
+
+/// A TCP proxy in front of `server` that keeps every byte the client sent.
+async fn recording_proxy(server: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = tokio::net::TcpStream::connect(server).await.unwrap();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut ur, mut uw) = upstream.into_split();
+            tokio::spawn(async move { tokio::io::copy(&mut ur, &mut cw).await });
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 || uw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Issue 18: the client's choice of BDAT (RFC 3030) or DATA is seen on the wire.
+#[tokio::test]
+async fn bdat_or_data_on_the_wire() {
+    let s = server(|_| {}).await;
+    for use_chunking in [true, false] {
+        let (proxy, seen) = recording_proxy(s.addr).await;
+        let mut o = options(TlsMode::None, &s.cert);
+        o.use_chunking = use_chunking;
+        let client = SmtpClient::new(o).unwrap();
+        let mut conn = client.connect("127.0.0.1", proxy.port()).await.unwrap();
+        let out = conn.send(&env(&["a@x"]), "Subject: w\r\n\r\n.dot\r\n".into()).await.unwrap();
+        assert!(out.all_accepted());
+        conn.quit().await.unwrap();
+        let wire = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+        if use_chunking {
+            assert!(wire.contains("BDAT ") && wire.contains(" LAST\r\n") && !wire.contains("\r\nDATA\r\n"), "{wire}");
+            assert!(wire.contains("\r\n.dot\r\n"), "no dot-stuffing in BDAT: {wire}");
+        } else {
+            assert!(wire.contains("\r\nDATA\r\n") && !wire.contains("BDAT"), "{wire}");
+            assert!(wire.contains("\r\n..dot\r\n"), "dot-stuffed in DATA: {wire}");
+        }
+    }
+}
+
+/// Issue 18: MAILMAX (RFC 9422) — the server refuses transactions past it, and the pooled
+/// client opens a new connection instead of trying.
+#[tokio::test]
+async fn mailmax_on_both_sides() {
+    let s = server(|o| o.session.max_transactions = Some(1)).await;
+    let mut o = options(TlsMode::None, &s.cert);
+    o.timeouts.command = Duration::from_secs(10);
+    let client = SmtpClient::new(o).unwrap();
+    let svc = SmtpService::new(client, 2);
+    for i in 0..3 {
+        let req = SendRequest {
+            destination: Destination { host: "127.0.0.1".into(), port: s.addr.port(), addr: None },
+            envelope: env(&["r@x"]),
+            body: format!("Subject: {i}\r\n\r\nhi\r\n").into_bytes().into(),
+        };
+        let out = tower::ServiceExt::oneshot(svc.clone(), req).await.unwrap();
+        assert!(out.all_accepted());
+    }
+    let ports: std::collections::HashSet<u16> = s.inbox.lock().unwrap().iter().map(|t| t.session.peer.port()).collect();
+    assert_eq!(ports.len(), 3, "one transaction per connection");
+    // The server side, on the wire: a second MAIL in the session is refused.
+    let mut raw = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let mut lines = BufReader::new(&mut raw);
+    let mut greeting = String::new();
+    lines.read_line(&mut greeting).await.unwrap();
+    let script = "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\nMAIL FROM:<a@b>\r\nQUIT\r\n";
+    lines.get_mut().write_all(script.as_bytes()).await.unwrap();
+    let mut all = String::new();
+    while lines.read_line(&mut all).await.unwrap() > 0 {}
+    assert!(all.contains("LIMITS") && all.contains("MAILMAX=1"), "{all}");
+    assert!(all.contains("452 4.5.3"), "{all}");
+}

@@ -448,3 +448,25 @@ async fn a_dribbling_transaction_meets_its_deadline() {
     assert!(closed.starts_with("421 4.4.2 Transaction took too long"), "{closed:?}");
     assert!(t.inbox.lock().unwrap().is_empty());
 }
+
+/// Issue 18: BDAT over TCP (RFC 3030), and the size limit applied to chunks.
+#[tokio::test]
+async fn bdat_over_tcp_and_its_size_limit() {
+    let t = start(|o| o.session.max_message_size = 20).await;
+    let mut s = connect(t.addr).await;
+    assert!(send(&mut s, "EHLO a\r\n").await.contains("250-CHUNKING"));
+    send(&mut s, "MAIL FROM:<a@b>\r\n").await;
+    send(&mut s, "RCPT TO:<c@d>\r\n").await;
+    assert!(send(&mut s, "BDAT 5\r\nab\r\nx").await.starts_with("250 2.0.0 5 octets"));
+    let r = send(&mut s, "BDAT 3 LAST\r\ny\r\n").await;
+    assert!(r.starts_with("250 2.0.0 queued as"), "{r}");
+    wait_for(&t.inbox, 1).await;
+    assert!(t.inbox.lock().unwrap()[0].message.ends_with(b"ab\r\nxy\r\n"));
+    // A chunk past the size limit: 552, read and dropped, the session in sync.
+    send(&mut s, "MAIL FROM:<a@b>\r\n").await;
+    send(&mut s, "RCPT TO:<c@d>\r\n").await;
+    let r = send(&mut s, &format!("BDAT 30 LAST\r\n{}", "z".repeat(30))).await;
+    assert!(r.starts_with("552 5.3.4"), "{r}");
+    assert!(send(&mut s, "NOOP\r\n").await.starts_with("250"));
+    assert_eq!(t.inbox.lock().unwrap().len(), 1);
+}
