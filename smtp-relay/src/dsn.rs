@@ -321,6 +321,53 @@ mod tests {
             text.contains("Content-Type: message/rfc822\r\n\r\nSubject: hi\r\nFrom: a\r\n\r\nsecret body\r\n\r\n--"),
             "{text}"
         );
+        // Not for a sender nobody vouched for: headers only.
+        full.trusted = false;
+        let text = queued_text(&full, Action::Failed).await;
+        assert!(text.contains("Content-Type: text/rfc822-headers") && !text.contains("secret body"), "{text}");
+    }
+
+    #[test]
+    fn no_notice_to_an_address_literal_for_untrusted_mail() {
+        let mut m = msg(ReversePath::Path(Path::parse("<x@[127.0.0.1]>").unwrap()));
+        assert!(build("h", &m, &[0], Action::Failed).is_some(), "trusted: RFC 3461 as is");
+        m.trusted = false;
+        assert!(build("h", &m, &[0], Action::Failed).is_none());
+        m.from = ReversePath::Path(Path::parse("<x@name.test>").unwrap());
+        assert!(build("h", &m, &[0], Action::Failed).is_some());
+    }
+
+    /// One `message/delivery-status` block per recipient, each with its own status and reason;
+    /// the MIME parts split on the boundary.
+    #[tokio::test]
+    async fn several_recipients_each_get_their_fields() {
+        let mut m = msg(ReversePath::Path(Path::parse("<alice@here.test>").unwrap()));
+        let mut second = m.recipients[0].clone();
+        second.path = ForwardPath::Path(Path::parse("<late@remote.test>").unwrap());
+        second.status = RcptStatus::Failed(Reply::new(452, Some(EnhancedCode::new(4, 2, 2)), "mailbox full"));
+        m.recipients.push(second);
+        let dir = tempfile::tempdir().unwrap();
+        let q = crate::FsQueue::open(dir.path()).unwrap();
+        let n = build("mx.here.test", &m, &[0, 1], Action::Failed).unwrap();
+        let original = StoredBody::Memory("Subject: hi\r\n\r\nbody\r\n".into());
+        let stored = enqueue(&q, n, &original).await.unwrap();
+        let mut out = Vec::new();
+        q.body(&stored.id).await.unwrap().reader().await.unwrap().read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let boundary = format!("--{}/mx.here.test", m.id);
+        let parts: Vec<&str> = text.split(&boundary).collect();
+        assert_eq!(parts.len(), 5, "preamble, three parts, the end: {text}");
+        assert!(parts[4].starts_with("--"), "closing boundary");
+        let status = parts[2];
+        assert!(status.contains("Content-Type: message/delivery-status"), "{status}");
+        let blocks: Vec<&str> = status.split("\r\n\r\n").filter(|b| b.contains("Final-Recipient")).collect();
+        assert_eq!(blocks.len(), 2, "{status}");
+        assert!(blocks[0].contains("rfc822; bad@remote.test") && blocks[0].contains("Status: 5.1.1"), "{}", blocks[0]);
+        assert!(blocks[1].contains("rfc822; late@remote.test") && blocks[1].contains("Status: 4.2.2"), "{}", blocks[1]);
+        assert!(blocks[1].contains("Diagnostic-Code: smtp; 452 4.2.2 mailbox full"), "{}", blocks[1]);
+        assert!(
+            parts[3].contains("Content-Type: text/rfc822-headers\r\n\r\nSubject: hi\r\n") && !parts[3].contains("body")
+        );
     }
 
     #[test]

@@ -347,3 +347,25 @@ fn passwords_are_hashes_made_by_tern_passwd() {
     let tern = Tern::serve(&data, &["--config", cfg.to_str().unwrap()]);
     assert!(tern.terminate().success());
 }
+
+#[test]
+fn a_bad_aliases_file_names_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let aliases = dir.path().join("aliases");
+    std::fs::write(&aliases, "staff: alice, bob\nno colon on this line\n").unwrap();
+    let data = dir.path().join("data");
+    let (code, _, err) = run(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--aliases",
+            aliases.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains(&aliases.display().to_string()) && err.contains("line 2"), "{err}");
+}

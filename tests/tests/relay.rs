@@ -73,9 +73,14 @@ async fn send_soml_saml_and_terminals() {
     let data = dir.path().to_path_buf();
     let (mut c, _) = Raw::connect(relay.addr).await;
     c.cmd("HELO client.test\r\n").await;
-    // SEND with nobody at a terminal: refused.
+    // SEND with nobody at a terminal: refused; to a list or a remote address: refused for good
+    // (RFC 788 3.4: SEND reaches a user's terminal, here).
     c.cmd("SEND FROM:<x@y.test>\r\n").await;
     assert!(c.cmd("RCPT TO:<alice@mx.test>\r\n").await.starts_with("450 4.2.1"));
+    let list = c.cmd("RCPT TO:<staff@mx.test>\r\n").await;
+    assert!(list.starts_with("550 5.5.1 SEND needs a single local user"), "{list}");
+    let remote = c.cmd("RCPT TO:<someone@remote.test>\r\n").await;
+    assert!(remote.starts_with("550 5.5.1 SEND is delivered to local terminals only"), "{remote}");
     c.cmd("RSET\r\n").await;
     // SOML and SAML without a terminal: the mailbox.
     assert!(c.send_mail("SOML", "x@y.test", &["alice@mx.test"], "soml one").await.starts_with("250"));
