@@ -412,3 +412,49 @@ async fn mailmax_on_both_sides() {
     assert!(all.contains("LIMITS") && all.contains("MAILMAX=1"), "{all}");
     assert!(all.contains("452 4.5.3"), "{all}");
 }
+
+/// Issue 18: a server that pipelines a reply behind its `220` to STARTTLS (response injection,
+/// the mirror of CVE-2011-0411): the client discards it and the real handshake succeeds; the
+/// capabilities are the ones given after TLS.
+#[tokio::test]
+async fn starttls_response_injection_is_discarded_before_a_real_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls_config = tls::self_signed(dir.path(), "mx.test").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut plain = BufReader::new(tcp);
+        let mut line = String::new();
+        plain.get_mut().write_all(b"220 mx.test ESMTP\r\n").await.unwrap();
+        plain.read_line(&mut line).await.unwrap();
+        assert!(line.starts_with("EHLO"), "{line}");
+        plain.get_mut().write_all(b"250-mx.test\r\n250 STARTTLS\r\n").await.unwrap();
+        line.clear();
+        plain.read_line(&mut line).await.unwrap();
+        assert_eq!(line, "STARTTLS\r\n");
+        // The injection: a reply the client never asked for, in the same segment as the 220.
+        plain.get_mut().write_all(b"220 go ahead\r\n250-injected\r\n250 AUTH PLAIN\r\n").await.unwrap();
+        let tcp = plain.into_inner();
+        let tls = tokio_rustls::TlsAcceptor::from(tls_config).accept(tcp).await.expect("a real handshake");
+        let mut tls = BufReader::new(tls);
+        line.clear();
+        tls.read_line(&mut line).await.unwrap();
+        assert!(line.starts_with("EHLO"), "EHLO again after TLS: {line}");
+        tls.get_mut().write_all(b"250-mx.test\r\n250 SIZE 1000\r\n").await.unwrap();
+        line.clear();
+        tls.read_line(&mut line).await.unwrap();
+        assert_eq!(line, "QUIT\r\n");
+        tls.get_mut().write_all(b"221 bye\r\n").await.unwrap();
+    });
+    let mut o = ClientOptions::new(Domain::parse("client.test").unwrap());
+    o.tls = TlsMode::Required;
+    o.verify = CertVerify::Insecure;
+    let client = SmtpClient::new(o).unwrap();
+    let conn = client.connect_addr(addr, "mx.test").await.expect("connected over TLS");
+    assert!(conn.tls_info().is_some());
+    assert_eq!(conn.capabilities().size, Some(1000), "capabilities from after TLS");
+    assert!(conn.capabilities().auth.is_empty(), "nothing of the injected reply");
+    conn.quit().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap();
+}

@@ -470,3 +470,26 @@ async fn bdat_over_tcp_and_its_size_limit() {
     assert!(send(&mut s, "NOOP\r\n").await.starts_with("250"));
     assert_eq!(t.inbox.lock().unwrap().len(), 1);
 }
+
+/// Issue 18: a transaction that does not finish within the grace period is cut off with 421
+/// and nothing of it is delivered; the server still stops.
+#[tokio::test]
+async fn shutdown_cuts_off_a_transaction_past_its_grace() {
+    let t = start(|_| {}).await;
+    let mut busy = connect(t.addr).await;
+    for l in ["EHLO a\r\n", "MAIL FROM:<a@b>\r\n", "RCPT TO:<c@d>\r\n", "DATA\r\n"] {
+        send(&mut busy, l).await;
+    }
+    busy.write_all(b"half of a message\r\n").await.unwrap();
+    let handle = t.handle.clone();
+    let stopper = tokio::spawn(async move { handle.shutdown(Duration::from_millis(500)).await });
+    // Never finished: after the grace, the server closes it.
+    let r = reply(&mut busy).await;
+    assert!(r.starts_with("421 4.3.2"), "{r}");
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(WAIT, busy.read_to_end(&mut rest)).await.expect("closed").unwrap_or(0);
+    assert_eq!(n, 0, "closed after the 421");
+    tokio::time::timeout(WAIT, stopper).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, t.task).await.unwrap().unwrap();
+    assert!(t.inbox.lock().unwrap().is_empty(), "nothing half-received is passed on");
+}
