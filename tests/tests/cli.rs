@@ -369,3 +369,26 @@ fn a_bad_aliases_file_names_its_line() {
     assert_eq!(code, 78, "{err}");
     assert!(err.contains(&aliases.display().to_string()) && err.contains("line 2"), "{err}");
 }
+
+/// Issue 18: SIGTERM while a transaction is in flight: it finishes (250, delivered), then the
+/// server says 421 and exits cleanly.
+#[tokio::test]
+async fn sigterm_lets_a_transaction_in_flight_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = Tern::serve(dir.path(), &[]);
+    let (mut c, _) = Raw::connect(tern.addr).await;
+    c.cmd("EHLO c\r\n").await;
+    assert!(c.cmd("MAIL FROM:<a@x.test>\r\n").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<u@mx.test>\r\n").await.starts_with("250"));
+    assert!(c.cmd("DATA\r\n").await.starts_with("354"));
+    let st = Command::new("kill").arg("-TERM").arg(tern.child.id().to_string()).status().unwrap();
+    assert!(st.success());
+    // Still accepted after the signal.
+    let r = c.cmd("Subject: late\r\n\r\nin flight\r\n.\r\n").await;
+    assert!(r.starts_with("250"), "{r}");
+    assert!(c.reply().await.starts_with("421 4.3.2"));
+    let d = dir.path().to_path_buf();
+    wait_until("delivered", move || maildir_files(&d, "u").len() == 1).await;
+    let status = tern.terminate();
+    assert!(status.success(), "{status:?}");
+}
