@@ -392,3 +392,49 @@ async fn sigterm_lets_a_transaction_in_flight_finish() {
     let status = tern.terminate();
     assert!(status.success(), "{status:?}");
 }
+
+/// Issue 18: `tern watch` end to end: a SEND reaches the watching terminal, control
+/// characters escaped.
+#[tokio::test]
+async fn tern_watch_shows_send_messages() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let tern = Tern::serve(dir.path(), &[]);
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut watch = KillOnDrop(
+        Command::new(tern_bin())
+            .args(["watch", "alice", "--data-dir", dir.path().to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = std::io::BufReader::new(watch.0.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next = || rx.recv_timeout(WAIT).expect("a line from tern watch");
+    assert_eq!(next(), "watching for alice (Ctrl-C to stop)");
+    let (mut c, _) = Raw::connect(tern.addr).await;
+    c.cmd("HELO c\r\n").await;
+    let r = c.send_mail("SEND", "x@y.test", &["alice@mx.test"], "Subject: hi\r\n\r\nlook \x1b[2J here").await;
+    assert!(r.starts_with("250"), "{r}");
+    let mut lines = vec![next()];
+    while lines.last().map(String::as_str) != Some("-------------------") {
+        lines.push(next());
+    }
+    let shown = lines.join("\n");
+    assert!(shown.starts_with("----- message -----") && shown.contains("look \\x1b[2J here"), "{shown}");
+    assert!(!shown.contains('\x1b'));
+    drop(watch);
+    assert!(tern.terminate().success());
+}
