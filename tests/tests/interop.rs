@@ -40,11 +40,19 @@ async fn postfix_smtp_sink() {
     let sink = std::path::Path::new("/usr/sbin/smtp-sink");
     assert!(sink.exists(), "Postfix smtp-sink missing: run .ci/install-peers");
     let addr = free_port();
+    // smtp-sink runs as nobody: its dump file lives in a directory nobody may write to.
+    let dumps = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dumps.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let dump = dumps.path().join("received");
     let _child = Killed(
         Command::new(sink)
-            .args(["-u", "nobody", &format!("127.0.0.1:{}", addr.port()), "64"])
+            .args(["-u", "nobody", "-D", dump.to_str().unwrap(), &format!("127.0.0.1:{}", addr.port()), "64"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Kept, so that a failure to start says why.
+            .stderr(Stdio::inherit())
             .spawn()
             .unwrap(),
     );
@@ -63,6 +71,18 @@ async fn postfix_smtp_sink() {
         assert!(out.all_accepted(), "{out:?}");
     }
     conn.quit().await.unwrap();
+    // What smtp-sink received, unstuffed by it: each body exactly as sent (the bare LF made CRLF).
+    let d = dump.clone();
+    tests::wait_until("50 messages in smtp-sink's dump", move || {
+        std::fs::read_to_string(&d).map(|t| t.matches("\nSubject: ").count() == 50).unwrap_or(false)
+    })
+    .await;
+    let text = std::fs::read_to_string(&dump).unwrap();
+    for i in 0..50 {
+        let needle = format!("\nSubject: {i}\n\n.line starting with a dot\nline\n");
+        assert!(text.contains(&needle), "message {i} not received exactly: {text}");
+    }
+    assert!(!text.contains("..line"), "a dot stuffed twice or not removed");
 }
 
 const AIOSMTPD: &str = r#"
