@@ -80,6 +80,69 @@ fn check_chunks(data: &[u8], cuts: &[usize], policy: LineEndingPolicy) -> (Vec<u
 }
 
 proptest! {
+    /// Any bytes (not only stuffed output), cut anywhere: the same output and the same end,
+    /// and the end is only ever right after CRLF "." CRLF (or a first line ".").
+    #[test]
+    fn unstuff_adversarial_input_any_chunking(
+        input in prop::collection::vec(prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), Just(0u8), any::<u8>()], 0..300),
+        cuts in prop::collection::vec(0usize..300, 0..6),
+    ) {
+        for policy in [LineEndingPolicy::Reject, LineEndingPolicy::Normalize] {
+            let run = |cuts: &[usize]| {
+                let mut u = DotUnstuffer::new(policy);
+                let mut out = Vec::new();
+                let mut bounds: Vec<usize> = cuts.iter().map(|&c| c.min(input.len())).collect();
+                bounds.sort_unstable();
+                bounds.push(input.len());
+                let mut start = 0;
+                for b in bounds {
+                    let b = b.max(start);
+                    if let smtp_proto::data::Unstuffed::Done { consumed } = u.unstuff(&input[start..b], &mut out) {
+                        return (out, Some(start + consumed), u.saw_bare_line_ending(), u.saw_nul());
+                    }
+                    start = b;
+                }
+                (out, None, u.saw_bare_line_ending(), u.saw_nul())
+            };
+            let whole = run(&[]);
+            prop_assert_eq!(&run(&cuts), &whole);
+            if let Some(end) = whole.1 {
+                prop_assert!(end == 3 && input.starts_with(b".\r\n") || input[..end].ends_with(b"\r\n.\r\n"));
+            }
+            if policy == LineEndingPolicy::Normalize {
+                prop_assert!(!whole.0.contains(&0));
+            }
+        }
+    }
+
+    /// STARTTLS pipelined with more commands: after the handshake nothing of what followed it in
+    /// the same write is answered, and the session needs a new EHLO (RFC 3207 4.2).
+    #[test]
+    fn nothing_pipelined_behind_starttls_survives(
+        after in prop::collection::vec(prop_oneof![
+            Just(b"MAIL FROM:<a@b>\r\n".to_vec()), Just(b"RCPT TO:<c@d>\r\n".to_vec()), Just(b"NOOP\r\n".to_vec()),
+            Just(b"EHLO x\r\n".to_vec()), prop::collection::vec(any::<u8>(), 0..20)], 0..8),
+    ) {
+        let mut s = ServerSession::new(ServerConfig { starttls: true, ..Default::default() });
+        let mut input = b"EHLO a\r\nSTARTTLS\r\n".to_vec();
+        input.extend(after.concat());
+        s.handle_input(&input);
+        let mut started = false;
+        while let Some(e) = s.poll_event() {
+            if s.is_pending() { s.accept(); }
+            if e == smtp_proto::server::Event::StartTls { started = true; }
+        }
+        prop_assert!(started);
+        let before = String::from_utf8(s.poll_output().unwrap().to_vec()).unwrap();
+        let replies = before.lines().filter(|l| l.len() >= 4 && l.as_bytes()[3] == b' ').count();
+        prop_assert_eq!(replies, 3, "greeting, EHLO, 220 — nothing for the pipelined rest: {}", before);
+        s.tls_established();
+        s.handle_input(b"MAIL FROM:<a@b>\r\n");
+        while let Some(_e) = s.poll_event() { if s.is_pending() { s.accept(); } }
+        let after_tls = String::from_utf8(s.poll_output().unwrap().to_vec()).unwrap();
+        prop_assert!(after_tls.starts_with("503"), "a new EHLO is needed: {}", after_tls);
+    }
+
     /// BDAT checks do not depend on where chunks are cut; normalized output is clean CRLF text.
     #[test]
     fn bdat_line_checks_any_chunking(
