@@ -6,7 +6,11 @@ use smtp_proto::server::{ServerConfig, ServerSession};
 use smtp_proto::{Command, DotStuffer, DotUnstuffer, EnhancedCode, LineEndingPolicy, Reply, ReplyParser};
 
 fn label() -> impl Strategy<Value = String> {
-    "[a-zA-Z0-9]([a-zA-Z0-9-]{0,8}[a-zA-Z0-9])?"
+    prop_oneof![
+        "[a-zA-Z0-9]([a-zA-Z0-9-]{0,8}[a-zA-Z0-9])?",
+        // U-labels (RFC 6531): letters beyond ASCII.
+        "[a-z\u{e0}-\u{f6}\u{4e00}-\u{4e20}]{1,6}",
+    ]
 }
 
 fn domain() -> impl Strategy<Value = String> {
@@ -20,6 +24,7 @@ fn domain() -> impl Strategy<Value = String> {
 fn local() -> impl Strategy<Value = String> {
     prop_oneof![
         "[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]{1,8}(\\.[a-zA-Z0-9_-]{1,5}){0,2}",
+        "[a-z\u{e0}-\u{f6}\u{4e00}-\u{4e20}]{1,6}",
         "[ a-z@,:<>\\\\\"]{0,8}".prop_map(|s| {
             let escaped: String =
                 s.chars().flat_map(|c| if c == '\\' || c == '"' { vec!['\\', c] } else { vec![c] }).collect();
@@ -80,6 +85,23 @@ fn check_chunks(data: &[u8], cuts: &[usize], policy: LineEndingPolicy) -> (Vec<u
 }
 
 proptest! {
+    /// Paths parse into the fields they were built from, and write back to the same text.
+    #[test]
+    fn path_fields_round_trip(route in prop::collection::vec(domain(), 0..3), comma in any::<bool>(), l in local(), d in domain()) {
+        let mut text = String::from("<");
+        if !route.is_empty() {
+            text.push_str(&route.iter().map(|r| format!("@{r}")).collect::<Vec<_>>().join(","));
+            text.push(if comma { ',' } else { ':' });
+        }
+        text.push_str(&format!("{l}@{d}>"));
+        let p = smtp_proto::Path::parse(&text).unwrap();
+        prop_assert_eq!(p.route.iter().map(|r| r.to_string()).collect::<Vec<_>>(), route);
+        prop_assert_eq!(p.mailbox.local_wire(), l.as_str());
+        prop_assert_eq!(p.mailbox.domain().to_string(), d);
+        prop_assert_eq!(p.to_string(), text.clone());
+        prop_assert_eq!(smtp_proto::Path::parse(&p.to_string()).unwrap(), p);
+    }
+
     /// Any bytes (not only stuffed output), cut anywhere: the same output and the same end,
     /// and the end is only ever right after CRLF "." CRLF (or a first line ".").
     #[test]
