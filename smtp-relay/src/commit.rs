@@ -382,9 +382,42 @@ pub(crate) fn assert_durable_order(steps: &Steps, dest: &Path) {
     let Step::Renamed(tmp, _) = &steps[renamed] else { unreachable!() };
     let written = at(&|s| *s == Step::Written(tmp.clone()), "write");
     let synced = at(&|s| *s == Step::Synced(tmp.clone()), "fdatasync");
-    let dir = parent(dest);
+    // The directory as the standard library sees it, not through `parent` (tested here too).
+    let dir = dest.parent().expect("a file in a directory").to_path_buf();
     let dir_synced = steps[renamed..].iter().position(|s| *s == Step::DirSynced(dir.clone())).map(|p| p + renamed);
     let dir_synced = dir_synced.unwrap_or_else(|| panic!("no directory fsync after the rename: {steps:?}"));
     let replied = at(&|s| *s == Step::Replied(dest.to_path_buf()), "reply");
     assert!(written < synced && synced < renamed && renamed < dir_synced && dir_synced < replied, "{steps:?}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn removing_what_is_not_there_is_fine_and_files_are_cut_to_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = GroupCommit::start("test-commit").unwrap();
+        let gone = dir.path().join("gone");
+        c.run(Op::Remove { paths: vec![gone.clone()] }).await.expect("a missing file is already removed");
+        // A longer file written over with shorter content keeps no tail.
+        let (tmp, dest) = (dir.path().join("t"), dir.path().join("d"));
+        std::fs::write(&tmp, b"a much longer old content").unwrap();
+        c.run(Op::Write { tmp, dest: dest.clone(), data: "short".into(), reuse: true }).await.unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"short");
+    }
+
+    #[test]
+    fn a_file_in_the_way_is_not_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(create_dir_durable(&file).is_err());
+        let nested = dir.path().join("a/b/c");
+        create_dir_durable(&nested).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&nested).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(parent(&nested), dir.path().join("a/b"));
+        assert_eq!(parent(Path::new("top")), PathBuf::from("."));
+    }
 }
