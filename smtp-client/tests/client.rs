@@ -124,6 +124,19 @@ async fn five_recipients_two_refused_and_body_is_safe() {
     }
 }
 
+/// Sends three messages through the pooled service to `port`, each accepted.
+async fn send_three(svc: &SmtpService, port: u16) {
+    for i in 0..3 {
+        let req = SendRequest {
+            destination: Destination { host: "127.0.0.1".into(), port, addr: None },
+            envelope: env(&["r@x"]),
+            body: format!("Subject: {i}\r\n\r\nhi\r\n").into_bytes().into(),
+        };
+        let out = tower::ServiceExt::oneshot(svc.clone(), req).await.unwrap();
+        assert!(out.all_accepted());
+    }
+}
+
 #[tokio::test]
 async fn resumption_auth_and_pooled_reuse() {
     let s = server(|_| {}).await;
@@ -137,15 +150,7 @@ async fn resumption_auth_and_pooled_reuse() {
     assert_eq!(client.handshakes(), (1, 2), "one full handshake, then resumed ones");
     // Pooled service: three messages over one connection.
     let svc = SmtpService::new(client.clone(), 2);
-    for i in 0..3 {
-        let req = SendRequest {
-            destination: Destination { host: "127.0.0.1".into(), port: s.addr.port(), addr: None },
-            envelope: env(&["r@x"]),
-            body: format!("Subject: {i}\r\n\r\nhi\r\n").into_bytes().into(),
-        };
-        let out = tower::ServiceExt::oneshot(svc.clone(), req).await.unwrap();
-        assert!(out.all_accepted());
-    }
+    send_three(&svc, s.addr.port()).await;
     let inbox = s.inbox.lock().unwrap();
     let ports: std::collections::HashSet<u16> = inbox.iter().map(|t| t.session.peer.port()).collect();
     assert_eq!(ports.len(), 1, "one connection reused");
@@ -385,19 +390,9 @@ async fn bdat_or_data_on_the_wire() {
 #[tokio::test]
 async fn mailmax_on_both_sides() {
     let s = server(|o| o.session.max_transactions = Some(1)).await;
-    let mut o = options(TlsMode::None, &s.cert);
-    o.timeouts.command = Duration::from_secs(10);
-    let client = SmtpClient::new(o).unwrap();
+    let client = SmtpClient::new(options(TlsMode::None, &s.cert)).unwrap();
     let svc = SmtpService::new(client, 2);
-    for i in 0..3 {
-        let req = SendRequest {
-            destination: Destination { host: "127.0.0.1".into(), port: s.addr.port(), addr: None },
-            envelope: env(&["r@x"]),
-            body: format!("Subject: {i}\r\n\r\nhi\r\n").into_bytes().into(),
-        };
-        let out = tower::ServiceExt::oneshot(svc.clone(), req).await.unwrap();
-        assert!(out.all_accepted());
-    }
+    send_three(&svc, s.addr.port()).await;
     let ports: std::collections::HashSet<u16> = s.inbox.lock().unwrap().iter().map(|t| t.session.peer.port()).collect();
     assert_eq!(ports.len(), 3, "one transaction per connection");
     // The server side, on the wire: a second MAIL in the session is refused.

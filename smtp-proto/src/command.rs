@@ -271,10 +271,6 @@ impl std::ops::Deref for Text {
     }
 }
 
-fn text_arg(s: &str, what: &'static str) -> Result<Text, InvalidInput> {
-    Text::new(s, what)
-}
-
 /// A parsed argument, or the peer's syntax error.
 fn parsed_text(s: &str) -> Result<Text, CommandError> {
     Text::new(s, "argument").map_err(|_| CommandError::Syntax("control characters in the argument"))
@@ -283,12 +279,12 @@ fn parsed_text(s: &str) -> Result<Text, CommandError> {
 impl Command {
     /// A VRFY command for `s` (refused if it holds control characters).
     pub fn vrfy(s: &str) -> Result<Command, InvalidInput> {
-        text_arg(s, "VRFY argument").map(Command::Vrfy)
+        Text::new(s, "VRFY argument").map(Command::Vrfy)
     }
 
     /// An EXPN command for `s` (refused if it holds control characters).
     pub fn expn(s: &str) -> Result<Command, InvalidInput> {
-        text_arg(s, "EXPN argument").map(Command::Expn)
+        Text::new(s, "EXPN argument").map(Command::Expn)
     }
 
     /// Parses one command line without its CRLF.
