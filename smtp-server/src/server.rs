@@ -64,9 +64,11 @@ impl Default for ServerOptions {
 }
 
 /// Builds a [`Server`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Builder {
     options: ServerOptions,
+    /// Listeners bound elsewhere (socket activation, a test holding its port), plain first.
+    adopted: Vec<std::net::TcpListener>,
 }
 
 impl Builder {
@@ -74,12 +76,19 @@ impl Builder {
     pub fn new(hostname: impl Into<String>) -> Self {
         let mut options = ServerOptions::default();
         options.session.hostname = hostname.into();
-        Builder { options }
+        Builder { options, adopted: Vec::new() }
     }
 
     /// Adds a plain listener (STARTTLS when TLS is configured).
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.options.listen.push(addr);
+        self
+    }
+
+    /// Adds a plain listener that is already bound and listening, e.g. one handed over by a
+    /// service manager or held by a test so that its port is never free in between.
+    pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.adopted.push(listener);
         self
     }
 
@@ -109,7 +118,7 @@ impl Builder {
         M: MailService,
     {
         let mut o = self.options;
-        if o.listen.is_empty() && o.implicit_tls.is_empty() {
+        if o.listen.is_empty() && o.implicit_tls.is_empty() && self.adopted.is_empty() {
             return Err(Error::Config("no listener"));
         }
         if !o.implicit_tls.is_empty() && o.tls.is_none() {
@@ -117,6 +126,14 @@ impl Builder {
         }
         o.session.starttls = o.tls.is_some();
         let mut listeners = Vec::new();
+        for l in self.adopted {
+            let adopt = |l: std::net::TcpListener| {
+                l.set_nonblocking(true)?;
+                TcpListener::from_std(l)
+            };
+            let addr = l.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            listeners.push((adopt(l).map_err(|source| Error::Bind { addr, source })?, false));
+        }
         for (addrs, implicit) in [(&o.listen, false), (&o.implicit_tls, true)] {
             for &addr in addrs {
                 let l = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;

@@ -23,6 +23,15 @@ pub fn tern_bin() -> PathBuf {
     bin
 }
 
+/// A loopback port that is bound but not listening: connecting to it is refused, and no other
+/// test can take it while the socket is held. `listen()` on the socket opens it later.
+pub fn refused_port() -> (tokio::net::TcpSocket, SocketAddr) {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let addr = sock.local_addr().expect("local address");
+    (sock, addr)
+}
+
 /// Polls `cond` every 10 ms until it holds; panics after [`WAIT`] with `what`.
 pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -214,22 +223,33 @@ impl InProcess {
         config: smtp_relay::RelayConfig,
         resolver: Option<std::sync::Arc<dyn smtp_relay::dns::MxResolver>>,
     ) -> InProcess {
-        Self::start_on("127.0.0.1:0".parse().expect("addr"), config, resolver).await
+        let queue = std::sync::Arc::new(smtp_relay::FsQueue::open(config.data_dir.join("queue")).expect("queue"));
+        Self::start_with_queue(config, resolver, queue).await
     }
 
-    /// Like [`InProcess::start`] on a chosen address.
-    pub async fn start_on(
-        listen: SocketAddr,
+    /// Like [`InProcess::start`] on a socket from [`refused_port`], which starts listening now:
+    /// the port was never free for another test to take.
+    pub async fn start_held(
+        socket: tokio::net::TcpSocket,
         config: smtp_relay::RelayConfig,
         resolver: Option<std::sync::Arc<dyn smtp_relay::dns::MxResolver>>,
     ) -> InProcess {
+        let listener = socket.listen(1024).and_then(|l| l.into_std()).expect("listen");
         let queue = std::sync::Arc::new(smtp_relay::FsQueue::open(config.data_dir.join("queue")).expect("queue"));
-        Self::start_with_queue(listen, config, resolver, queue).await
+        Self::launch(|b| b.listener(listener), config, resolver, queue).await
     }
 
-    /// Like [`InProcess::start_on`] over a given queue (for example one that injects failures).
+    /// Like [`InProcess::start`] over a given queue (for example one that injects failures).
     pub async fn start_with_queue(
-        listen: SocketAddr,
+        config: smtp_relay::RelayConfig,
+        resolver: Option<std::sync::Arc<dyn smtp_relay::dns::MxResolver>>,
+        queue: std::sync::Arc<dyn smtp_relay::Queue>,
+    ) -> InProcess {
+        Self::launch(|b| b.listen(SocketAddr::from(([127, 0, 0, 1], 0))), config, resolver, queue).await
+    }
+
+    async fn launch(
+        listen: impl FnOnce(smtp_server::Builder) -> smtp_server::Builder,
         config: smtp_relay::RelayConfig,
         resolver: Option<std::sync::Arc<dyn smtp_relay::dns::MxResolver>>,
         queue: std::sync::Arc<dyn smtp_relay::Queue>,
@@ -242,8 +262,7 @@ impl InProcess {
             scheduler = scheduler.with_resolver(r);
         }
         let tls = smtp_server::tls::self_signed(&data_dir.join("tls"), &hostname).expect("tls");
-        let server = smtp_server::Server::builder(hostname)
-            .listen(listen)
+        let server = listen(smtp_server::Server::builder(hostname))
             .tls(tls)
             .options(|o| {
                 if auth {

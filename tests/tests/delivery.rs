@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use smtp_relay::dns::{DnsError, MxAnswer, MxResolver};
 use smtp_relay::{Directory, RelayConfig, SourceRoutes};
-use tests::{maildir_files, wait_until, InProcess, Raw};
+use tests::{maildir_files, refused_port, wait_until, InProcess, Raw};
 
 fn cfg(host: &str, dir: &Path, domains: &[&str], users: &[&str]) -> RelayConfig {
     let mut c = RelayConfig::new(host, dir);
@@ -15,11 +15,6 @@ fn cfg(host: &str, dir: &Path, domains: &[&str], users: &[&str]) -> RelayConfig 
     c.retry_interval = Duration::from_millis(300);
     c.max_retry_interval = Duration::from_millis(600);
     c
-}
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
 }
 
 fn queue_empty(dir: &Path) -> bool {
@@ -74,7 +69,7 @@ async fn three_hops_along_an_rfc788_source_route() {
 #[tokio::test]
 async fn next_hop_down_then_up_and_restart_mid_retries() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let b_addr = free_port();
+    let (b_socket, b_addr) = refused_port();
     let mut a_cfg = cfg("a.test", da.path(), &["a.test"], &[]);
     a_cfg.routes.insert("b.test".into(), ("127.0.0.1".into(), b_addr.port()));
     let a = InProcess::start(a_cfg.clone(), None).await;
@@ -106,7 +101,7 @@ async fn next_hop_down_then_up_and_restart_mid_retries() {
     let m = a.relay.queue().load(&id).await.unwrap();
     assert!(m.recipients[0].attempts >= 2);
     // B comes up and receives the message.
-    let b = InProcess::start_on(b_addr, cfg("b.test", db.path(), &["b.test"], &[]), None).await;
+    let b = InProcess::start_held(b_socket, cfg("b.test", db.path(), &["b.test"], &[]), None).await;
     wait_until("delivery at B", || maildir_files(db.path(), "bob").len() == 1).await;
     wait_until("A's queue drained", || queue_empty(da.path())).await;
     a.stop().await;
@@ -156,7 +151,7 @@ async fn permanent_failure_notifies_the_local_sender() {
 #[tokio::test]
 async fn notify_never_null_sender_and_expiry() {
     let da = tempfile::tempdir().unwrap();
-    let dead = free_port();
+    let (_held, dead) = refused_port();
     let mut a_cfg = cfg("a.test", da.path(), &["a.test"], &[]);
     a_cfg.routes.insert("dead.test".into(), ("127.0.0.1".into(), dead.port()));
     a_cfg.queue_lifetime = Duration::from_secs(1);
@@ -303,7 +298,7 @@ async fn opportunistic_tls_downgrades_once_required_never() {
 #[tokio::test]
 async fn delay_warning_and_success_notice() {
     let da = tempfile::tempdir().unwrap();
-    let dead = free_port();
+    let (_held, dead) = refused_port();
     let mut a_cfg = cfg("a.test", da.path(), &["a.test"], &[]);
     a_cfg.routes.insert("slow.test".into(), ("127.0.0.1".into(), dead.port()));
     a_cfg.delay_warning = Some(Duration::from_secs(0));

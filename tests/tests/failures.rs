@@ -133,7 +133,7 @@ async fn delivered_recipients_are_never_sent_again_while_state_cannot_be_stored(
         failing: AtomicBool::new(true),
         failed_writes: AtomicUsize::new(0),
     });
-    let relay = InProcess::start_with_queue("127.0.0.1:0".parse().unwrap(), c, None, queue.clone()).await;
+    let relay = InProcess::start_with_queue(c, None, queue.clone()).await;
     let r = submit(
         relay.addr,
         "s@origin.test",

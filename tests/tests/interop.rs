@@ -6,16 +6,25 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tokio::io::AsyncReadExt;
+
 use smtp_client::{ClientOptions, Envelope, SmtpClient, TlsMode};
 use smtp_proto::Domain;
 
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-async fn wait_listening(addr: SocketAddr) {
+/// Waits until `child` greets on `addr` with a banner naming `banner`; `false` when the child
+/// exited first (its port was taken) or another program answers there.
+async fn greets(child: &mut std::process::Child, addr: SocketAddr, banner: &str) -> bool {
     let start = Instant::now();
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
+    loop {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            let mut greeting = [0u8; 256];
+            let read = tokio::time::timeout(tests::WAIT, s.read(&mut greeting)).await;
+            let n = read.ok().and_then(Result::ok).unwrap_or(0);
+            return String::from_utf8_lossy(&greeting[..n]).starts_with(&format!("220 {banner}"));
+        }
+        if child.try_wait().expect("wait").is_some() {
+            return false;
+        }
         assert!(start.elapsed() < tests::WAIT, "peer did not start listening on {addr}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -39,7 +48,6 @@ impl Drop for Killed {
 async fn postfix_smtp_sink() {
     let sink = std::path::Path::new("/usr/sbin/smtp-sink");
     assert!(sink.exists(), "Postfix smtp-sink missing: run .ci/install-peers");
-    let addr = free_port();
     // smtp-sink runs as nobody: its dump file lives in a directory nobody may write to.
     let dumps = tempfile::tempdir().unwrap();
     {
@@ -47,16 +55,27 @@ async fn postfix_smtp_sink() {
         std::fs::set_permissions(dumps.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     }
     let dump = dumps.path().join("received");
-    let _child = Killed(
-        Command::new(sink)
-            .args(["-u", "nobody", "-D", dump.to_str().unwrap(), &format!("127.0.0.1:{}", addr.port()), "64"])
-            .stdout(Stdio::null())
-            // Kept, so that a failure to start says why.
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    wait_listening(addr).await;
+    // smtp-sink binds its own port and cannot report which one it got: pick one, and when
+    // another process took it first (the sink exits, or someone else greets), pick again.
+    let mut attempts = 0;
+    let (addr, _child) = loop {
+        attempts += 1;
+        assert!(attempts <= 5, "smtp-sink could not bind a port in 5 attempts (its stderr says why)");
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let mut child = Killed(
+            Command::new(sink)
+                .args(["-u", "nobody", "-h", "sink.tern.test", "-D", dump.to_str().unwrap()])
+                .args([&format!("127.0.0.1:{}", addr.port()), "64"])
+                .stdout(Stdio::null())
+                // Kept, so that a failure to start says why.
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        );
+        if greets(&mut child.0, addr, "sink.tern.test").await {
+            break (addr, child);
+        }
+    };
     let mut conn = client().connect_addr(addr, "127.0.0.1").await.unwrap();
     assert!(conn.capabilities().pipelining, "smtp-sink offers PIPELINING");
     let env = Envelope::from_str_addr("a@client.test")
@@ -87,7 +106,7 @@ async fn postfix_smtp_sink() {
 
 const AIOSMTPD: &str = r#"
 import asyncio, json, sys
-from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 class Handler:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -101,28 +120,27 @@ class Handler:
                           "data": envelope.original_content.decode("utf-8", "replace")}), flush=True)
         return "250 2.0.0 Stored"
 
-c = Controller(Handler(), hostname="127.0.0.1", port=int(sys.argv[1]))
-c.start()
-print("READY", flush=True)
-sys.stdin.read()
-c.stop()
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(Handler()), host="127.0.0.1", port=0)
+    print("READY", server.sockets[0].getsockname()[1], flush=True)
+    await loop.run_in_executor(None, sys.stdin.read)
+    server.close()
+
+asyncio.run(main())
 "#;
 
 #[tokio::test]
 async fn python_aiosmtpd() {
-    let addr = free_port();
-    let mut child = Command::new("python3")
-        .args(["-c", AIOSMTPD, &addr.port().to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        Command::new("python3").args(["-c", AIOSMTPD]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     let stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let _guard = Killed(child);
+    // The peer binds port 0 itself and says which port it got: no window for another test.
     let first = lines.next().expect("aiosmtpd output").unwrap();
-    assert_eq!(first, "READY", "aiosmtpd missing: run .ci/install-peers");
-    wait_listening(addr).await;
+    let port = first.strip_prefix("READY ").expect("aiosmtpd missing: run .ci/install-peers");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port.parse::<u16>().unwrap()));
     let mut conn = client().connect_addr(addr, "127.0.0.1").await.unwrap();
     let env = Envelope::from_str_addr("sender@client.test")
         .unwrap()
