@@ -23,6 +23,52 @@ pub fn tern_bin() -> PathBuf {
     bin
 }
 
+/// A child process that is killed and reaped when dropped, so a failing test leaves nothing
+/// running.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `cmd` with `stdin` as its input and returns (exit code, stdout, stderr); a child still
+/// running after [`WAIT`] is killed and the test fails naming the command.
+pub fn run_bounded(cmd: &mut Command, stdin: &[u8]) -> (i32, String, String) {
+    use std::io::{Read, Write};
+    let mut child =
+        Killed(cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start child"));
+    let (mut input, mut out, mut err) = (
+        child.0.stdin.take().expect("stdin"),
+        child.0.stdout.take().expect("stdout"),
+        child.0.stderr.take().expect("stderr"),
+    );
+    let stdin = stdin.to_vec();
+    std::thread::spawn(move || input.write_all(&stdin));
+    let out = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(start.elapsed() < WAIT, "{cmd:?} still running after {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let text = |h: std::thread::JoinHandle<Vec<u8>>| String::from_utf8_lossy(&h.join().expect("reader")).into_owned();
+    (status.code().unwrap_or(-1), text(out), text(err))
+}
+
 /// A loopback port that is bound but not listening: connecting to it is refused, and no other
 /// test can take it while the socket is held. `listen()` on the socket opens it later.
 pub fn refused_port() -> (tokio::net::TcpSocket, SocketAddr) {

@@ -3,24 +3,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use tests::{maildir_files, tern_bin, wait_until, Raw, Tern, WAIT};
+use tests::{maildir_files, run_bounded, tern_bin, wait_until, Killed, Raw, Tern, WAIT};
 
 fn run(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
-    use std::io::Write;
-    let mut child = Command::new(tern_bin())
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run tern");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    run_bounded(Command::new(tern_bin()).args(args), stdin)
 }
 
 #[tokio::test]
@@ -58,8 +44,8 @@ async fn serve_send_smtplib_queue_and_sigterm() {
         "import smtplib\nwith smtplib.SMTP('127.0.0.1', {}, timeout=10) as s:\n    s.sendmail('py@example.org', ['carol@mx.test'], b'Subject: from python\\r\\n\\r\\nhi\\r\\n')\n",
         tern.addr.port()
     );
-    let st = Command::new("python3").arg("-c").arg(&py).status().unwrap();
-    assert!(st.success());
+    let (code, _, err) = run_bounded(Command::new("python3").arg("-c").arg(&py), b"");
+    assert_eq!(code, 0, "{err}");
     let data = dir.path().to_path_buf();
     wait_until("bob's and carol's mail", || {
         maildir_files(&data, "bob").len() == 2 && maildir_files(&data, "carol").len() == 1
@@ -131,20 +117,22 @@ async fn config_file_and_flags_override() {
 
 #[test]
 fn bench_against_sink_reports() {
-    let mut sink = Command::new(tern_bin())
-        .args(["sink", "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut sink = Killed(
+        Command::new(tern_bin())
+            .args(["sink", "--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     use std::io::BufRead;
-    let mut lines = std::io::BufReader::new(sink.stdout.take().unwrap()).lines();
+    let mut lines = std::io::BufReader::new(sink.0.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     let addr = first.strip_prefix("tern sink listening on ").expect(&first).to_string();
     let (code, out, err) =
         run(&["bench", "--server", &addr, "--connections", "4", "--messages", "200", "--size", "2048"], b"");
-    let _ = Command::new("kill").arg("-TERM").arg(sink.id().to_string()).status();
+    let _ = Command::new("kill").arg("-TERM").arg(sink.0.id().to_string()).status();
     let start = std::time::Instant::now();
-    while sink.try_wait().unwrap().is_none() {
+    while sink.0.try_wait().unwrap().is_none() {
         assert!(start.elapsed() < WAIT);
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -285,15 +273,7 @@ async fn private_files_whatever_the_umask_and_no_shared_data_dir() {
         tests::tern_bin().display(),
         data.display()
     );
-    /// Kills the server when the test ends, also when it fails.
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = KillOnDrop(
+    let mut child = Killed(
         Command::new("sh")
             .args(["-c", &script])
             .stdout(std::process::Stdio::piped())
@@ -400,14 +380,7 @@ async fn tern_watch_shows_send_messages() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let tern = Tern::serve(dir.path(), &[]);
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut watch = KillOnDrop(
+    let mut watch = Killed(
         Command::new(tern_bin())
             .args(["watch", "alice", "--data-dir", dir.path().to_str().unwrap()])
             .stdout(std::process::Stdio::piped())

@@ -10,6 +10,7 @@ use tokio::io::AsyncReadExt;
 
 use smtp_client::{ClientOptions, Envelope, SmtpClient, TlsMode};
 use smtp_proto::Domain;
+use tests::Killed;
 
 /// Waits until `child` greets on `addr` with a banner naming `banner`; `false` when the child
 /// exited first (its port was taken) or another program answers there.
@@ -34,14 +35,6 @@ fn client() -> SmtpClient {
     let mut o = ClientOptions::new(Domain::parse("client.test").unwrap());
     o.tls = TlsMode::None;
     SmtpClient::new(o).unwrap()
-}
-
-struct Killed(std::process::Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]
