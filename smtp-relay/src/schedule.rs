@@ -101,18 +101,59 @@ pub fn persist_retry(failures: u32) -> Duration {
     backoff(Duration::from_secs(1), Duration::from_secs(300), failures)
 }
 
-/// When `msg` next needs attention (seconds since the epoch), or `None` when it is done.
+/// When `msg` next needs attention (milliseconds since the epoch), or `None` when it is done.
 pub fn next_due(msg: &QueuedMessage, config: &RelayConfig) -> Option<u64> {
     if msg.recipients.iter().any(|r| r.status != RcptStatus::Pending && !r.notified) {
         return Some(0);
     }
     let pending = msg.recipients.iter().filter(|r| r.status == RcptStatus::Pending);
     let mut due = pending.map(|r| r.next_attempt).min()?;
-    due = due.min(msg.arrival.saturating_add(config.queue_lifetime.as_secs()));
+    due = due.min(msg.arrival_plus_ms(config.queue_lifetime));
     if let (Some(after), false) = (config.delay_warning, msg.delay_warned) {
-        due = due.min(msg.arrival.saturating_add(after.as_secs()));
+        due = due.min(msg.arrival_plus_ms(after));
     }
     Some(due)
+}
+
+/// Records each recipient's outcome of an attempt made at `now` (milliseconds since the epoch):
+/// a transient failure is tried again after [`backoff`].
+fn apply(cfg: &RelayConfig, msg: &mut QueuedMessage, outcomes: Vec<(usize, Outcome)>, now: u64) {
+    let id = &msg.id;
+    for (i, o) in outcomes {
+        let r = &mut msg.recipients[i];
+        match o {
+            Outcome::Delivered(mta) => {
+                r.status = RcptStatus::Delivered;
+                // Handed to a next hop that takes NOTIFY: the notices are its to send.
+                r.notified = mta.is_some();
+                r.remote_mta = mta;
+                tracing::info!(%id, to = %r.path, "delivered");
+            }
+            Outcome::Relayed(mta) => {
+                r.status = RcptStatus::Delivered;
+                r.remote_mta = Some(mta);
+                tracing::info!(%id, to = %r.path, "relayed");
+            }
+            Outcome::Failed(why, mta) => {
+                tracing::info!(%id, to = %r.path, reason = %dsn::one_line(&why), "failed");
+                r.status = RcptStatus::Failed(why);
+                r.remote_mta = mta;
+            }
+            Outcome::Retry(why, mta) => {
+                r.attempts += 1;
+                let wait = backoff(cfg.retry_interval, cfg.max_retry_interval, r.attempts);
+                r.next_attempt = now.saturating_add(millis(wait));
+                tracing::info!(%id, to = %r.path, reason = %dsn::one_line(&why), retry_in = ?wait, "deferred");
+                r.last_error = Some(why);
+                r.remote_mta = mta;
+            }
+        }
+    }
+}
+
+/// A duration in whole milliseconds (saturating).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Delivers what the relay queued. Run it with [`Scheduler::run`].
@@ -282,7 +323,7 @@ impl Scheduler {
                 },
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 _ = tokio::time::sleep_until(sleep) => {
-                    for id in index.pop_due(QueuedMessage::now()) {
+                    for id in index.pop_due(QueuedMessage::now_ms()) {
                         if in_flight.insert(id.clone()) {
                             spawn(&mut tasks, &ctx, &done_tx, Job::Due(id, false));
                         }
@@ -350,9 +391,9 @@ impl Index {
 
     /// When the loop should wake next.
     fn next_instant(&self) -> tokio::time::Instant {
-        let now = QueuedMessage::now();
+        let now = QueuedMessage::now_ms();
         let wait = match self.by_time.first() {
-            Some((due, _)) => Duration::from_secs(due.saturating_sub(now)).min(MAX_SLEEP),
+            Some((due, _)) => Duration::from_millis(due.saturating_sub(now)).min(MAX_SLEEP),
             None => MAX_SLEEP,
         };
         tokio::time::Instant::now() + wait
@@ -398,7 +439,7 @@ impl Ctx {
                             return None;
                         }
                         // Logged once by the queue; tried again later, the rest keeps flowing.
-                        Err(_) => return Some(QueuedMessage::now() + 60),
+                        Err(_) => return Some(QueuedMessage::now_ms() + 60_000),
                     },
                 };
                 let routes = self.routes(&msg);
@@ -406,7 +447,7 @@ impl Ctx {
             }
         };
         let id = msg.id.clone();
-        let now = QueuedMessage::now();
+        let now = QueuedMessage::now_ms();
         let due: Vec<usize> = msg
             .recipients
             .iter()
@@ -422,7 +463,7 @@ impl Ctx {
                 Err(QueueError::NotFound(_)) => return None,
                 Err(e) => {
                     tracing::warn!(%id, error = %e, "queued message unreadable");
-                    return Some(now + 60);
+                    return Some(now + 60_000);
                 }
             },
         };
@@ -445,8 +486,8 @@ impl Ctx {
             futures_util::future::join_all(groups.iter().map(|(hop, idx)| self.remote.deliver(&msg, &body, hop, idx)))
                 .await;
         outcomes.extend(remote.into_iter().flatten());
-        self.apply(&mut msg, outcomes, now);
-        if now >= msg.arrival + self.config.queue_lifetime.as_secs() {
+        apply(&self.config, &mut msg, outcomes, now);
+        if now >= msg.arrival_plus_ms(self.config.queue_lifetime) {
             for r in msg.recipients.iter_mut().filter(|r| r.status == RcptStatus::Pending) {
                 let last = r.last_error.as_ref().map(dsn::one_line).unwrap_or_else(|| "no attempt succeeded".into());
                 let text = format!("Delivery time expired; last error: {last}");
@@ -455,41 +496,6 @@ impl Ctx {
         }
         self.notify(&mut msg, &body).await;
         self.persist(msg, failures).await
-    }
-
-    fn apply(&self, msg: &mut QueuedMessage, outcomes: Vec<(usize, Outcome)>, now: u64) {
-        let cfg = &self.config;
-        let id = &msg.id;
-        for (i, o) in outcomes {
-            let r = &mut msg.recipients[i];
-            match o {
-                Outcome::Delivered(mta) => {
-                    r.status = RcptStatus::Delivered;
-                    // Handed to a next hop that takes NOTIFY: the notices are its to send.
-                    r.notified = mta.is_some();
-                    r.remote_mta = mta;
-                    tracing::info!(%id, to = %r.path, "delivered");
-                }
-                Outcome::Relayed(mta) => {
-                    r.status = RcptStatus::Delivered;
-                    r.remote_mta = Some(mta);
-                    tracing::info!(%id, to = %r.path, "relayed");
-                }
-                Outcome::Failed(why, mta) => {
-                    tracing::info!(%id, to = %r.path, reason = %dsn::one_line(&why), "failed");
-                    r.status = RcptStatus::Failed(why);
-                    r.remote_mta = mta;
-                }
-                Outcome::Retry(why, mta) => {
-                    r.attempts += 1;
-                    let wait = backoff(cfg.retry_interval, cfg.max_retry_interval, r.attempts);
-                    r.next_attempt = now + wait.as_secs().max(1);
-                    tracing::info!(%id, to = %r.path, reason = %dsn::one_line(&why), retry_in = wait.as_secs(), "deferred");
-                    r.last_error = Some(why);
-                    r.remote_mta = mta;
-                }
-            }
-        }
     }
 
     /// Stores the new state (or removes a finished message). On failure the state stays in
@@ -515,8 +521,8 @@ impl Ctx {
                 if failures == 0 {
                     tracing::error!(%id, error = %e, "cannot store message state; keeping it in memory and retrying");
                 }
-                let wait = persist_retry(failures + 1).as_secs().max(1);
-                let due = next_due(&msg, &self.config).unwrap_or(u64::MAX).min(QueuedMessage::now() + wait);
+                let wait = millis(persist_retry(failures + 1));
+                let due = next_due(&msg, &self.config).unwrap_or(u64::MAX).min(QueuedMessage::now_ms() + wait);
                 self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (msg, failures + 1));
                 Some(due)
             }
@@ -543,7 +549,7 @@ impl Ctx {
             }
         }
         if let Some(after) = cfg.delay_warning {
-            if !msg.delay_warned && QueuedMessage::now() >= msg.arrival + after.as_secs() {
+            if !msg.delay_warned && QueuedMessage::now_ms() >= msg.arrival_plus_ms(after) {
                 let delayed: Vec<usize> = msg
                     .recipients
                     .iter()
@@ -630,7 +636,7 @@ mod tests {
             arrival,
             client: None,
             helo: None,
-            recipients: vec![rcpt(500), rcpt(300)],
+            recipients: vec![rcpt(500_000), rcpt(300_000)],
             delay_warned: false,
             trusted: false,
         }
@@ -638,24 +644,46 @@ mod tests {
 
     #[test]
     fn next_due_is_the_earliest_of_attempts_expiry_and_delay_warning() {
+        // Arrival at 100 s; recipients due at 500 s and 300 s; due times in milliseconds.
         let mut cfg = RelayConfig::new("mx.test", "/nonexistent");
         cfg.queue_lifetime = Duration::from_secs(1000);
         let mut m = msg(100);
-        assert_eq!(next_due(&m, &cfg), Some(300), "the earliest pending recipient");
-        cfg.queue_lifetime = Duration::from_secs(150);
-        assert_eq!(next_due(&m, &cfg), Some(250), "expiry comes first");
+        assert_eq!(next_due(&m, &cfg), Some(300_000), "the earliest pending recipient");
+        cfg.queue_lifetime = Duration::from_millis(150_250);
+        assert_eq!(next_due(&m, &cfg), Some(250_250), "expiry comes first");
         cfg.queue_lifetime = Duration::from_secs(1000);
         cfg.delay_warning = Some(Duration::from_secs(50));
-        assert_eq!(next_due(&m, &cfg), Some(150), "the delay warning comes first");
+        assert_eq!(next_due(&m, &cfg), Some(150_000), "the delay warning comes first");
         m.delay_warned = true;
-        assert_eq!(next_due(&m, &cfg), Some(300), "once warned, not again");
+        assert_eq!(next_due(&m, &cfg), Some(300_000), "once warned, not again");
         m.recipients[1].status = RcptStatus::Delivered;
         assert_eq!(next_due(&m, &cfg), Some(0), "an outcome not yet notified is due now");
         m.recipients[1].notified = true;
-        assert_eq!(next_due(&m, &cfg), Some(500));
+        assert_eq!(next_due(&m, &cfg), Some(500_000));
         m.recipients[0].status = RcptStatus::Delivered;
         m.recipients[0].notified = true;
         assert_eq!(next_due(&m, &cfg), None, "done");
+    }
+
+    #[test]
+    fn a_deferred_recipient_is_due_after_the_backoff_to_the_millisecond() {
+        let mut cfg = RelayConfig::new("mx.test", "/nonexistent");
+        cfg.retry_interval = Duration::from_millis(300);
+        cfg.max_retry_interval = Duration::from_millis(1000);
+        let mut m = msg(100);
+        let retry = || Outcome::Retry(Reply::new(451, None, "later"), None);
+        let mut dues = Vec::new();
+        for now in [1_000_000, 2_000_000, 3_000_000, 4_000_000] {
+            apply(&cfg, &mut m, vec![(0, retry())], now);
+            dues.push(m.recipients[0].next_attempt - now);
+        }
+        assert_eq!(dues, [300, 600, 1000, 1000], "first interval, doubled, capped");
+        assert_eq!(m.recipients[0].attempts, 4);
+        assert_eq!(m.recipients[0].last_error.as_ref().map(|r| r.code()), Some(451));
+        assert_eq!(m.recipients[1].next_attempt, 300_000, "the other recipient is untouched");
+        apply(&cfg, &mut m, vec![(1, Outcome::Failed(Reply::new(550, None, "no"), None))], 5_000_000);
+        assert!(matches!(m.recipients[1].status, RcptStatus::Failed(_)));
+        assert_eq!(m.recipients[1].attempts, 0, "a final failure is not a retry");
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod fs;
 mod record;
 
 use std::net::SocketAddr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use smtp_proto::command::{MailParams, RcptParams};
@@ -61,7 +61,7 @@ pub struct RcptRecord {
     pub status: RcptStatus,
     /// Failed delivery attempts.
     pub attempts: u32,
-    /// Earliest next attempt, seconds since the epoch (0: now).
+    /// Earliest next attempt, milliseconds since the epoch (0: now).
     pub next_attempt: u64,
     /// The last transient error, for `tern queue show` and delay warnings.
     pub last_error: Option<Reply>,
@@ -169,9 +169,19 @@ impl QueuedMessage {
         self.recipients.iter().all(|r| r.status != RcptStatus::Pending)
     }
 
-    /// Seconds since the epoch, now.
+    /// Seconds since the epoch, now (the unit of `arrival`).
     pub fn now() -> u64 {
         SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    }
+
+    /// Milliseconds since the epoch, now (the unit of due times such as `next_attempt`).
+    pub fn now_ms() -> u64 {
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    }
+
+    /// `arrival + after`, in milliseconds since the epoch.
+    pub fn arrival_plus_ms(&self, after: Duration) -> u64 {
+        self.arrival.saturating_mul(1000).saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX))
     }
 }
 

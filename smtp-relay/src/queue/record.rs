@@ -163,7 +163,8 @@ pub(crate) fn encode_state(msg: &QueuedMessage) -> Vec<u8> {
     let mut blocks: Vec<(String, Vec<u8>)> = Vec::new();
     for (i, r) in msg.recipients.iter().enumerate() {
         let mta = r.remote_mta.as_ref().map(|m| m.name.as_str()).unwrap_or("-");
-        line(format!("rcpt {i} {} {} {} {mta}", r.attempts, r.next_attempt, u8::from(r.notified)));
+        let next = format!("{}.{:03}", r.next_attempt / 1000, r.next_attempt % 1000);
+        line(format!("rcpt {i} {} {next} {} {mta}", r.attempts, u8::from(r.notified)));
         match &r.status {
             RcptStatus::Pending => line(format!("status {i} pending")),
             RcptStatus::Delivered => line(format!("status {i} delivered")),
@@ -183,6 +184,16 @@ pub(crate) fn encode_state(msg: &QueuedMessage) -> Vec<u8> {
 fn out_block(line: &mut impl FnMut(String), bytes: Vec<u8>) {
     // A serialised reply is CRLF-terminated text; it is written whole, then a newline.
     line(String::from_utf8_lossy(&bytes).into_owned());
+}
+
+/// Seconds since the epoch with an optional three-digit millisecond fraction (`1700000000.250`;
+/// records written before due times had milliseconds hold whole seconds), as milliseconds.
+fn parse_millis(text: &str) -> Option<u64> {
+    let (secs, frac) = text.split_once('.').unwrap_or((text, "000"));
+    if frac.len() != 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    secs.parse::<u64>().ok()?.checked_mul(1000)?.checked_add(frac.parse().ok()?)
 }
 
 /// Parses one serialised reply.
@@ -238,8 +249,7 @@ pub(crate) fn apply_state(msg: &mut QueuedMessage, data: &[u8]) -> Result<(), Re
             "rcpt" => {
                 let mut f = rest.split(' ');
                 r.attempts = f.next().and_then(|v| v.parse().ok()).ok_or_else(|| err(lineno, "bad attempts"))?;
-                r.next_attempt =
-                    f.next().and_then(|v| v.parse().ok()).ok_or_else(|| err(lineno, "bad next attempt"))?;
+                r.next_attempt = f.next().and_then(parse_millis).ok_or_else(|| err(lineno, "bad next attempt"))?;
                 r.notified = f.next() == Some("1");
                 r.remote_mta = f.next().filter(|m| *m != "-").map(|m| RemoteHost { name: m.to_string() });
             }
@@ -292,6 +302,7 @@ mod tests {
         m.recipients[0].attempts = 2;
         m.recipients[0].notified = true;
         m.recipients[1].last_error = Some(Reply::new(421, None, "later"));
+        m.recipients[1].next_attempt = 1_700_000_300_250;
         m
     }
 
@@ -316,6 +327,18 @@ mod tests {
             RcptStatus::Failed(Reply::new(550, Some(EnhancedCode::new(5, 1, 1)), "gone"))
         );
         assert_eq!(m.recipients[1].last_error.as_ref().map(|r| r.code()), Some(554));
+        assert_eq!(m.recipients[0].next_attempt, 99_000, "whole seconds then, milliseconds now");
+    }
+
+    #[test]
+    fn due_times_keep_their_milliseconds() {
+        let state = String::from_utf8(encode_state(&sample())).unwrap();
+        assert!(state.contains("\nrcpt 1 0 1700000300.250 0 -\n"), "{state}");
+        assert_eq!(parse_millis("12.005"), Some(12_005));
+        assert_eq!(parse_millis("12"), Some(12_000));
+        for bad in ["12.5", "12.0050", "x.000", "12.-01", "", "18446744073709552.000"] {
+            assert_eq!(parse_millis(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
