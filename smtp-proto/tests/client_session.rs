@@ -158,3 +158,255 @@ fn in_memory_pipelined_transaction_against_server_session() {
     assert_eq!(delivered, ["<a@x>", "<c@x>", "<e@x>"]);
     assert_eq!(body, b"Subject: t\r\n\r\n.leading dot\r\n");
 }
+
+/// A client that has read the greeting and an EHLO reply advertising `extensions`.
+fn ready_with(extensions: &[&str]) -> ClientSession {
+    let mut c = client();
+    let mut script = String::from("220 mx\r\n");
+    for (i, e) in std::iter::once(&"mx").chain(extensions).enumerate() {
+        let sep = if i == extensions.len() { ' ' } else { '-' };
+        script.push_str(&format!("250{sep}{e}\r\n"));
+    }
+    c.handle_input(script.as_bytes()).unwrap();
+    assert_eq!(out(&mut c), "EHLO client.test\r\n");
+    assert_eq!(events(&mut c), [ClientEvent::Ready]);
+    c
+}
+
+fn noop() -> smtp_proto::Command {
+    smtp_proto::Command::Noop(None)
+}
+
+#[test]
+fn flags_follow_the_session() {
+    let mut c = client();
+    assert!(!c.is_idle(), "waiting for the greeting");
+    assert!(!c.is_tls() && !c.is_extended());
+    assert_eq!(c.command(noop()), Ok(()), "a command may be queued before the greeting");
+    assert_eq!(out(&mut c), "", "but it waits for the greeting");
+    let mut c = ready_with(&["PIPELINING"]);
+    assert!(c.is_idle() && c.is_extended() && !c.is_tls());
+    c.send_envelope(&env(&["<x@y>"]), DataMode::Later).unwrap();
+    assert!(!c.is_idle(), "replies outstanding");
+    c.handle_input(b"250 ok\r\n250 ok\r\n").unwrap();
+    assert!(c.is_idle());
+    let c = ClientSession::new_tls(ClientConfig::new(Domain::parse("client.test").unwrap()));
+    assert!(c.is_tls(), "implicit TLS (RFC 8314)");
+}
+
+#[test]
+fn without_pipelining_one_command_waits_for_the_previous_reply() {
+    let mut c = ready_with(&["SIZE 1000"]);
+    c.command(noop()).unwrap();
+    assert_eq!(out(&mut c), "NOOP\r\n");
+    c.send_envelope(&env(&["<x@y>"]), DataMode::Data).unwrap();
+    assert_eq!(out(&mut c), "", "MAIL waits for the NOOP's reply");
+    c.handle_input(b"250 ok\r\n").unwrap();
+    assert!(matches!(&events(&mut c)[..], [ClientEvent::Reply(CommandKind::Noop, r)] if r.code() == 250));
+    assert_eq!(out(&mut c), "MAIL FROM:<a@b.test>\r\n");
+    // MAIL refused: the RCPTs and DATA are never sent (RFC 5321 3.3).
+    c.handle_input(b"550 5.7.1 not you\r\n").unwrap();
+    assert_eq!(out(&mut c), "");
+    let ev = events(&mut c);
+    let [ClientEvent::Envelope(o)] = &ev[..] else { panic!("{ev:?}") };
+    assert_eq!((o.mail.code(), o.recipients.len(), o.data.is_none()), (550, 0, true));
+    assert!(c.is_idle());
+    // Every recipient refused: no DATA.
+    c.send_envelope(&env(&["<x@y>", "<z@y>"]), DataMode::Data).unwrap();
+    assert_eq!(out(&mut c), "MAIL FROM:<a@b.test>\r\n");
+    c.handle_input(b"250 ok\r\n").unwrap();
+    assert_eq!(out(&mut c), "RCPT TO:<x@y>\r\n");
+    c.handle_input(b"550 no\r\n").unwrap();
+    assert_eq!(out(&mut c), "RCPT TO:<z@y>\r\n");
+    c.handle_input(b"551 no\r\n").unwrap();
+    let ev = events(&mut c);
+    let [ClientEvent::Envelope(o)] = &ev[..] else { panic!("{ev:?}") };
+    assert_eq!(o.accepted().count(), 0);
+    assert!(o.data.is_none() && !o.data_ready());
+    assert_eq!(out(&mut c), "", "no DATA after every recipient was refused");
+    assert!(c.is_idle());
+}
+
+fn envelope_event(c: &mut ClientSession) -> smtp_proto::client::EnvelopeOutcome {
+    let ev = events(c);
+    match &ev[..] {
+        [ClientEvent::Envelope(o)] => o.clone(),
+        _ => panic!("expected one envelope outcome: {ev:?}"),
+    }
+}
+
+#[test]
+fn pipelined_groups_end_at_data() {
+    let mut c = ready_with(&["PIPELINING"]);
+    c.send_envelope(&env(&["<x@y>", "<z@y>"]), DataMode::Data).unwrap();
+    c.command(smtp_proto::Command::Rset).unwrap();
+    // RFC 2920 3.1: the whole envelope in one write, DATA last in its group.
+    assert_eq!(out(&mut c), "MAIL FROM:<a@b.test>\r\nRCPT TO:<x@y>\r\nRCPT TO:<z@y>\r\nDATA\r\n");
+    // Every recipient refused: DATA was sent anyway and its reply is awaited.
+    c.handle_input(b"250 ok\r\n550 no\r\n550 no\r\n").unwrap();
+    assert_eq!((events(&mut c), out(&mut c)), (vec![], String::new()), "waiting for DATA's reply");
+    c.handle_input(b"554 5.5.1 no valid recipients\r\n").unwrap();
+    let o = envelope_event(&mut c);
+    assert_eq!(o.data.as_ref().map(Reply::code), Some(554));
+    assert!(!o.data_ready());
+    assert_eq!(out(&mut c), "RSET\r\n", "the next group goes once DATA is answered");
+    c.handle_input(b"250 ok\r\n").unwrap();
+    assert!(matches!(&events(&mut c)[..], [ClientEvent::Reply(CommandKind::Rset, r)] if r.code() == 250));
+}
+
+#[test]
+fn data_later_after_looking_at_the_recipients() {
+    let mut c = ready_with(&["PIPELINING"]);
+    c.send_envelope(&env(&["<x@y>"]), DataMode::Later).unwrap();
+    assert_eq!(out(&mut c), "MAIL FROM:<a@b.test>\r\nRCPT TO:<x@y>\r\n");
+    assert_eq!(
+        c.send_envelope(&env(&["<x@y>"]), DataMode::Later),
+        Err(ClientError::Misuse("an envelope is already in flight"))
+    );
+    c.handle_input(b"250 ok\r\n250 ok\r\n").unwrap();
+    let o = envelope_event(&mut c);
+    assert_eq!((o.accepted().count(), o.data.is_none(), o.data_ready()), (1, true, false));
+    c.start_data().unwrap();
+    assert_eq!(out(&mut c), "DATA\r\n");
+    c.handle_input(b"354 go\r\n").unwrap();
+    assert!(envelope_event(&mut c).data_ready());
+    c.send_data(b"a\r\n.b");
+    c.finish_data();
+    assert_eq!(out(&mut c), "a\r\n..b\r\n.\r\n");
+    c.handle_input(b"250 2.0.0 queued\r\n").unwrap();
+    assert!(matches!(&events(&mut c)[..], [ClientEvent::Message(r)] if r.code() == 250));
+    assert!(c.is_idle());
+    assert_eq!(c.send_envelope(&env(&[]), DataMode::Data), Err(ClientError::Misuse("no recipients")));
+}
+
+#[test]
+fn bdat_reports_the_first_failed_chunk() {
+    let mut c = ready_with(&["PIPELINING"]);
+    assert_eq!(c.send_bdat(b"x", true), Err(ClientError::Misuse("CHUNKING not offered")));
+    let mut c = ready_with(&["PIPELINING", "CHUNKING"]);
+    for (replies, want) in [(["552 5.3.4 too big", "250 ok"], 552), (["250 ok", "250 2.0.0 queued"], 250)] {
+        c.send_envelope(&env(&["<x@y>"]), DataMode::Later).unwrap();
+        c.handle_input(b"250 ok\r\n250 ok\r\n").unwrap();
+        let _ = (out(&mut c), envelope_event(&mut c));
+        c.send_bdat(b"abc", false).unwrap();
+        c.send_bdat(b"de", true).unwrap();
+        assert_eq!(out(&mut c), "BDAT 3\r\nabcBDAT 2 LAST\r\nde");
+        c.handle_input(format!("{}\r\n", replies[0]).as_bytes()).unwrap();
+        assert_eq!(events(&mut c), [], "no outcome before the last chunk's reply");
+        c.handle_input(format!("{}\r\n", replies[1]).as_bytes()).unwrap();
+        assert!(matches!(&events(&mut c)[..], [ClientEvent::Message(r)] if r.code() == want), "{replies:?}");
+    }
+}
+
+#[test]
+fn auth_plain_and_login_exchanges() {
+    let secret = smtp_proto::auth::Secret::new("pw");
+    let mut c = ready_with(&["AUTH PLAIN LOGIN"]);
+    c.auth(smtp_proto::auth::AuthMechanism::Plain, "u", &secret).unwrap();
+    assert_eq!(out(&mut c), "AUTH PLAIN AHUAcHc=\r\n");
+    c.handle_input(b"235 2.7.0 ok\r\n").unwrap();
+    assert!(matches!(&events(&mut c)[..], [ClientEvent::Auth(r)] if r.code() == 235));
+    c.auth(smtp_proto::auth::AuthMechanism::Login, "u", &secret).unwrap();
+    assert_eq!(out(&mut c), "AUTH LOGIN\r\n");
+    c.handle_input(b"334 VXNlcm5hbWU6\r\n").unwrap();
+    assert_eq!(out(&mut c), "dQ==\r\n");
+    c.handle_input(b"334 UGFzc3dvcmQ6\r\n").unwrap();
+    assert_eq!(out(&mut c), "cHc=\r\n");
+    c.handle_input(b"535 5.7.8 no\r\n").unwrap();
+    assert!(matches!(&events(&mut c)[..], [ClientEvent::Auth(r)] if r.code() == 535));
+    // A refusal at either prompt ends the exchange with that reply; nothing more is sent.
+    for prompts in [&b"504 5.5.4 no\r\n"[..], b"334 VXNlcm5hbWU6\r\n501 5.5.2 bad\r\n"] {
+        c.auth(smtp_proto::auth::AuthMechanism::Login, "u", &secret).unwrap();
+        c.handle_input(prompts).unwrap();
+        let sent = out(&mut c);
+        assert!(!sent.contains("cHc="), "the password is not sent after a refusal: {sent:?}");
+        assert!(matches!(&events(&mut c)[..], [ClientEvent::Auth(r)] if r.code() >= 500));
+        assert!(c.is_idle());
+    }
+    let misuse = |r| matches!(r, Err(ClientError::Misuse(_)));
+    assert!(misuse(c.auth(smtp_proto::auth::AuthMechanism::Plain, "u\0v", &secret)));
+    assert!(misuse(c.auth(smtp_proto::auth::AuthMechanism::Plain, "u", &smtp_proto::auth::Secret::new("p\0w"))));
+    let mut c = ready_with(&["AUTH LOGIN"]);
+    assert_eq!(
+        c.auth(smtp_proto::auth::AuthMechanism::Plain, "u", &secret),
+        Err(ClientError::Misuse("AUTH mechanism not offered"))
+    );
+    assert_eq!(out(&mut c), "");
+}
+
+#[test]
+fn starttls_and_commands_only_when_they_make_sense() {
+    let mut c = client();
+    assert_eq!(c.start_tls(), Err(ClientError::Misuse("session is not ready")));
+    let mut c = ready_with(&["PIPELINING"]);
+    assert_eq!(c.start_tls(), Err(ClientError::Misuse("STARTTLS not offered")));
+    let mut c = ClientSession::new_tls(ClientConfig::new(Domain::parse("client.test").unwrap()));
+    c.handle_input(b"220 mx\r\n250-mx\r\n250 STARTTLS\r\n").unwrap();
+    let _ = (out(&mut c), events(&mut c));
+    assert_eq!(c.start_tls(), Err(ClientError::Misuse("STARTTLS not offered")), "TLS is already up");
+    // After the server's 220 to STARTTLS, nothing more is read until the handshake is done.
+    let mut c = ready_with(&["STARTTLS", "PIPELINING"]);
+    c.start_tls().unwrap();
+    c.command(smtp_proto::Command::Rset).unwrap();
+    assert_eq!(out(&mut c), "STARTTLS\r\n", "nothing is pipelined behind STARTTLS (RFC 2920 3.1)");
+    c.handle_input(b"220 go\r\n").unwrap();
+    assert_eq!(events(&mut c), [ClientEvent::StartTls]);
+    assert_eq!(c.handle_input(b"250 injected\r\n"), Ok(()));
+    assert_eq!(events(&mut c), []);
+    assert!(c.send_envelope(&env(&["<x@y>"]), DataMode::Data).is_err(), "not ready during the handshake");
+}
+
+#[test]
+fn each_simple_command_gets_its_own_reply_kind() {
+    use smtp_proto::command::Text;
+    let mut c = ready_with(&[]);
+    let text = |s: &str| Text::new(s, "test").unwrap();
+    let cases = [
+        (smtp_proto::Command::Rset, "RSET", CommandKind::Rset),
+        (smtp_proto::Command::Noop(None), "NOOP", CommandKind::Noop),
+        (smtp_proto::Command::Vrfy(text("bob")), "VRFY bob", CommandKind::Vrfy),
+        (smtp_proto::Command::Expn(text("list")), "EXPN list", CommandKind::Expn),
+        (smtp_proto::Command::Help(None), "HELP", CommandKind::Help),
+        (smtp_proto::Command::Quit, "QUIT", CommandKind::Quit),
+    ];
+    for (cmd, line, kind) in cases {
+        c.command(cmd).unwrap();
+        assert_eq!(out(&mut c), format!("{line}\r\n"));
+        c.handle_input(b"250 ok\r\n").unwrap();
+        assert!(matches!(&events(&mut c)[..], [ClientEvent::Reply(k, r)] if *k == kind && r.code() == 250), "{line}");
+    }
+    // QUIT closed the session: further input is ignored, further commands refused.
+    assert_eq!(c.handle_input(b"250 late\r\n"), Ok(()));
+    assert_eq!(events(&mut c), []);
+    assert_eq!(c.command(noop()), Err(ClientError::Misuse("session closed")));
+    let mut c = ready_with(&[]);
+    assert_eq!(
+        c.command(smtp_proto::Command::Data),
+        Err(ClientError::Misuse("use the dedicated method for this command"))
+    );
+}
+
+#[test]
+fn a_421_anywhere_closes_the_session() {
+    // In answer to a command: the reply, then the failure (RFC 5321 3.8).
+    let mut c = ready_with(&[]);
+    c.command(noop()).unwrap();
+    c.handle_input(b"421 4.3.2 shutting down\r\n").unwrap();
+    let ev = events(&mut c);
+    assert!(
+        matches!(&ev[..], [ClientEvent::Reply(CommandKind::Noop, a), ClientEvent::Failed(_, b)] if a.code() == 421 && b.code() == 421),
+        "{ev:?}"
+    );
+    assert_eq!(c.command(noop()), Err(ClientError::Misuse("session closed")));
+    // Unsolicited, while idle: the session fails; any other unsolicited reply is an error.
+    let mut c = ready_with(&[]);
+    c.handle_input(b"421 4.4.2 idle too long\r\n").unwrap();
+    assert!(matches!(&events(&mut c)[..], [ClientEvent::Failed(CommandKind::Greeting, r)] if r.code() == 421));
+    let mut c = ready_with(&[]);
+    assert!(matches!(c.handle_input(b"250 what\r\n"), Err(ClientError::Unexpected(r)) if r.code() == 250));
+    // A 421 answering QUIT is only the QUIT's reply.
+    let mut c = ready_with(&[]);
+    c.command(smtp_proto::Command::Quit).unwrap();
+    c.handle_input(b"421 bye\r\n").unwrap();
+    assert!(matches!(&events(&mut c)[..], [ClientEvent::Reply(CommandKind::Quit, _)]));
+}

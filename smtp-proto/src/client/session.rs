@@ -296,25 +296,31 @@ impl ClientSession {
         self.queued.push_back((cmd.to_bytes(), expect));
     }
 
-    /// Moves queued commands to the output: all of a pipelined group (up to and including DATA,
-    /// RFC 2920 3.1), or one at a time without PIPELINING.
+    /// Moves queued commands to the output: with PIPELINING, MAIL, RCPT, DATA, BDAT and RSET go
+    /// behind unanswered commands, but nothing goes behind DATA before its `354` or behind a
+    /// command that changes the session (STARTTLS, EHLO, AUTH), RFC 2920 3.1; without
+    /// PIPELINING, one command at a time.
     fn flush_queue(&mut self) {
         while let Some((_, e)) = self.queued.front() {
-            let pipelined = self.caps.pipelining
-                && matches!(
+            let pipelinable = |e: &Expect| {
+                matches!(
                     e,
                     Expect::Mail | Expect::Rcpt | Expect::Data | Expect::Bdat { .. } | Expect::Other(CommandKind::Rset)
-                );
-            if !self.expect.is_empty() && !pipelined {
+                )
+            };
+            // A command that ends a group is always the last one outstanding: nothing is written
+            // behind it until it is answered.
+            let behind_ok = match self.expect.back() {
+                None => true,
+                Some(Expect::Data) => false,
+                Some(last) => self.caps.pipelining && pipelinable(e) && (pipelinable(last) || *last == Expect::DataEnd),
+            };
+            if !behind_ok {
                 return;
             }
-            let group_end = matches!(e, Expect::Data);
             let (bytes, e) = self.queued.pop_front().expect("front exists");
             self.output.extend_from_slice(&bytes);
             self.expect.push_back(e);
-            if group_end || !self.caps.pipelining {
-                return;
-            }
         }
     }
 
