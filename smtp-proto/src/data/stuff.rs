@@ -122,4 +122,20 @@ mod tests {
             assert_eq!(out, *want);
         }
     }
+
+    #[test]
+    fn the_line_normalizer_keeps_dots_and_ends_unfinished_lines() {
+        for (input, want) in
+            [(&b".a\n.\rb"[..], &b".a\r\n.\r\nb\r\n"[..]), (b"a\r\n", b"a\r\n"), (b"a\r", b"a\r\n"), (b"", b"")]
+        {
+            let mut out = Vec::new();
+            let mut n = DotStuffer::line_normalizer();
+            n.stuff(input, &mut out);
+            n.finish_lines(&mut out);
+            assert_eq!(out, want, "{:?}", String::from_utf8_lossy(input));
+            // Reset: the next body starts at a line start, with no pending CR.
+            n.stuff(b"\nx", &mut out);
+            assert_eq!(out, [want, b"\r\nx"].concat(), "{:?}", String::from_utf8_lossy(&out));
+        }
+    }
 }
