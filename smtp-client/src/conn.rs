@@ -11,6 +11,7 @@ use smtp_proto::client::{
     ClientConfig, ClientEvent, ClientSession, CommandKind, DataMode, EnvelopeOutcome, MessageEnvelope,
 };
 use smtp_proto::command::Body as BodyParam;
+pub use smtp_proto::tls_policy::TlsInfo;
 use smtp_proto::{Capabilities, Command, Domain, DotStuffer, ForwardPath, Reply, ReversePath};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -102,17 +103,6 @@ pub struct SmtpClient {
 
 /// Chunk size for reading and writing message data.
 const CHUNK: usize = 64 * 1024;
-
-/// The TLS parameters of a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsInfo {
-    /// `TLSv1.3` or `TLSv1.2`.
-    pub version: String,
-    /// The cipher suite.
-    pub cipher: String,
-    /// Whether the handshake resumed an earlier session.
-    pub resumed: bool,
-}
 
 impl SmtpClient {
     /// A client with these options.
@@ -314,16 +304,10 @@ impl Connection {
             .await
             .map_err(|_| Error::Timeout(Phase::Tls))?
             .map_err(|e| Error::Tls(e.to_string()))?;
-        let conn = tls.get_ref().1;
-        let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
-        let counter = if resumed { &self.client.stats.resumed } else { &self.client.stats.full };
+        let info = TlsInfo::from_rustls(tls.get_ref().1);
+        let counter = if info.resumed { &self.client.stats.resumed } else { &self.client.stats.full };
         counter.fetch_add(1, Ordering::Relaxed);
-        let version = conn
-            .protocol_version()
-            .map(|v| smtp_proto::tls_policy::version_name(u16::from(v)))
-            .unwrap_or_else(|| "unknown".to_string());
-        let cipher = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
-        self.tls_info = Some(TlsInfo { version, cipher, resumed });
+        self.tls_info = Some(info);
         self.io = Some(Either::Right(tls));
         Ok(())
     }

@@ -128,9 +128,7 @@ pub fn with_minimal_headers(
     host: &str,
     body: &[u8],
 ) -> Result<Bytes, InvalidInput> {
-    let date = time::OffsetDateTime::from(SystemTime::now())
-        .format(&time::format_description::well_known::Rfc2822)
-        .unwrap_or_default();
+    let date = smtp_proto::date::rfc5322_date(SystemTime::now());
     let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let mut out = String::new();
     out.push_str(&format!("From: {}\r\n", header_value(from)?));

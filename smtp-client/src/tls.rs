@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{aws_lc_rs, CryptoProvider};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use smtp_proto::tls_policy::provider;
 
 use crate::error::Error;
 
@@ -34,12 +35,6 @@ pub enum CertVerify {
     CaFile(PathBuf),
     /// Not at all: encryption without authentication. Only for tests and opportunistic TLS.
     Insecure,
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    let mut p = aws_lc_rs::default_provider();
-    p.cipher_suites.retain(|s| smtp_proto::tls_policy::is_allowed_cipher_suite(u16::from(s.suite())));
-    Arc::new(p)
 }
 
 /// Builds a rustls client configuration: TLS 1.3 preferred, TLS 1.2 with AEAD suites only, an

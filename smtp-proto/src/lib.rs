@@ -7,6 +7,10 @@
 //! read, writes the bytes it asks to write, and applies the timeouts it names. `smtp-server` and
 //! `smtp-client` are such drivers over tokio.
 //!
+//! The `rustls` feature adds the one piece both drivers need from their TLS library: the
+//! crypto provider restricted to the cipher policy and the facts of a connection
+//! ([`tls_policy::TlsInfo`]). rustls is itself sans-io, so the crate still does no I/O.
+//!
 //! It is not a mail parser (RFC 5322 headers and MIME are out of scope) and it holds no policy:
 //! who may relay and who exists are the driver's decisions, asked through decision events.
 //!
@@ -31,6 +35,7 @@ pub mod auth;
 pub mod client;
 pub mod command;
 pub mod data;
+pub mod date;
 pub mod error;
 pub mod extension;
 pub mod reply;

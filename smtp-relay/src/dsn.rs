@@ -78,7 +78,7 @@ fn addr(p: &ForwardPath) -> String {
 }
 
 fn date(t: SystemTime) -> String {
-    smtp_server::transaction::rfc5322_date(t)
+    smtp_proto::date::rfc5322_date(t)
 }
 
 /// A notification ready to queue: its envelope (from `<>`), the report up to the returned

@@ -79,7 +79,7 @@ pub(crate) async fn serve<P: PolicyService, M: MailService>(
         let Some(acceptor) = shared.acceptor.clone() else { return };
         match Box::pin(tokio::time::timeout(shared.options.tls_handshake_timeout, acceptor.accept(tcp))).await {
             Ok(Ok(tls)) => {
-                info.tls = Some(TlsInfo::from_conn(tls.get_ref().1));
+                info.tls = Some(TlsInfo::from_rustls(tls.get_ref().1));
                 (Either::Right(Box::new(tls)), ServerSession::new_tls(cfg))
             }
             Ok(Err(e)) => {
@@ -206,7 +206,7 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
         // buffer here: the handshake starts from a clean socket (RFC 3207 4.2, CVE-2011-0411).
         match Box::pin(tokio::time::timeout(self.shared.options.tls_handshake_timeout, acceptor.accept(tcp))).await {
             Ok(Ok(tls)) => {
-                let info = TlsInfo::from_conn(tls.get_ref().1);
+                let info = TlsInfo::from_rustls(tls.get_ref().1);
                 tracing::debug!(peer = %self.info.peer, version = %info.version, cipher = %info.cipher, resumed = info.resumed, "STARTTLS");
                 self.info.tls = Some(info);
                 self.info.helo = None;

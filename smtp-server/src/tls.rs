@@ -8,42 +8,13 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::crypto::{aws_lc_rs, CryptoProvider};
+use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
+pub use smtp_proto::tls_policy::{provider, TlsInfo};
 
 use crate::error::Error;
-
-/// The negotiated TLS parameters of a connection, for `Received:` and [`crate::Transaction`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsInfo {
-    /// `TLSv1.3` or `TLSv1.2`.
-    pub version: String,
-    /// The cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
-    pub cipher: String,
-    /// Whether the handshake resumed an earlier session.
-    pub resumed: bool,
-}
-
-impl TlsInfo {
-    pub(crate) fn from_conn(conn: &rustls::ServerConnection) -> TlsInfo {
-        let version = conn
-            .protocol_version()
-            .map(|v| smtp_proto::tls_policy::version_name(u16::from(v)))
-            .unwrap_or_else(|| "unknown".to_string());
-        let cipher = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
-        let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
-        TlsInfo { version, cipher, resumed }
-    }
-}
-
-/// The crypto provider Tern uses: aws-lc-rs restricted to AEAD suites.
-pub fn provider() -> Arc<CryptoProvider> {
-    let mut p = aws_lc_rs::default_provider();
-    p.cipher_suites.retain(|s| smtp_proto::tls_policy::is_allowed_cipher_suite(u16::from(s.suite())));
-    Arc::new(p)
-}
 
 /// Builds the rustls server configuration from a certificate chain and key.
 pub fn server_config(

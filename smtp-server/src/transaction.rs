@@ -51,13 +51,6 @@ pub struct Transaction {
     pub body: Body,
 }
 
-/// Formats a date as RFC 5322 `date-time`.
-pub fn rfc5322_date(t: SystemTime) -> String {
-    let dt = time::OffsetDateTime::from(t);
-    dt.format(&time::format_description::well_known::Rfc2822)
-        .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".into())
-}
-
 /// The `Received:` time-stamp line (RFC 5321 4.4, RFC 8314 7.4 for TLS) with CRLF.
 ///
 /// With `private` (authenticated submissions, when configured) the client's address and HELO name
@@ -92,6 +85,6 @@ pub fn received_line(
     if let Some(r) = single_rcpt {
         out.push_str(&format!("\r\n\tfor {r}"));
     }
-    out.push_str(&format!(";\r\n\t{}\r\n", rfc5322_date(at)));
+    out.push_str(&format!(";\r\n\t{}\r\n", smtp_proto::date::rfc5322_date(at)));
     out
 }

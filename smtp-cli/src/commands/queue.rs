@@ -139,7 +139,7 @@ async fn show(spool: &Path, id: &str) -> anyhow::Result<()> {
     println!("from:     {}", m.from);
     println!(
         "arrival:  {}",
-        smtp_server::transaction::rfc5322_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.arrival))
+        smtp_proto::date::rfc5322_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.arrival))
     );
     if let Some(c) = m.client {
         println!("client:   {c} ({})", m.helo.as_deref().unwrap_or("?"));
