@@ -1,14 +1,13 @@
 //! The per-connection driver: feeds the socket to a `ServerSession`, answers its decisions
 //! through the tower services, swaps plain TCP for TLS on STARTTLS, and applies timeouts.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use smtp_proto::server::{Event, ServerSession, Timeout};
 use smtp_proto::{codes, ForwardPath, Reply};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::server::TlsStream;
 use tokio_util::either::Either;
 use tower::{Service, ServiceExt};
@@ -16,16 +15,56 @@ use tower::{Service, ServiceExt};
 use crate::body::{Body, BodySender};
 use crate::error::BoxError;
 use crate::policy::{Decision, PolicyKind, PolicyRequest};
-use crate::server::{MailService, PolicyService, Shared};
+use crate::server::{ConnectionInfo, MailService, PolicyService, Shared};
 use crate::tls::TlsInfo;
 use crate::transaction::{received_line, SessionInfo, Transaction};
 
-/// Plain TCP, or TLS over it after STARTTLS or on an implicit-TLS listener. The TLS state is
-/// boxed so a plain idle connection's future stays small.
-type Transport = Either<TcpStream, Box<TlsStream<TcpStream>>>;
+/// The plain stream, or TLS over it after STARTTLS or on an implicit-TLS listener. The TLS state
+/// is boxed so a plain idle connection's future stays small.
+type Transport<IO> = Either<IO, Box<TlsStream<IO>>>;
 
 /// Bytes read per system call.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// A byte stream an SMTP session can run over (see [`crate::serve_connection`]): TCP, Unix
+/// sockets and tokio's in-memory duplex implement it; so can any `AsyncRead + AsyncWrite` stream
+/// with an empty `impl`.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Reads what is available; `None` at the end of the stream. This version reads into a
+    /// fresh 16 KiB buffer; sockets wait for readability first, so an idle connection holds no
+    /// read buffer.
+    fn read_some(&mut self) -> impl std::future::Future<Output = std::io::Result<Option<Vec<u8>>>> + Send {
+        async move {
+            let mut buf = vec![0u8; READ_CHUNK];
+            let n = self.read(&mut buf).await?;
+            buf.truncate(n);
+            Ok((n > 0).then_some(buf))
+        }
+    }
+}
+
+/// Waits for readability, then reads into a stack buffer: nothing is held while idle.
+macro_rules! socket_io {
+    ($t:ty) => {
+        impl Io for $t {
+            async fn read_some(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+                loop {
+                    self.readable().await?;
+                    let mut buf = [0u8; READ_CHUNK];
+                    match self.try_read(&mut buf) {
+                        Ok(0) => return Ok(None),
+                        Ok(n) => return Ok(Some(buf[..n].to_vec())),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    };
+}
+socket_io!(TcpStream);
+socket_io!(UnixStream);
+impl Io for tokio::io::DuplexStream {}
 
 /// The one place where a failed service becomes an SMTP reply: `451 4.3.0`, never a dropped
 /// connection.
@@ -66,18 +105,16 @@ struct Transfer {
     reply: tokio::task::JoinHandle<Result<Reply, BoxError>>,
 }
 
-pub(crate) async fn serve<P: PolicyService, M: MailService>(
+pub(crate) async fn serve<IO: Io, P: PolicyService, M: MailService>(
     shared: Arc<Shared<P, M>>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    implicit: bool,
+    io: IO,
+    ConnectionInfo { peer, local, implicit_tls: implicit }: ConnectionInfo,
 ) {
-    let local = tcp.local_addr().unwrap_or(peer);
     let mut info = SessionInfo { peer, local, helo: None, extended: false, tls: None, authenticated: None };
     let cfg = shared.options.session.clone();
     let (transport, session) = if implicit {
         let Some(acceptor) = shared.acceptor.clone() else { return };
-        match Box::pin(tokio::time::timeout(shared.options.tls_handshake_timeout, acceptor.accept(tcp))).await {
+        match Box::pin(tokio::time::timeout(shared.options.tls_handshake_timeout, acceptor.accept(io))).await {
             Ok(Ok(tls)) => {
                 info.tls = Some(TlsInfo::from_rustls(tls.get_ref().1));
                 (Either::Right(Box::new(tls)), ServerSession::new_tls(cfg))
@@ -89,7 +126,7 @@ pub(crate) async fn serve<P: PolicyService, M: MailService>(
             Err(_) => return,
         }
     } else {
-        (Either::Left(tcp), ServerSession::new(cfg))
+        (Either::Left(io), ServerSession::new(cfg))
     };
     let mut conn = Conn {
         policy: shared.policy.clone(),
@@ -105,7 +142,7 @@ pub(crate) async fn serve<P: PolicyService, M: MailService>(
 }
 
 impl<P: PolicyService, M: MailService> Conn<P, M> {
-    async fn run(&mut self, mut transport: Transport) -> End {
+    async fn run<IO: Io>(&mut self, mut transport: Transport<IO>) -> End {
         let mut tls_buf = Vec::new();
         // When the transaction in progress (MAIL accepted) must be over.
         let mut deadline: Option<tokio::time::Instant> = None;
@@ -181,7 +218,7 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
         }
     }
 
-    async fn goodbye(&mut self, transport: &mut Transport, reply: Reply) -> End {
+    async fn goodbye<IO: Io>(&mut self, transport: &mut Transport<IO>, reply: Reply) -> End {
         let _ = self.write_out(transport).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), transport.write_all(&reply.to_bytes())).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), transport.shutdown()).await;
@@ -189,7 +226,7 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
     }
 
     /// Writes pending output (one write per batch of replies: RFC 2920).
-    async fn write_out(&mut self, transport: &mut Transport) -> bool {
+    async fn write_out<IO: Io>(&mut self, transport: &mut Transport<IO>) -> bool {
         let Some(out) = self.session.poll_output() else { return true };
         let wait = self.shared.options.command_timeout;
         let res = tokio::time::timeout(wait, async {
@@ -200,11 +237,11 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
         matches!(res, Ok(Ok(())))
     }
 
-    async fn upgrade(&mut self, transport: Transport) -> Option<Transport> {
-        let (Either::Left(tcp), Some(acceptor)) = (transport, self.shared.acceptor.clone()) else { return None };
+    async fn upgrade<IO: Io>(&mut self, transport: Transport<IO>) -> Option<Transport<IO>> {
+        let (Either::Left(io), Some(acceptor)) = (transport, self.shared.acceptor.clone()) else { return None };
         // The session discarded everything buffered behind STARTTLS, and nothing sits in a read
         // buffer here: the handshake starts from a clean socket (RFC 3207 4.2, CVE-2011-0411).
-        match Box::pin(tokio::time::timeout(self.shared.options.tls_handshake_timeout, acceptor.accept(tcp))).await {
+        match Box::pin(tokio::time::timeout(self.shared.options.tls_handshake_timeout, acceptor.accept(io))).await {
             Ok(Ok(tls)) => {
                 let info = TlsInfo::from_rustls(tls.get_ref().1);
                 tracing::debug!(peer = %self.info.peer, version = %info.version, cipher = %info.cipher, resumed = info.resumed, "STARTTLS");
@@ -338,20 +375,10 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
     }
 }
 
-/// Reads what is available. For plain TCP it waits for readability first and reads into a
-/// stack buffer, so an idle connection holds no read buffer.
-async fn read_some(transport: &mut Transport, tls_buf: &mut Vec<u8>) -> std::io::Result<Option<Vec<u8>>> {
+/// Reads what is available: from the plain stream, or through TLS into the connection's buffer.
+async fn read_some<IO: Io>(transport: &mut Transport<IO>, tls_buf: &mut Vec<u8>) -> std::io::Result<Option<Vec<u8>>> {
     match transport {
-        Either::Left(tcp) => loop {
-            tcp.readable().await?;
-            let mut buf = [0u8; READ_CHUNK];
-            match tcp.try_read(&mut buf) {
-                Ok(0) => return Ok(None),
-                Ok(n) => return Ok(Some(buf[..n].to_vec())),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        },
+        Either::Left(io) => io.read_some().await,
         Either::Right(tls) => {
             tls_buf.resize(READ_CHUNK, 0);
             let n = tls.read(tls_buf).await?;

@@ -9,6 +9,9 @@
 //! middleware (timeout, concurrency limit, load shedding) composes around them; a failing
 //! service becomes `451 4.3.0`, never a dropped connection.
 //!
+//! [`Server`] runs TCP listeners; [`serve_connection`] runs the same per-connection driver over
+//! any [`Io`] stream (a Unix socket, an in-memory duplex in tests, your own accept loop).
+//!
 //! It is not a queue or a relay: what happens to a message is the mail service's business (see
 //! `smtp-relay`).
 //!
@@ -47,8 +50,11 @@ pub mod transaction;
 
 pub use body::{Body, BodyError};
 pub use conn::service_error_reply;
+pub use conn::Io;
 pub use error::{BoxError, Error};
 pub use policy::{AcceptAll, Decision, PolicyKind, PolicyRequest};
-pub use server::{Builder, MailService, PolicyService, Server, ServerOptions, ShutdownHandle};
+pub use server::{
+    serve_connection, Builder, ConnectionInfo, MailService, PolicyService, Server, ServerOptions, ShutdownHandle,
+};
 pub use tls::TlsInfo;
 pub use transaction::{SessionInfo, Transaction};

@@ -117,14 +117,13 @@ impl Builder {
         P: PolicyService,
         M: MailService,
     {
-        let mut o = self.options;
+        let o = self.options;
         if o.listen.is_empty() && o.implicit_tls.is_empty() && self.adopted.is_empty() {
             return Err(Error::Config("no listener"));
         }
         if !o.implicit_tls.is_empty() && o.tls.is_none() {
             return Err(Error::Config("implicit TLS listener without a TLS configuration"));
         }
-        o.session.starttls = o.tls.is_some();
         let mut listeners = Vec::new();
         for l in self.adopted {
             let adopt = |l: std::net::TcpListener| {
@@ -140,19 +139,7 @@ impl Builder {
                 listeners.push((l, implicit));
             }
         }
-        let acceptor = o.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-        let shared = Arc::new(Shared {
-            options: o,
-            acceptor,
-            policy,
-            mail,
-            shutdown: CancellationToken::new(),
-            force: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            per_ip: Mutex::new(HashMap::new()),
-            total: Mutex::new(0),
-            ids: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared::new(o, policy, mail));
         Ok(Server { shared, listeners })
     }
 }
@@ -200,13 +187,30 @@ pub(crate) struct Shared<P, M> {
     pub(crate) tracker: TaskTracker,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     total: Mutex<usize>,
-    ids: AtomicU64,
 }
 
+/// Transaction ids are unique in the process, however many servers or connections it runs.
+static IDS: AtomicU64 = AtomicU64::new(0);
+
 impl<P, M> Shared<P, M> {
-    /// A unique id: seconds since the epoch and a counter, in hex.
+    fn new(mut options: ServerOptions, policy: P, mail: M) -> Self {
+        options.session.starttls = options.tls.is_some();
+        Shared {
+            acceptor: options.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+            options,
+            policy,
+            mail,
+            shutdown: CancellationToken::new(),
+            force: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            per_ip: Mutex::new(HashMap::new()),
+            total: Mutex::new(0),
+        }
+    }
+
+    /// A unique id: seconds since the epoch, the process id and a counter, in hex.
     pub(crate) fn next_id(&self) -> String {
-        let n = self.ids.fetch_add(1, Ordering::Relaxed);
+        let n = IDS.fetch_add(1, Ordering::Relaxed);
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         format!("{secs:X}{:04X}{n:06X}", std::process::id() & 0xffff)
     }
@@ -335,11 +339,13 @@ async fn accept_loop<P: PolicyService, M: MailService>(
             }
         };
         let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().unwrap_or(peer);
         match shared.admit(peer.ip()) {
             Some(guard) => {
                 let shared2 = shared.clone();
+                let info = ConnectionInfo { peer, local, implicit_tls: implicit };
                 shared.tracker.spawn(async move {
-                    crate::conn::serve(shared2, tcp, peer, implicit).await;
+                    crate::conn::serve(shared2, tcp, info).await;
                     drop(guard);
                 });
             }
@@ -348,6 +354,30 @@ async fn accept_loop<P: PolicyService, M: MailService>(
             }
         }
     }
+}
+
+/// Where a connection comes from, for [`serve_connection`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// The client's address (for `Received:`, logs and the policy service).
+    pub peer: SocketAddr,
+    /// This side's address.
+    pub local: SocketAddr,
+    /// Whether TLS starts at once (RFC 8314) instead of after STARTTLS; needs `options.tls`.
+    pub implicit_tls: bool,
+}
+
+/// Serves one SMTP session over any byte stream — a Unix socket, an in-memory duplex, a
+/// connection from the embedder's own accept loop — with the same driver [`Server`] runs for
+/// each TCP connection (timeouts, STARTTLS, streaming bodies). Returns when the session ends.
+/// Connection limits and graceful shutdown are the caller's: drop the future to end it.
+pub async fn serve_connection<IO, P, M>(io: IO, info: ConnectionInfo, options: ServerOptions, policy: P, mail: M)
+where
+    IO: crate::conn::Io,
+    P: PolicyService,
+    M: MailService,
+{
+    crate::conn::serve(Arc::new(Shared::new(options, policy, mail)), io, info).await
 }
 
 async fn refuse(mut tcp: TcpStream, reply: Reply) {

@@ -69,13 +69,10 @@ impl tower::Service<PolicyRequest> for TestPolicy {
     }
 }
 
-async fn start(tweak: impl FnOnce(&mut ServerOptions)) -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
-    let tls_config = tls::self_signed(dir.path(), "mx.test").unwrap();
-    let inbox: Inbox = Arc::default();
-    let inbox2 = inbox.clone();
-    let mail = tower::service_fn(move |mut tx: Transaction| {
-        let inbox = inbox2.clone();
+/// A mail service that collects every message into `inbox` and answers `250 queued as ID`.
+fn collecting(inbox: Inbox) -> impl smtp_server::MailService {
+    tower::service_fn(move |mut tx: Transaction| {
+        let inbox = inbox.clone();
         async move {
             let id = tx.id.clone();
             let data = tx.body.collect(1 << 24).await?;
@@ -87,7 +84,14 @@ async fn start(tweak: impl FnOnce(&mut ServerOptions)) -> TestServer {
                 &format!("queued as {id}"),
             ))
         }
-    });
+    })
+}
+
+async fn start(tweak: impl FnOnce(&mut ServerOptions)) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let tls_config = tls::self_signed(dir.path(), "mx.test").unwrap();
+    let inbox: Inbox = Arc::default();
+    let mail = collecting(inbox.clone());
     let server = Server::builder("mx.test")
         .listen("127.0.0.1:0".parse().unwrap())
         .listen_implicit_tls("127.0.0.1:0".parse().unwrap())
@@ -492,4 +496,53 @@ async fn shutdown_cuts_off_a_transaction_past_its_grace() {
     tokio::time::timeout(WAIT, stopper).await.unwrap().unwrap();
     tokio::time::timeout(WAIT, t.task).await.unwrap().unwrap();
     assert!(t.inbox.lock().unwrap().is_empty(), "nothing half-received is passed on");
+}
+
+/// The same driver over streams that are not TCP: an in-memory duplex and a Unix socket.
+#[tokio::test]
+async fn serve_connection_runs_over_any_stream() {
+    let inbox: Inbox = Arc::default();
+    let info = smtp_server::ConnectionInfo {
+        peer: "192.0.2.7:4000".parse().unwrap(),
+        local: "192.0.2.1:25".parse().unwrap(),
+        implicit_tls: false,
+    };
+    let mut options = ServerOptions::default();
+    options.session.hostname = "mx.test".into();
+    async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
+        assert!(reply(s).await.starts_with("220 mx.test"));
+        assert!(send(s, "EHLO c.test\r\n").await.starts_with("250-mx.test"));
+        assert!(send(s, "MAIL FROM:<a@c.test>\r\n").await.starts_with("250"));
+        assert!(send(s, "RCPT TO:<b@mx.test>\r\n").await.starts_with("250"));
+        assert!(send(s, "DATA\r\n").await.starts_with("354"));
+        assert!(send(s, "Subject: x\r\n\r\n..dot\r\n.\r\n").await.starts_with("250 2.0.0 queued as"));
+        assert!(send(s, "QUIT\r\n").await.starts_with("221"));
+    }
+    let (mut client, server_io) = tokio::io::duplex(4096);
+    let served = tokio::spawn(smtp_server::serve_connection(
+        server_io,
+        info,
+        options.clone(),
+        TestPolicy,
+        collecting(inbox.clone()),
+    ));
+    transaction(&mut client).await;
+    tokio::time::timeout(WAIT, served).await.expect("the session ends after QUIT").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("smtp.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let (inbox2, options2) = (inbox.clone(), options.clone());
+    let served = tokio::spawn(async move {
+        let (io, _) = listener.accept().await.unwrap();
+        smtp_server::serve_connection(io, info, options2, TestPolicy, collecting(inbox2)).await
+    });
+    transaction(&mut tokio::net::UnixStream::connect(&path).await.unwrap()).await;
+    tokio::time::timeout(WAIT, served).await.expect("the session ends after QUIT").unwrap();
+    let got = inbox.lock().unwrap().clone();
+    assert_eq!(got.len(), 2);
+    for g in &got {
+        assert!(g.received.contains("from c.test ([192.0.2.7])"), "{}", g.received);
+        assert!(g.message.ends_with(b"Subject: x\r\n\r\n.dot\r\n"));
+    }
+    assert_ne!(got[0].id, got[1].id, "ids stay unique across drivers");
 }
