@@ -30,6 +30,8 @@ pub struct FileConfig {
     pub queue_lifetime: Option<u64>,
     pub source_routes: Option<String>,
     pub idle_timeout: Option<u64>,
+    pub command_timeout: Option<u64>,
+    pub data_timeout: Option<u64>,
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
     pub transaction_deadline: Option<u64>,

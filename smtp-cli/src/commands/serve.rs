@@ -10,7 +10,7 @@ use clap::Args;
 use smtp_proto::auth::AuthMechanism;
 use smtp_relay::password::PasswordHashString;
 use smtp_relay::{Cidr, Directory, FsQueue, Relay, RelayConfig, SourceRoutes};
-use smtp_server::{tls, Server};
+use smtp_server::{tls, Server, ServerOptions};
 
 use crate::config::{self, ConfigError, FileConfig};
 
@@ -79,9 +79,16 @@ pub struct ServeArgs {
     /// RFC 788 source routes: honor or strip. Default strip.
     #[arg(long)]
     pub source_routes: Option<String>,
-    /// Close idle connections after this many seconds. Default 300.
+    /// Close idle connections after this many seconds: sets both --command-timeout and
+    /// --data-timeout. Default 300.
     #[arg(long)]
     pub idle_timeout: Option<u64>,
+    /// Longest wait for the next command, seconds (RFC 5321 4.5.3.2.7: at least 300). Default 300.
+    #[arg(long)]
+    pub command_timeout: Option<u64>,
+    /// Longest wait for the next block of message data, seconds (RFC 5321 4.5.3.2.6). Default 300.
+    #[arg(long)]
+    pub data_timeout: Option<u64>,
     /// Most connections at once. Default 4096.
     #[arg(long)]
     pub max_connections: Option<usize>,
@@ -109,20 +116,14 @@ pub struct ServeArgs {
     pub route_tls: Vec<String>,
 }
 
-/// The resolved settings.
+/// The resolved settings: the libraries' defaults with the file and the flags applied.
 pub struct Settings {
-    pub listen: Vec<SocketAddr>,
-    pub implicit_tls: Vec<SocketAddr>,
     pub hostname: String,
     pub data_dir: PathBuf,
-    pub tls: Arc<rustls::ServerConfig>,
+    /// Listeners, TLS, session limits and timeouts (starts from `ServerOptions::default()`).
+    pub server: ServerOptions,
+    /// Routing, queue and delivery (starts from `RelayConfig::new`).
     pub relay: RelayConfig,
-    pub max_message_size: u64,
-    pub max_recipients: usize,
-    pub idle_timeout: Duration,
-    pub max_connections: Option<usize>,
-    pub max_connections_per_ip: Option<usize>,
-    pub transaction_deadline: Duration,
 }
 
 fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
@@ -250,22 +251,38 @@ pub fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
         }
         _ => return Err(err("tls_cert", "tls_cert and tls_key go together".into())),
     };
-    Ok(Settings {
-        listen,
-        implicit_tls,
-        hostname,
-        data_dir,
-        tls,
-        relay,
-        max_message_size: pick(args.max_message_size, file.max_message_size).unwrap_or(25 * 1024 * 1024),
-        max_recipients: pick(args.max_recipients, file.max_recipients).unwrap_or(100).max(1),
-        idle_timeout: Duration::from_secs(pick(args.idle_timeout, file.idle_timeout).unwrap_or(300).max(1)),
-        max_connections: pick(args.max_connections, file.max_connections).map(|n| n.max(1)),
-        max_connections_per_ip: pick(args.max_connections_per_ip, file.max_connections_per_ip).map(|n| n.max(1)),
-        transaction_deadline: Duration::from_secs(
-            pick(args.transaction_deadline, file.transaction_deadline).unwrap_or(600).max(1),
-        ),
-    })
+    let mut server = ServerOptions { listen, implicit_tls, tls: Some(tls), ..ServerOptions::default() };
+    server.session.hostname = hostname.clone();
+    let secs = |s: u64| Duration::from_secs(s.max(1));
+    if let Some(n) = pick(args.max_message_size, file.max_message_size) {
+        server.session.max_message_size = n;
+    }
+    if let Some(n) = pick(args.max_recipients, file.max_recipients) {
+        server.session.max_recipients = n.max(1);
+    }
+    // --idle-timeout sets both waits; the specific flags win over it.
+    if let Some(t) = pick(args.idle_timeout, file.idle_timeout) {
+        (server.command_timeout, server.data_timeout) = (secs(t), secs(t));
+    }
+    if let Some(t) = pick(args.command_timeout, file.command_timeout) {
+        server.command_timeout = secs(t);
+    }
+    if let Some(t) = pick(args.data_timeout, file.data_timeout) {
+        server.data_timeout = secs(t);
+    }
+    if let Some(n) = pick(args.max_connections, file.max_connections) {
+        server.max_connections = n.max(1);
+    }
+    if let Some(n) = pick(args.max_connections_per_ip, file.max_connections_per_ip) {
+        server.max_connections_per_ip = n.max(1);
+    }
+    if let Some(t) = pick(args.transaction_deadline, file.transaction_deadline) {
+        server.transaction_deadline = secs(t);
+    }
+    if !relay.auth_users.is_empty() {
+        server.session.auth_mechanisms = vec![AuthMechanism::Plain, AuthMechanism::Login];
+    }
+    Ok(Settings { hostname, data_dir, server, relay })
 }
 
 /// Creates the data directory owner-only (0700, whatever the umask), or checks that an existing
@@ -295,7 +312,7 @@ pub fn log_format(args: &ServeArgs) -> Option<String> {
 
 /// The warning for a server reachable beyond loopback that accepts every local part.
 fn catch_all_warning(s: &Settings) -> Option<&'static str> {
-    let public = s.listen.iter().chain(&s.implicit_tls).any(|a| !a.ip().is_loopback());
+    let public = s.server.listen.iter().chain(&s.server.implicit_tls).any(|a| !a.ip().is_loopback());
     (public && s.relay.directory.is_catch_all()).then_some(
         "listening beyond loopback with no --user and no aliases: every local part is accepted and gets a mailbox",
     )
@@ -313,31 +330,10 @@ pub async fn exec(s: Settings) -> anyhow::Result<()> {
     if let Some(w) = catch_all_warning(&s) {
         tracing::warn!("{w}");
     }
-    let auth = !s.relay.auth_users.is_empty();
     let (relay, scheduler) = Relay::new(s.relay, queue)?;
     let handle = scheduler.handle();
-    let mut builder = Server::builder(s.hostname.clone()).tls(s.tls).options(|o| {
-        o.session.max_message_size = s.max_message_size;
-        o.session.max_recipients = s.max_recipients;
-        o.command_timeout = s.idle_timeout;
-        o.data_timeout = s.idle_timeout;
-        o.transaction_deadline = s.transaction_deadline;
-        if let Some(n) = s.max_connections {
-            o.max_connections = n;
-        }
-        if let Some(n) = s.max_connections_per_ip {
-            o.max_connections_per_ip = n;
-        }
-        if auth {
-            o.session.auth_mechanisms = vec![AuthMechanism::Plain, AuthMechanism::Login];
-        }
-    });
-    for a in &s.listen {
-        builder = builder.listen(*a);
-    }
-    for a in &s.implicit_tls {
-        builder = builder.listen_implicit_tls(*a);
-    }
+    let plain_listeners = s.server.listen.len();
+    let builder = Server::builder(s.hostname.clone()).options(|o| *o = s.server);
     let server = builder.bind(relay.policy(), relay.mail()).await?;
     let terminals = relay.terminals();
     let control_task = {
@@ -355,7 +351,7 @@ pub async fn exec(s: Settings) -> anyhow::Result<()> {
     let shutdown = server.shutdown_handle();
     let addrs = server.local_addrs();
     for (i, a) in addrs.iter().enumerate() {
-        let kind = if i < s.listen.len() { "SMTP with STARTTLS" } else { "SMTP over implicit TLS" };
+        let kind = if i < plain_listeners { "SMTP with STARTTLS" } else { "SMTP over implicit TLS" };
         println!("tern serve: listening on {a} ({kind}) as {}", s.hostname);
     }
     println!(
@@ -397,8 +393,72 @@ mod tests {
 
     #[test]
     fn transaction_deadline_flag() {
-        assert_eq!(settings_for(&[]).transaction_deadline, Duration::from_secs(600));
-        assert_eq!(settings_for(&["--transaction-deadline", "30"]).transaction_deadline, Duration::from_secs(30));
+        assert_eq!(settings_for(&[]).server.transaction_deadline, Duration::from_secs(600));
+        let s = settings_for(&["--transaction-deadline", "30"]);
+        assert_eq!(s.server.transaction_deadline, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn command_and_data_timeouts_are_separate() {
+        let s = settings_for(&["--idle-timeout", "400", "--data-timeout", "900"]);
+        assert_eq!(
+            (s.server.command_timeout, s.server.data_timeout),
+            (Duration::from_secs(400), Duration::from_secs(900))
+        );
+        let s = settings_for(&["--command-timeout", "360"]);
+        assert_eq!(
+            (s.server.command_timeout, s.server.data_timeout),
+            (Duration::from_secs(360), Duration::from_secs(300))
+        );
+    }
+
+    /// The embedded default is the libraries' defaults, and `--help` states them truly.
+    #[test]
+    fn defaults_come_from_the_libraries_and_help_states_them() {
+        use clap::CommandFactory;
+        let s = settings_for(&[]);
+        let (lib, relay) = (ServerOptions::default(), RelayConfig::new("mx.test", "/x"));
+        assert_eq!(s.server.session.max_message_size, lib.session.max_message_size);
+        assert_eq!(s.server.session.max_recipients, lib.session.max_recipients);
+        assert_eq!((s.server.command_timeout, s.server.data_timeout), (lib.command_timeout, lib.data_timeout));
+        assert_eq!(
+            (s.server.max_connections, s.server.max_connections_per_ip),
+            (lib.max_connections, lib.max_connections_per_ip)
+        );
+        assert_eq!(s.server.transaction_deadline, lib.transaction_deadline);
+        assert_eq!((s.relay.retry_interval, s.relay.queue_lifetime), (relay.retry_interval, relay.queue_lifetime));
+        assert_eq!(
+            (s.relay.max_deliveries, s.relay.max_per_destination),
+            (relay.max_deliveries, relay.max_per_destination)
+        );
+        assert_eq!(s.relay.delivery_deadline, relay.delivery_deadline);
+        let help: std::collections::HashMap<String, String> = Cli::command()
+            .get_arguments()
+            .map(|a| (a.get_id().to_string(), a.get_help().map(|h| h.to_string()).unwrap_or_default()))
+            .collect();
+        let stated = |id: &str| -> u64 {
+            let h = &help[id];
+            let n = h.split("Default ").nth(1).unwrap_or_else(|| panic!("{id}: no default in {h:?}"));
+            n.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+        };
+        let secs = |d: Duration| d.as_secs();
+        for (id, value) in [
+            ("max_message_size", lib.session.max_message_size),
+            ("max_recipients", lib.session.max_recipients as u64),
+            ("idle_timeout", secs(lib.command_timeout)),
+            ("command_timeout", secs(lib.command_timeout)),
+            ("data_timeout", secs(lib.data_timeout)),
+            ("max_connections", lib.max_connections as u64),
+            ("max_connections_per_ip", lib.max_connections_per_ip as u64),
+            ("transaction_deadline", secs(lib.transaction_deadline)),
+            ("retry_interval", secs(relay.retry_interval)),
+            ("queue_lifetime", secs(relay.queue_lifetime)),
+            ("max_deliveries", relay.max_deliveries as u64),
+            ("max_per_destination", relay.max_per_destination as u64),
+            ("delivery_deadline", secs(relay.delivery_deadline)),
+        ] {
+            assert_eq!(stated(id), value, "--{} help", id.replace('_', "-"));
+        }
     }
 
     #[test]
