@@ -288,7 +288,7 @@ impl Connection {
     async fn expect_ready(&mut self, wait: Duration, phase: Phase) -> Result<(), Error> {
         match self.next_event(wait, phase).await? {
             ClientEvent::Ready => Ok(()),
-            other => Err(Error::Protocol(format!("expected greeting and EHLO, got {other:?}"))),
+            _ => Err(Error::Misuse("out of sequence: expected greeting and EHLO")),
         }
     }
 
@@ -298,12 +298,12 @@ impl Connection {
             return Err(Error::Refused("TLS already active"));
         };
         let name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
-            .map_err(|e| Error::Tls(format!("bad server name {}: {e}", self.server_name)))?;
+            .map_err(|_| Error::ServerName(self.server_name.clone()))?;
         let connector = tokio_rustls::TlsConnector::from(config);
         let tls = tokio::time::timeout(self.client.options.timeouts.tls, connector.connect(name, tcp))
             .await
             .map_err(|_| Error::Timeout(Phase::Tls))?
-            .map_err(|e| Error::Tls(e.to_string()))?;
+            .map_err(Error::Handshake)?;
         let info = TlsInfo::from_rustls(tls.get_ref().1);
         let counter = if info.resumed { &self.client.stats.resumed } else { &self.client.stats.full };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -316,7 +316,7 @@ impl Connection {
         self.session.start_tls()?;
         match self.next_event(self.client.options.timeouts.command, Phase::Command).await? {
             ClientEvent::StartTls => {}
-            other => return Err(Error::Protocol(format!("expected 220 to STARTTLS, got {other:?}"))),
+            _ => return Err(Error::Misuse("out of sequence: expected 220 to STARTTLS")),
         }
         self.upgrade().await?;
         self.session.tls_established();
@@ -339,7 +339,7 @@ impl Connection {
         match self.next_event(self.client.options.timeouts.command, Phase::Command).await? {
             ClientEvent::Auth(r) if r.code() == 235 => Ok(()),
             ClientEvent::Auth(reply) => Err(Error::Rejected { command: CommandKind::Auth, reply }),
-            other => Err(Error::Protocol(format!("expected AUTH reply, got {other:?}"))),
+            _ => Err(Error::Misuse("out of sequence: expected AUTH reply")),
         }
     }
 
@@ -391,7 +391,7 @@ impl Connection {
         self.transactions += 1;
         match self.next_event(self.client.options.timeouts.command, Phase::Command).await? {
             ClientEvent::Envelope(o) => Ok(o),
-            other => Err(Error::Protocol(format!("expected envelope replies, got {other:?}"))),
+            _ => Err(Error::Misuse("out of sequence: expected envelope replies")),
         }
     }
 
@@ -407,7 +407,7 @@ impl Connection {
                 let reply = o.data.unwrap_or_else(|| o.mail.clone());
                 return Err(Error::Rejected { command: CommandKind::Data, reply });
             }
-            other => return Err(Error::Protocol(format!("expected reply to DATA, got {other:?}"))),
+            _ => return Err(Error::Misuse("out of sequence: expected reply to DATA")),
         }
         self.send_body(body).await
     }
@@ -445,7 +445,7 @@ impl Connection {
     async fn final_reply(&mut self) -> Result<Reply, Error> {
         match self.next_event(self.client.options.timeouts.data_end, Phase::Data).await? {
             ClientEvent::Message(r) => Ok(r),
-            other => Err(Error::Protocol(format!("expected reply to the message, got {other:?}"))),
+            _ => Err(Error::Misuse("out of sequence: expected reply to the message")),
         }
     }
 
@@ -544,7 +544,7 @@ impl Connection {
         self.transactions += 1;
         let o = match self.next_event(self.client.options.timeouts.command, Phase::Command).await? {
             ClientEvent::Envelope(o) => o,
-            other => return Err(Error::Protocol(format!("expected envelope replies, got {other:?}"))),
+            _ => return Err(Error::Misuse("out of sequence: expected envelope replies")),
         };
         if !o.mail.is_positive() {
             return Err(Error::Rejected { command: CommandKind::Mail, reply: o.mail });
@@ -580,7 +580,7 @@ impl Connection {
         self.session.command(cmd)?;
         match self.next_event(self.client.options.timeouts.command, Phase::Command).await? {
             ClientEvent::Reply(_, r) => Ok(r),
-            other => Err(Error::Protocol(format!("expected a reply, got {other:?}"))),
+            _ => Err(Error::Misuse("out of sequence: expected a reply")),
         }
     }
 

@@ -1,7 +1,9 @@
 //! The client's error type: each variant tells whether a retry could help.
 
-use smtp_proto::client::CommandKind;
-use smtp_proto::{InvalidInput, Reply};
+use std::path::PathBuf;
+
+use smtp_proto::client::{ClientError, CommandKind};
+use smtp_proto::{InvalidInput, Reply, ReplyError};
 
 /// Which step timed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,9 +40,24 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
-    /// The TLS handshake failed (transient; an opportunistic sender may retry in plaintext).
+    /// The TLS handshake failed, e.g. the certificate was refused (transient; an opportunistic
+    /// sender may retry in plaintext).
     #[error("TLS handshake failed: {0}")]
-    Tls(String),
+    Handshake(std::io::Error),
+    /// The host name cannot be used to check a certificate (permanent).
+    #[error("{0:?} cannot be a TLS server name")]
+    ServerName(String),
+    /// A CA file could not be used (permanent: a configuration error).
+    #[error("{}: {reason}", path.display())]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// rustls refused the TLS configuration (permanent).
+    #[error("TLS configuration: {0}")]
+    TlsConfig(#[from] rustls::Error),
     /// TLS is required but the server does not offer STARTTLS (transient: the server may be
     /// fixed; never fall back to plaintext).
     #[error("TLS required but the server does not offer STARTTLS")]
@@ -56,9 +73,13 @@ pub enum Error {
         /// The server's reply.
         reply: Reply,
     },
-    /// The server broke the protocol (transient).
-    #[error("protocol error: {0}")]
-    Protocol(String),
+    /// The server sent something that is not an SMTP reply, or too long a one (transient: the
+    /// blame is the server's, and another attempt may reach a better one).
+    #[error("malformed reply: {0}")]
+    Malformed(#[from] ReplyError),
+    /// The server sent a reply to no command (transient).
+    #[error("unexpected reply: {0}")]
+    UnexpectedReply(Reply),
     /// The connection failed (transient).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -79,6 +100,11 @@ pub enum Error {
     /// The client was asked for something unsafe or impossible, e.g. AUTH over plaintext.
     #[error("{0}")]
     Refused(&'static str),
+    /// The caller used the connection out of order, e.g. a second envelope before the first
+    /// one's replies (permanent: the same call would fail again; it is a bug to fix, not a
+    /// failure to retry).
+    #[error("misuse: {0}")]
+    Misuse(&'static str),
 }
 
 impl Error {
@@ -86,7 +112,14 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Rejected { reply, .. } => !reply.is_permanent(),
-            Error::TooLarge { .. } | Error::ExtensionMissing(_) | Error::Invalid(_) | Error::Refused(_) => false,
+            Error::TooLarge { .. }
+            | Error::ExtensionMissing(_)
+            | Error::Invalid(_)
+            | Error::Refused(_)
+            | Error::Misuse(_)
+            | Error::ServerName(_)
+            | Error::CaFile { .. }
+            | Error::TlsConfig(_) => false,
             _ => true,
         }
     }
@@ -105,8 +138,33 @@ impl Error {
     }
 }
 
-impl From<smtp_proto::client::ClientError> for Error {
-    fn from(e: smtp_proto::client::ClientError) -> Self {
-        Error::Protocol(e.to_string())
+/// The server's faults stay transient; the caller's misuse is permanent.
+impl From<ClientError> for Error {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Malformed(e) => Error::Malformed(e),
+            ClientError::Unexpected(r) => Error::UnexpectedReply(r),
+            ClientError::Misuse(m) => Error::Misuse(m),
+            // ClientError is non-exhaustive: anything new is treated as the server's fault.
+            other => Error::Io(std::io::Error::other(other.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blame_decides_retry() {
+        let transient = |e: ClientError| Error::from(e).is_transient();
+        assert!(transient(ClientError::Malformed(ReplyError::LineTooLong)), "the server's fault");
+        assert!(transient(ClientError::Unexpected(Reply::new(250, None, "?"))), "the server's fault");
+        assert!(!transient(ClientError::Misuse("no recipients")), "the caller's bug is not retried");
+        let refused = |code| Error::Rejected { command: CommandKind::Rcpt, reply: Reply::new(code, None, "x") };
+        assert!(refused(451).is_transient() && refused(550).is_permanent());
+        assert!(Error::Handshake(std::io::Error::other("bad certificate")).is_transient());
+        assert!(Error::ServerName("a b".into()).is_permanent());
+        assert!(Error::Timeout(Phase::Data).is_transient());
     }
 }

@@ -42,8 +42,7 @@ pub enum CertVerify {
 /// no early data.
 pub fn client_config(verify: &CertVerify) -> Result<Arc<ClientConfig>, Error> {
     let builder = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| Error::Tls(e.to_string()))?;
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let mut config = match verify {
         CertVerify::WebPki => {
             let roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
@@ -53,23 +52,23 @@ pub fn client_config(verify: &CertVerify) -> Result<Arc<ClientConfig>, Error> {
             use rustls::pki_types::pem::PemObject;
             let mut roots = RootCertStore::empty();
             let mut pins = Vec::new();
-            let certs =
-                CertificateDer::pem_file_iter(path).map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
+            let bad = |reason: &dyn std::fmt::Display| Error::CaFile { path: path.clone(), reason: reason.to_string() };
+            let certs = CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))?;
             for c in certs {
-                let c = c.map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
+                let c = c.map_err(|e| bad(&e))?;
                 // Some certificates cannot be trust anchors; they still count as pins.
                 let _ = roots.add(c.clone());
                 pins.push(c);
             }
             if pins.is_empty() {
-                return Err(Error::Tls(format!("{}: no certificate in the file", path.display())));
+                return Err(bad(&"no certificate in the file"));
             }
             let inner = (!roots.is_empty())
                 .then(|| {
                     rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build()
                 })
                 .transpose()
-                .map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
+                .map_err(|e| bad(&e))?;
             let verifier = CaFileVerifier { inner, pins, signatures: NoVerify(provider()) };
             builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
         }

@@ -141,7 +141,7 @@ impl RemoteDelivery {
             let mta = Some(RemoteHost { name: host.clone() });
             let attempt = async {
                 let mut result = self.send(mode, &dest, &envelope, body).await;
-                if let (TlsMode::Opportunistic, Err(smtp_client::Error::Tls(e))) = (mode, &result) {
+                if let (TlsMode::Opportunistic, Err(smtp_client::Error::Handshake(e))) = (mode, &result) {
                     tracing::warn!(destination = %host, port, error = %e, "STARTTLS failed; retrying once without TLS (downgrade)");
                     result = self.send(TlsMode::None, &dest, &envelope, body).await;
                 }
