@@ -7,12 +7,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use smtp_proto::auth::{AuthMechanism, Secret};
-use smtp_proto::client::{
-    ClientConfig, ClientEvent, ClientSession, CommandKind, DataMode, EnvelopeOutcome, MessageEnvelope,
-};
+use smtp_proto::client::{ClientConfig, ClientEvent, ClientSession, CommandKind, DataMode, EnvelopeOutcome};
 use smtp_proto::command::Body as BodyParam;
 pub use smtp_proto::tls_policy::TlsInfo;
-use smtp_proto::{Capabilities, Command, Domain, DotStuffer, ForwardPath, Reply, ReversePath};
+use smtp_proto::{Capabilities, Command, Domain, DotStuffer, Envelope, ForwardPath, Reply, ReversePath};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -345,11 +343,11 @@ impl Connection {
 
     /// Adjusts MAIL parameters to the server: SIZE, BODY, SMTPUTF8, DSN; fails early when the
     /// message needs what the server lacks.
-    fn prepare(&self, env: &MessageEnvelope, body: &Body) -> Result<MessageEnvelope, Error> {
+    fn prepare(&self, env: &Envelope, body: &Body) -> Result<Envelope, Error> {
         let caps = self.capabilities();
         let mut env = env.clone();
         let utf8 = matches!(&env.from, ReversePath::Path(p) if p.is_utf8())
-            || env.recipients.iter().any(|(t, _)| matches!(t, ForwardPath::Path(p) if p.is_utf8()));
+            || env.recipients.iter().any(|r| matches!(&r.path, ForwardPath::Path(p) if p.is_utf8()));
         if utf8 || env.params.smtputf8 {
             if !caps.smtputf8 {
                 return Err(Error::ExtensionMissing("SMTPUTF8"));
@@ -374,8 +372,8 @@ impl Connection {
         if !caps.dsn {
             env.params.ret = None;
             env.params.envid = None;
-            for (_, p) in &mut env.recipients {
-                *p = Default::default();
+            for r in &mut env.recipients {
+                r.params = Default::default();
             }
         }
         if !self.session.is_extended() {
@@ -386,7 +384,7 @@ impl Connection {
 
     /// Sends MAIL and RCPTs only; the caller looks at the replies, then calls
     /// [`Connection::data`] or [`Connection::rset`].
-    pub async fn envelope(&mut self, env: &MessageEnvelope) -> Result<EnvelopeOutcome, Error> {
+    pub async fn envelope(&mut self, env: &Envelope) -> Result<EnvelopeOutcome, Error> {
         self.session.send_envelope(env, DataMode::Later)?;
         self.transactions += 1;
         match self.next_event(self.client.options.timeouts.command, Phase::Command).await? {
@@ -484,7 +482,7 @@ impl Connection {
     /// Sends one message: envelope (pipelined with DATA when possible), then the body to the
     /// accepted recipients. More recipients than the server's RCPTMAX (RFC 9422) are split
     /// across transactions. A refused recipient is reported, not fatal.
-    pub async fn send(&mut self, env: &MessageEnvelope, body: Body) -> Result<SendOutcome, Error> {
+    pub async fn send(&mut self, env: &Envelope, body: Body) -> Result<SendOutcome, Error> {
         let env = self.prepare(env, &body)?;
         let max = self.capabilities().limits.and_then(|l| l.rcpt_max).map(|m| m.max(1) as usize).unwrap_or(usize::MAX);
         if env.recipients.len() <= max {
@@ -502,7 +500,7 @@ impl Connection {
         let mut all =
             SendOutcome { recipients: Vec::new(), reply: None, data: Vec::new(), dsn: self.capabilities().dsn };
         for (n, group) in env.recipients.chunks(max).enumerate() {
-            let part = MessageEnvelope { recipients: group.to_vec(), ..env.clone() };
+            let part = Envelope { recipients: group.to_vec(), ..env.clone() };
             let result = match self.can_send() {
                 true => self.send_one(&part, Body::Bytes(bytes.clone())).await,
                 false => Err(Error::Refused("the server's MAILMAX is reached; use a new connection")),
@@ -517,8 +515,8 @@ impl Connection {
                     let why = e.reply().cloned().unwrap_or_else(|| {
                         Reply::new(451, Some(smtp_proto::EnhancedCode::new(4, 4, 0)), &format!("Not sent: {e}"))
                     });
-                    for (path, _) in &env.recipients[n * max..] {
-                        all.recipients.push((path.clone(), why.clone()));
+                    for r in &env.recipients[n * max..] {
+                        all.recipients.push((r.path.clone(), why.clone()));
                         all.data.push(None);
                     }
                     if all.reply.as_ref().is_none_or(|r| r.is_positive()) {
@@ -537,7 +535,7 @@ impl Connection {
         Ok(all)
     }
 
-    async fn send_one(&mut self, env: &MessageEnvelope, body: Body) -> Result<SendOutcome, Error> {
+    async fn send_one(&mut self, env: &Envelope, body: Body) -> Result<SendOutcome, Error> {
         let bdat = self.use_bdat();
         let mode = if bdat { DataMode::Later } else { DataMode::Data };
         self.session.send_envelope(env, mode)?;
@@ -550,7 +548,7 @@ impl Connection {
             return Err(Error::Rejected { command: CommandKind::Mail, reply: o.mail });
         }
         let recipients: Vec<(ForwardPath, Reply)> =
-            env.recipients.iter().map(|(p, _)| p.clone()).zip(o.recipients.iter().cloned()).collect();
+            env.recipients.iter().map(|r| r.path.clone()).zip(o.recipients.iter().cloned()).collect();
         let any = o.accepted().next().is_some();
         let reply = match (bdat, any) {
             (_, false) if o.data_ready() => {

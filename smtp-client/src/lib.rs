@@ -25,7 +25,7 @@
 //! let client = SmtpClient::new(options)?;
 //! let mut conn = client.connect("mx.example.org", 25).await?;
 //! let env = Envelope::from_str_addr("alice@example.com")?.to_str_addr("bob@example.org")?;
-//! let outcome = conn.send(&env.0, "Subject: hello\r\n\r\nHi Bob\r\n".into()).await?;
+//! let outcome = conn.send(&env, "Subject: hello\r\n\r\nHi Bob\r\n".into()).await?;
 //! for (rcpt, reply) in outcome.rejected() {
 //!     eprintln!("{rcpt} refused: {reply}");
 //! }
@@ -41,5 +41,6 @@ pub mod tls;
 
 pub use conn::{ClientOptions, Connection, SendOutcome, SmtpClient, Timeouts, TlsInfo};
 pub use error::{Error, Phase};
-pub use message::{Body, Envelope};
+pub use message::Body;
+pub use smtp_proto::{Envelope, Recipient};
 pub use tls::{CertVerify, TlsMode};

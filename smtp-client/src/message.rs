@@ -3,8 +3,7 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use smtp_proto::client::MessageEnvelope;
-use smtp_proto::{ForwardPath, InvalidInput, MailParams, MailVerb, Mailbox, Path, RcptParams, ReversePath};
+use smtp_proto::InvalidInput;
 use tokio::io::AsyncRead;
 
 /// The body of a message.
@@ -41,66 +40,6 @@ impl From<&'static str> for Body {
     fn from(s: &'static str) -> Self {
         Body::Bytes(Bytes::from_static(s.as_bytes()))
     }
-}
-
-/// Builds an envelope from validated addresses.
-#[derive(Debug, Clone)]
-pub struct Envelope(pub MessageEnvelope);
-
-impl Envelope {
-    /// An envelope with sender `from` (`None` for the null reverse-path `<>`).
-    pub fn new(from: Option<Mailbox>) -> Self {
-        Envelope(MessageEnvelope {
-            verb: MailVerb::Mail,
-            from: from.map_or(ReversePath::Null, |m| ReversePath::Path(Path::new(m))),
-            params: MailParams::default(),
-            recipients: Vec::new(),
-        })
-    }
-
-    /// Parses the sender; an address with CR, LF, NUL or bad syntax is refused here, before
-    /// anything reaches the wire.
-    pub fn from_str_addr(from: &str) -> Result<Self, InvalidInput> {
-        if from.is_empty() || from == "<>" {
-            return Ok(Self::new(None));
-        }
-        Ok(Self::new(Some(parse_addr(from)?)))
-    }
-
-    /// Adds a recipient.
-    pub fn to(mut self, to: Mailbox) -> Self {
-        self.0.recipients.push((ForwardPath::Path(Path::new(to)), RcptParams::default()));
-        self
-    }
-
-    /// Parses and adds a recipient.
-    pub fn to_str_addr(self, to: &str) -> Result<Self, InvalidInput> {
-        Ok(self.to(parse_addr(to)?))
-    }
-
-    /// Adds a recipient with a full forward-path (source route, DSN parameters).
-    pub fn to_path(mut self, to: ForwardPath, params: RcptParams) -> Self {
-        self.0.recipients.push((to, params));
-        self
-    }
-
-    /// Sets the verb (RFC 788 SEND, SOML, SAML).
-    pub fn verb(mut self, verb: MailVerb) -> Self {
-        self.0.verb = verb;
-        self
-    }
-
-    /// Sets MAIL parameters (DSN RET/ENVID, BODY, ...).
-    pub fn params(mut self, params: MailParams) -> Self {
-        self.0.params = params;
-        self
-    }
-}
-
-fn parse_addr(s: &str) -> Result<Mailbox, InvalidInput> {
-    let s = s.trim();
-    let inner = s.strip_prefix('<').and_then(|x| x.strip_suffix('>')).unwrap_or(s);
-    Mailbox::parse(inner)
 }
 
 /// A header value: refused if it holds CR, LF or NUL (header injection).
@@ -148,8 +87,6 @@ mod tests {
 
     #[test]
     fn injection_refused_at_build_time() {
-        assert!(Envelope::from_str_addr("a@b\r\nRCPT TO:<x@y>").is_err());
-        assert!(Envelope::from_str_addr("a@b").unwrap().to_str_addr("c@d>\r\nDATA").is_err());
         assert!(with_minimal_headers("a@b", &["c@d".into()], "hi\r\nBcc: x@y", "h", b"").is_err());
         assert!(with_minimal_headers("a@b\0", &["c@d".into()], "hi", "h", b"").is_err());
     }

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use smtp_proto::client::MessageEnvelope;
+use smtp_proto::Envelope;
 
 use crate::conn::{Connection, SendOutcome, SmtpClient};
 use crate::error::Error;
@@ -31,7 +31,7 @@ pub struct SendRequest {
     /// The next hop.
     pub destination: Destination,
     /// The envelope.
-    pub envelope: MessageEnvelope,
+    pub envelope: Envelope,
     /// The message: in memory, or streamed from a reader (a relay's spool file).
     pub body: Body,
 }

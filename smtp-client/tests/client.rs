@@ -90,12 +90,12 @@ fn options(tls: TlsMode, cert: &std::path::Path) -> ClientOptions {
     o
 }
 
-fn env(rcpts: &[&str]) -> smtp_proto::client::MessageEnvelope {
+fn env(rcpts: &[&str]) -> Envelope {
     let mut e = Envelope::from_str_addr("sender@a.test").unwrap();
     for r in rcpts {
         e = e.to_str_addr(r).unwrap();
     }
-    e.0
+    e
 }
 
 #[tokio::test]
@@ -118,7 +118,7 @@ async fn five_recipients_two_refused_and_body_is_safe() {
     let inbox = s.inbox.lock().unwrap();
     assert_eq!(inbox.len(), 2);
     for tx in inbox.iter() {
-        assert_eq!(tx.recipients.len(), 3);
+        assert_eq!(tx.envelope.recipients.len(), 3);
         let b = String::from_utf8(tx.data.to_vec()).unwrap();
         assert!(b.ends_with("Subject: x\r\n\r\n.\r\nMAIL FROM:<evil@x>\r\n.\r\n..two\r\nend\r\n"), "{b:?}");
     }
@@ -184,13 +184,13 @@ async fn size_utf8_and_limits() {
     let err = conn.send(&env(&["a@x"]), vec![b'x'; 101].into()).await.unwrap_err();
     assert!(matches!(err, Error::TooLarge { size: 101, max: 100 }), "{err}");
     let utf8 = Envelope::from_str_addr("用户@例子.test").unwrap().to_str_addr("a@x").unwrap();
-    let err = conn.send(&utf8.0, "hi".into()).await.unwrap_err();
+    let err = conn.send(&utf8, "hi".into()).await.unwrap_err();
     assert!(matches!(err, Error::ExtensionMissing("SMTPUTF8")), "{err}");
     // RCPTMAX=2: five recipients go in three transactions.
     let out = conn.send(&env(&["a@x", "b@x", "c@x", "d@x", "e@x"]), "hi\r\n".into()).await.unwrap();
     assert!(out.all_accepted());
     assert_eq!(out.recipients.len(), 5);
-    assert_eq!(s.inbox.lock().unwrap().iter().map(|t| t.recipients.len()).collect::<Vec<_>>(), [2, 2, 1]);
+    assert_eq!(s.inbox.lock().unwrap().iter().map(|t| t.envelope.recipients.len()).collect::<Vec<_>>(), [2, 2, 1]);
     // Streamed body.
     let (mut w, r) = tokio::io::duplex(1024);
     tokio::spawn(async move {

@@ -1,10 +1,8 @@
 //! The client session against scripted replies and, in memory, against the server session.
 
-use smtp_proto::client::{
-    ClientConfig, ClientError, ClientEvent, ClientSession, CommandKind, DataMode, MessageEnvelope,
-};
+use smtp_proto::client::{ClientConfig, ClientError, ClientEvent, ClientSession, CommandKind, DataMode};
 use smtp_proto::server::{Event, ServerConfig, ServerSession};
-use smtp_proto::{Domain, EnhancedCode, ForwardPath, MailParams, MailVerb, Reply, ReplyError, ReversePath};
+use smtp_proto::{Domain, EnhancedCode, Envelope, ForwardPath, Reply, ReplyError};
 
 fn client() -> ClientSession {
     ClientSession::new(ClientConfig::new(Domain::parse("client.test").unwrap()))
@@ -18,16 +16,9 @@ fn events(c: &mut ClientSession) -> Vec<ClientEvent> {
     std::iter::from_fn(|| c.poll_event()).collect()
 }
 
-fn env(rcpts: &[&str]) -> MessageEnvelope {
-    MessageEnvelope {
-        verb: MailVerb::Mail,
-        from: ReversePath::Path(smtp_proto::Path::parse("<a@b.test>").unwrap()),
-        params: MailParams::default(),
-        recipients: rcpts
-            .iter()
-            .map(|r| (ForwardPath::Path(smtp_proto::Path::parse(r).unwrap()), Default::default()))
-            .collect(),
-    }
+fn env(rcpts: &[&str]) -> Envelope {
+    let paths = rcpts.iter().map(|r| ForwardPath::Path(smtp_proto::Path::parse(r).unwrap()));
+    paths.fold(Envelope::from_str_addr("<a@b.test>").unwrap(), |e, p| e.to_path(p, Default::default()))
 }
 
 #[test]

@@ -380,7 +380,7 @@ impl RelayMail {
                 recipients.push(RcptRecord::new(path, params));
             }
         };
-        for r in &tx.recipients {
+        for r in &tx.envelope.recipients {
             let (dest, removed) = classify(&r.path, &c.hostname, &c.directory, c.source_routes);
             if removed_hops.is_empty() {
                 removed_hops = removed;
@@ -418,8 +418,8 @@ impl RelayMail {
             }
         }
         let from = match c.source_routes {
-            SourceRoutes::Honor => prepend_route(&tx.from, &removed_hops),
-            SourceRoutes::Strip => strip_route(&tx.from),
+            SourceRoutes::Honor => prepend_route(&tx.envelope.from, &removed_hops),
+            SourceRoutes::Strip => strip_route(&tx.envelope.from),
         };
         let routes = recipients
             .iter()
@@ -428,7 +428,7 @@ impl RelayMail {
         // RFC 4954 5: the AUTH= identity is passed on only when this host vouches for it: it
         // is the session's authenticated user, or a trusted client supplied it. Otherwise the
         // next hop gets `AUTH=<>` (identity unknown), never a name the client made up.
-        let mut params = tx.params.clone();
+        let mut params = tx.envelope.params.clone();
         if let Some(claimed) = &params.auth {
             let trusted_net = c.trusted.iter().any(|n| n.contains(tx.session.peer.ip()));
             let own = tx.session.authenticated.as_deref().is_some_and(|u| claimed.decode() == u.as_bytes());
@@ -442,7 +442,7 @@ impl RelayMail {
         }
         let msg = QueuedMessage {
             id: String::new(),
-            verb: tx.verb,
+            verb: tx.envelope.verb,
             from,
             params,
             arrival: QueuedMessage::now(),
@@ -526,7 +526,7 @@ impl RelayMail {
             Sink::Mailbox(w) => match self.local.finish(w).await {
                 Ok(path) => {
                     let id = &tx.id;
-                    tracing::info!(%id, from = %tx.from, to = %msg.recipients[0].path, size, file = %path.display(), "delivered on receipt");
+                    tracing::info!(%id, from = %tx.envelope.from, to = %msg.recipients[0].path, size, file = %path.display(), "delivered on receipt");
                     reply(250, (2, 0, 0), &format!("Ok: queued as {id}"))
                 }
                 Err(e) => {
@@ -537,7 +537,7 @@ impl RelayMail {
             Sink::Queue(writer) => match writer.commit().await {
                 Ok(stored) => {
                     let id = stored.id.clone();
-                    tracing::info!(%id, from = %tx.from, recipients = tx.recipients.len(), size, "queued");
+                    tracing::info!(%id, from = %tx.envelope.from, recipients = tx.envelope.recipients.len(), size, "queued");
                     msg.id = id.clone();
                     self.handoff.accepted(Accepted { msg, routes, body: stored.body });
                     reply(250, (2, 0, 0), &format!("Ok: queued as {id}"))

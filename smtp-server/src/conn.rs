@@ -330,17 +330,8 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
         let received = received_line(hostname, &id, &self.info, single.as_deref(), at, private);
         let (sender, body) = Body::channel();
         let recipients = env.recipients.len();
-        let tx = Transaction {
-            id: id.clone(),
-            session: self.info.clone(),
-            verb: env.verb,
-            from: env.from,
-            params: env.params,
-            recipients: env.recipients,
-            received,
-            received_at: at,
-            body,
-        };
+        let tx =
+            Transaction { id: id.clone(), session: self.info.clone(), envelope: env, received, received_at: at, body };
         let call = match self.mail.ready().await {
             Ok(svc) => svc.call(tx),
             Err(e) => {

@@ -29,7 +29,7 @@
 //! let mail = tower::service_fn(|mut tx: Transaction| async move {
 //!     // Small messages can be collected; a relay streams `tx.body.chunk()` to disk instead.
 //!     let data = tx.body.collect(1 << 20).await?;
-//!     println!("{} bytes from {}", data.len(), tx.from);
+//!     println!("{} bytes from {}", data.len(), tx.envelope.from);
 //!     Ok::<Reply, smtp_server::BodyError>(codes::message_accepted())
 //! });
 //! let server = Server::builder("mx.example.org")

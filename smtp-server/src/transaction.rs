@@ -3,9 +3,7 @@
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use smtp_proto::command::MailParams;
-use smtp_proto::server::Recipient;
-use smtp_proto::{Domain, MailVerb, ReversePath};
+use smtp_proto::{Domain, Envelope};
 
 use crate::body::Body;
 use crate::tls::TlsInfo;
@@ -35,14 +33,8 @@ pub struct Transaction {
     pub id: String,
     /// The session it arrived in.
     pub session: SessionInfo,
-    /// The verb that started it: MAIL, SEND, SOML or SAML (RFC 788).
-    pub verb: MailVerb,
-    /// The reverse-path.
-    pub from: ReversePath,
-    /// MAIL parameters (SIZE, BODY, SMTPUTF8, RET, ENVID, AUTH).
-    pub params: MailParams,
-    /// Accepted recipients with their parameters (NOTIFY, ORCPT).
-    pub recipients: Vec<Recipient>,
+    /// The verb, reverse-path and MAIL parameters, and the accepted recipients with theirs.
+    pub envelope: Envelope,
     /// This server's `Received:` line (with CRLF), to be stored in front of the data.
     pub received: String,
     /// When the data started.

@@ -103,9 +103,9 @@ async fn smtplib_starttls_and_weak_tls_refused() {
     assert!(out.contains("cipher TLSv1.3"), "{out}");
     let txs = inbox.lock().unwrap().clone();
     assert_eq!(txs.len(), 2);
-    assert_eq!(txs[0].0.recipients.len(), 2);
+    assert_eq!(txs[0].0.envelope.recipients.len(), 2);
     assert!(txs[0].1.ends_with(b"line one\r\n.dot line\r\n"));
-    assert!(txs[1].0.params.smtputf8);
+    assert!(txs[1].0.envelope.params.smtputf8);
 
     // The refusals must come from the server (an alert it sent), not from a client library
     // that would not even offer these.

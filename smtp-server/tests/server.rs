@@ -202,8 +202,8 @@ async fn plain_transaction_with_received_line() {
     );
     assert!(body.contains("\tfor <c@x.test>;"));
     assert!(body.ends_with("\r\nSubject: hi\r\n\r\n.dot\r\n"));
-    assert_eq!(tx.recipients.len(), 1);
-    assert_eq!(tx.verb, smtp_proto::MailVerb::Mail);
+    assert_eq!(tx.envelope.recipients.len(), 1);
+    assert_eq!(tx.envelope.verb, smtp_proto::MailVerb::Mail);
 }
 
 #[tokio::test]
@@ -224,7 +224,7 @@ async fn pipelined_and_byte_at_a_time() {
     }
     assert!(reply(&mut s).await.starts_with("250"));
     wait_for(&t.inbox, 1).await;
-    assert_eq!(t.inbox.lock().unwrap()[0].recipients.len(), 2);
+    assert_eq!(t.inbox.lock().unwrap()[0].envelope.recipients.len(), 2);
     // And a whole session one byte at a time.
     let mut s = connect(t.addr).await;
     for b in b"HELO a\r\nSAML FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n" {
@@ -235,7 +235,7 @@ async fn pipelined_and_byte_at_a_time() {
     }
     assert!(send(&mut s, "y\r\n.\r\n").await.starts_with("250"));
     wait_for(&t.inbox, 2).await;
-    assert_eq!(t.inbox.lock().unwrap()[1].verb, smtp_proto::MailVerb::Saml);
+    assert_eq!(t.inbox.lock().unwrap()[1].envelope.verb, smtp_proto::MailVerb::Saml);
 }
 
 #[tokio::test]
@@ -327,7 +327,12 @@ async fn bad_inputs_never_break_the_server() {
     let _ = writer.await;
     wait_for(&t.inbox, 1).await;
     assert_eq!(
-        t.inbox.lock().unwrap().iter().find(|g| g.recipients.len() == 100).map(|g| g.recipients.len()),
+        t.inbox
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|g| g.envelope.recipients.len() == 100)
+            .map(|g| g.envelope.recipients.len()),
         Some(100)
     );
     // Smuggling body: refused, session in sync.

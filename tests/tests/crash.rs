@@ -17,7 +17,7 @@ async fn sigkill_loses_no_acknowledged_message() {
     let mut o = ClientOptions::new(Domain::parse("load.test").unwrap());
     o.tls = TlsMode::None;
     let client = SmtpClient::new(o).unwrap();
-    let env = Envelope::from_str_addr("load@load.test").unwrap().to_str_addr("crash@mx.test").unwrap().0;
+    let env = Envelope::from_str_addr("load@load.test").unwrap().to_str_addr("crash@mx.test").unwrap();
     let mut workers = Vec::new();
     for w in 0..20 {
         let (client, env, acked) = (client.clone(), env.clone(), acked.clone());
@@ -99,7 +99,7 @@ async fn sigkill_during_remote_delivery_loses_nothing() {
     let mut o = ClientOptions::new(Domain::parse("load.test").unwrap());
     o.tls = TlsMode::None;
     let client = SmtpClient::new(o).unwrap();
-    let env = Envelope::from_str_addr("load@load.test").unwrap().to_str_addr("x@far.test").unwrap().0;
+    let env = Envelope::from_str_addr("load@load.test").unwrap().to_str_addr("x@far.test").unwrap();
     let mut workers = Vec::new();
     for w in 0..10 {
         let (client, env, acked) = (client.clone(), env.clone(), acked.clone());

@@ -98,7 +98,7 @@ async fn next_hop() -> NextHop {
         async move {
             tx.body.collect(1 << 20).await?;
             let mut g = got.lock().unwrap();
-            for r in &tx.recipients {
+            for r in &tx.envelope.recipients {
                 *g.entry(r.path.to_string()).or_default() += 1;
             }
             Ok::<_, smtp_server::BodyError>(codes::message_accepted())

@@ -315,7 +315,7 @@ async fn rcptmax_split_never_sends_a_delivered_recipient_again() {
         let got = g2.clone();
         async move {
             tx.body.collect(1 << 20).await?;
-            got.lock().unwrap().extend(tx.recipients.iter().map(|r| r.path.to_string()));
+            got.lock().unwrap().extend(tx.envelope.recipients.iter().map(|r| r.path.to_string()));
             Ok::<_, smtp_server::BodyError>(codes::message_accepted())
         }
     });

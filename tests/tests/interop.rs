@@ -79,7 +79,7 @@ async fn postfix_smtp_sink() {
         .unwrap();
     for i in 0..50 {
         let body = format!("Subject: {i}\r\n\r\n.line starting with a dot\r\nline\n");
-        let out = conn.send(&env.0, body.into_bytes().into()).await.unwrap();
+        let out = conn.send(&env, body.into_bytes().into()).await.unwrap();
         assert!(out.all_accepted(), "{out:?}");
     }
     conn.quit().await.unwrap();
@@ -143,7 +143,7 @@ async fn python_aiosmtpd() {
         .unwrap()
         .to_str_addr("two@py.test")
         .unwrap();
-    let out = conn.send(&env.0, "Subject: interop\r\n\r\n.\r\n..two dots\r\nend".into()).await.unwrap();
+    let out = conn.send(&env, "Subject: interop\r\n\r\n.\r\n..two dots\r\nend".into()).await.unwrap();
     let refused: Vec<String> = out.rejected().map(|(p, r)| format!("{p} {}", r.code())).collect();
     assert_eq!(refused, ["<bad1@py.test> 550"]);
     assert_eq!(out.reply.unwrap().text(), "Stored");

@@ -61,7 +61,7 @@ pub async fn exec(args: BenchArgs) -> anyhow::Result<()> {
     for i in 0..args.recipients.max(1) {
         env = env.to_str_addr(&format!("user{i}@{}", args.rcpt_domain))?;
     }
-    let env = Arc::new(env.0);
+    let env = Arc::new(env);
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let totals = Arc::new(Mutex::new(Totals::default()));

@@ -100,7 +100,7 @@ pub async fn exec(args: SendArgs) -> anyhow::Result<std::process::ExitCode> {
     let client = SmtpClient::new(options)?;
     let result = async {
         let mut conn = client.connect(&host, port).await?;
-        let out = conn.send(&env.0, body.into()).await?;
+        let out = conn.send(&env, body.into()).await?;
         let _ = conn.quit().await;
         Ok::<_, smtp_client::Error>(out)
     }

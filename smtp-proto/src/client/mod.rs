@@ -2,6 +2,4 @@
 
 mod session;
 
-pub use session::{
-    ClientConfig, ClientError, ClientEvent, ClientSession, CommandKind, DataMode, EnvelopeOutcome, MessageEnvelope,
-};
+pub use session::{ClientConfig, ClientError, ClientEvent, ClientSession, CommandKind, DataMode, EnvelopeOutcome};

@@ -2,10 +2,11 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::address::{Domain, ForwardPath, ReversePath};
+use crate::address::Domain;
 use crate::auth::{encode_b64, plain_response, AuthMechanism, Secret};
-use crate::command::{Command, MailParams, MailVerb, RcptParams, Text};
+use crate::command::{Command, Text};
 use crate::data::DotStuffer;
+use crate::envelope::Envelope;
 use crate::error::ReplyError;
 use crate::extension::Capabilities;
 use crate::reply::{Reply, ReplyParser, MAX_REPLY_LINE, MAX_REPLY_LINES};
@@ -26,19 +27,6 @@ impl ClientConfig {
     pub fn new(ehlo_domain: Domain) -> Self {
         ClientConfig { ehlo_domain, max_reply_line: MAX_REPLY_LINE, max_reply_lines: MAX_REPLY_LINES }
     }
-}
-
-/// The envelope of one message to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageEnvelope {
-    /// MAIL, SEND, SOML or SAML.
-    pub verb: MailVerb,
-    /// The reverse-path (`<>` for notifications).
-    pub from: ReversePath,
-    /// MAIL parameters.
-    pub params: MailParams,
-    /// Recipients with their parameters.
-    pub recipients: Vec<(ForwardPath, RcptParams)>,
 }
 
 /// How the body will be sent after the envelope.
@@ -503,7 +491,7 @@ impl ClientSession {
 
     /// Sends MAIL and RCPTs (and DATA with [`DataMode::Data`]); the answers arrive as one
     /// [`ClientEvent::Envelope`].
-    pub fn send_envelope(&mut self, env: &MessageEnvelope, mode: DataMode) -> Result<(), ClientError> {
+    pub fn send_envelope(&mut self, env: &Envelope, mode: DataMode) -> Result<(), ClientError> {
         self.ready()?;
         if env.recipients.is_empty() {
             return Err(ClientError::Misuse("no recipients"));
@@ -513,8 +501,8 @@ impl ClientSession {
         }
         self.outcome = Some((None, Vec::new(), env.recipients.len(), mode == DataMode::Data));
         self.write(&Command::Mail { verb: env.verb, from: env.from.clone(), params: env.params.clone() }, Expect::Mail);
-        for (to, params) in &env.recipients {
-            self.write(&Command::Rcpt { to: to.clone(), params: params.clone() }, Expect::Rcpt);
+        for r in &env.recipients {
+            self.write(&Command::Rcpt { to: r.path.clone(), params: r.params.clone() }, Expect::Rcpt);
         }
         if mode == DataMode::Data {
             self.write(&Command::Data, Expect::Data);

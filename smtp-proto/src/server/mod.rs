@@ -3,7 +3,7 @@
 mod help;
 mod session;
 
+pub use crate::envelope::{Envelope, Recipient};
 pub use session::{
-    AbortReason, CloseReason, Envelope, Event, Recipient, ServerConfig, ServerSession, Timeout, DEFAULT_MAX_LINE,
-    MAX_BUFFERED_INPUT,
+    AbortReason, CloseReason, Event, ServerConfig, ServerSession, Timeout, DEFAULT_MAX_LINE, MAX_BUFFERED_INPUT,
 };

@@ -7,6 +7,7 @@ use crate::address::{Domain, ForwardPath, ReversePath};
 use crate::auth::{decode_b64, parse_plain, AuthMechanism, Credentials, Secret};
 use crate::command::{Body, Command, MailParams, MailVerb, RcptParams, Text};
 use crate::data::{DotUnstuffer, LineChecker, LineEndingPolicy, Unstuffed};
+use crate::envelope::{Envelope, Recipient};
 use crate::extension::{Capabilities, Limits};
 use crate::reply::{codes, EnhancedCode, Reply};
 
@@ -83,28 +84,6 @@ impl Default for ServerConfig {
             expn: true,
         }
     }
-}
-
-/// A recipient accepted in the current transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recipient {
-    /// The forward-path as given.
-    pub path: ForwardPath,
-    /// Its ESMTP parameters.
-    pub params: RcptParams,
-}
-
-/// The envelope of the current transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
-    /// The verb that started it: MAIL, SEND, SOML or SAML.
-    pub verb: MailVerb,
-    /// The reverse-path.
-    pub from: ReversePath,
-    /// MAIL parameters.
-    pub params: MailParams,
-    /// Accepted recipients, in order.
-    pub recipients: Vec<Recipient>,
 }
 
 /// Why a message body was refused after it was read.

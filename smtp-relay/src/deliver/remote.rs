@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use smtp_client::service::{Destination as Dest, SendRequest, SmtpService};
 use smtp_client::{Body, CertVerify, ClientOptions, SmtpClient, TlsMode};
-use smtp_proto::client::MessageEnvelope;
 use smtp_proto::{Domain, MailVerb};
+use smtp_proto::{Envelope, Recipient};
 use tokio::sync::Semaphore;
 
 use super::{local_reply, Outcome};
@@ -119,14 +119,14 @@ impl RemoteDelivery {
             Ok(h) => h,
             Err(o) => return all(o),
         };
-        let envelope = MessageEnvelope {
+        let envelope = Envelope {
             // SOML and SAML become MAIL at the next hop: its mailbox delivery is what survives.
             verb: if msg.verb == MailVerb::Send { MailVerb::Send } else { MailVerb::Mail },
             from: msg.from.clone(),
             params: msg.params.clone(),
             recipients: idx
                 .iter()
-                .map(|&i| (msg.recipients[i].path.clone(), msg.recipients[i].params.clone()))
+                .map(|&i| Recipient { path: msg.recipients[i].path.clone(), params: msg.recipients[i].params.clone() })
                 .collect(),
         };
         let mode = self.config.tls_per_domain.get(&hop.canonical()).copied().unwrap_or(self.config.outbound_tls);
@@ -200,7 +200,7 @@ impl RemoteDelivery {
         &self,
         mode: TlsMode,
         dest: &Dest,
-        envelope: &MessageEnvelope,
+        envelope: &Envelope,
         body: &StoredBody,
     ) -> Result<smtp_client::SendOutcome, smtp_client::Error> {
         let Some(service) = self.services.get(&mode) else {
