@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use smtp_proto::auth::{AuthMechanism, Secret};
-use smtp_proto::client::{ClientConfig, ClientEvent, ClientSession, CommandKind, DataMode, EnvelopeOutcome};
-use smtp_proto::command::Body as BodyParam;
+use smtp_proto::client::{BodyFacts, ClientConfig, ClientEvent, ClientSession, CommandKind, DataMode, EnvelopeOutcome};
 pub use smtp_proto::tls_policy::TlsInfo;
-use smtp_proto::{Capabilities, Command, Domain, DotStuffer, Envelope, ForwardPath, Reply, ReversePath};
+use smtp_proto::{Capabilities, Command, Domain, DotStuffer, Envelope, ForwardPath, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -170,7 +169,6 @@ impl SmtpClient {
             session: ClientSession::new(config.clone()),
             buf: vec![0u8; 16 * 1024],
             tls_info: None,
-            transactions: 0,
         };
         if self.options.tls == TlsMode::Implicit {
             conn.upgrade().await?;
@@ -199,7 +197,6 @@ pub struct Connection {
     session: ClientSession,
     buf: Vec<u8>,
     tls_info: Option<TlsInfo>,
-    transactions: u32,
 }
 
 impl std::fmt::Debug for Connection {
@@ -251,8 +248,7 @@ impl Connection {
 
     /// Whether another transaction may start on this connection (RFC 9422 MAILMAX).
     pub fn can_send(&self) -> bool {
-        let max = self.capabilities().limits.and_then(|l| l.mail_max);
-        self.session.is_idle() && max.is_none_or(|m| self.transactions < m)
+        self.session.may_start_transaction()
     }
 
     async fn write_out(&mut self, phase: Phase, wait: Duration) -> Result<(), Error> {
@@ -341,52 +337,19 @@ impl Connection {
         }
     }
 
-    /// Adjusts MAIL parameters to the server: SIZE, BODY, SMTPUTF8, DSN; fails early when the
-    /// message needs what the server lacks.
+    /// The envelope fitted to the server (see [`ClientSession::negotiate`]).
     fn prepare(&self, env: &Envelope, body: &Body) -> Result<Envelope, Error> {
-        let caps = self.capabilities();
-        let mut env = env.clone();
-        let utf8 = matches!(&env.from, ReversePath::Path(p) if p.is_utf8())
-            || env.recipients.iter().any(|r| matches!(&r.path, ForwardPath::Path(p) if p.is_utf8()));
-        if utf8 || env.params.smtputf8 {
-            if !caps.smtputf8 {
-                return Err(Error::ExtensionMissing("SMTPUTF8"));
-            }
-            env.params.smtputf8 = true;
-        }
-        let eight_bit = matches!(body, Body::Bytes(b) if b.iter().any(|&c| c >= 0x80));
-        if eight_bit && env.params.body.is_none() {
-            env.params.body = Some(BodyParam::EightBitMime);
-        }
-        if env.params.body == Some(BodyParam::EightBitMime) && !caps.eight_bit_mime {
-            return Err(Error::ExtensionMissing("8BITMIME"));
-        }
-        if let Body::Bytes(b) = body {
-            let size = b.len() as u64;
-            match caps.size {
-                Some(max) if max > 0 && size > max => return Err(Error::TooLarge { size, max }),
-                Some(_) => env.params.size = Some(size),
-                None => env.params.size = None,
-            }
-        }
-        if !caps.dsn {
-            env.params.ret = None;
-            env.params.envid = None;
-            for r in &mut env.recipients {
-                r.params = Default::default();
-            }
-        }
-        if !self.session.is_extended() {
-            env.params = Default::default();
-        }
-        Ok(env)
+        let facts = match body {
+            Body::Bytes(b) => BodyFacts { size: Some(b.len() as u64), eight_bit: b.iter().any(|&c| c >= 0x80) },
+            Body::Reader(_) => BodyFacts::default(),
+        };
+        Ok(self.session.negotiate(env, facts)?)
     }
 
     /// Sends MAIL and RCPTs only; the caller looks at the replies, then calls
     /// [`Connection::data`] or [`Connection::rset`].
     pub async fn envelope(&mut self, env: &Envelope) -> Result<EnvelopeOutcome, Error> {
         self.session.send_envelope(env, DataMode::Later)?;
-        self.transactions += 1;
         match self.next_event(self.client.options.timeouts.command, Phase::Command).await? {
             ClientEvent::Envelope(o) => Ok(o),
             _ => Err(Error::Misuse("out of sequence: expected envelope replies")),
@@ -484,7 +447,7 @@ impl Connection {
     /// across transactions. A refused recipient is reported, not fatal.
     pub async fn send(&mut self, env: &Envelope, body: Body) -> Result<SendOutcome, Error> {
         let env = self.prepare(env, &body)?;
-        let max = self.capabilities().limits.and_then(|l| l.rcpt_max).map(|m| m.max(1) as usize).unwrap_or(usize::MAX);
+        let max = self.session.recipients_per_transaction();
         if env.recipients.len() <= max {
             return self.send_one(&env, body).await;
         }
@@ -539,7 +502,6 @@ impl Connection {
         let bdat = self.use_bdat();
         let mode = if bdat { DataMode::Later } else { DataMode::Data };
         self.session.send_envelope(env, mode)?;
-        self.transactions += 1;
         let o = match self.next_event(self.client.options.timeouts.command, Phase::Command).await? {
             ClientEvent::Envelope(o) => o,
             _ => return Err(Error::Misuse("out of sequence: expected envelope replies")),
@@ -551,13 +513,6 @@ impl Connection {
             env.recipients.iter().map(|r| r.path.clone()).zip(o.recipients.iter().cloned()).collect();
         let any = o.accepted().next().is_some();
         let reply = match (bdat, any) {
-            (_, false) if o.data_ready() => {
-                // A server that said 354 with no recipient: end the empty message at once.
-                self.session.send_data(b"");
-                self.session.finish_data();
-                let _ = self.final_reply().await?;
-                None
-            }
             (true, true) => Some(self.send_bdat(body).await?),
             (false, true) if o.data_ready() => Some(self.send_body(body).await?),
             (false, true) => {

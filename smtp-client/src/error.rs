@@ -145,6 +145,8 @@ impl From<ClientError> for Error {
             ClientError::Malformed(e) => Error::Malformed(e),
             ClientError::Unexpected(r) => Error::UnexpectedReply(r),
             ClientError::Misuse(m) => Error::Misuse(m),
+            ClientError::ExtensionMissing(x) => Error::ExtensionMissing(x),
+            ClientError::TooLarge { size, max } => Error::TooLarge { size, max },
             // ClientError is non-exhaustive: anything new is treated as the server's fault.
             other => Error::Io(std::io::Error::other(other.to_string())),
         }

@@ -401,3 +401,69 @@ fn a_421_anywhere_closes_the_session() {
     c.handle_input(b"421 bye\r\n").unwrap();
     assert!(matches!(&events(&mut c)[..], [ClientEvent::Reply(CommandKind::Quit, _)]));
 }
+
+#[test]
+fn negotiation_fits_the_envelope_to_the_server() {
+    use smtp_proto::client::BodyFacts;
+    use smtp_proto::command::Body;
+    let utf8 = Envelope::from_str_addr("<a@b.test>").unwrap().to_str_addr("<jürgen@b.test>").unwrap();
+    let plain = env(&["<x@y>"]);
+    let facts = |size, eight_bit| BodyFacts { size, eight_bit };
+    let bare = ready_with(&[]);
+    assert_eq!(bare.negotiate(&utf8, facts(None, false)), Err(ClientError::ExtensionMissing("SMTPUTF8")));
+    assert_eq!(bare.negotiate(&plain, facts(None, true)), Err(ClientError::ExtensionMissing("8BITMIME")));
+    let got = bare.negotiate(&plain, facts(Some(10), false)).unwrap();
+    assert_eq!(got.params.size, None, "no SIZE offered, none declared");
+    let rich = ready_with(&["SMTPUTF8", "8BITMIME", "SIZE 100", "DSN"]);
+    let got = rich.negotiate(&utf8, facts(Some(10), true)).unwrap();
+    assert!(got.params.smtputf8);
+    assert_eq!((got.params.body, got.params.size), (Some(Body::EightBitMime), Some(10)));
+    assert_eq!(
+        rich.negotiate(&plain, facts(Some(101), false)),
+        Err(ClientError::TooLarge { size: 101, max: 100 }),
+        "refused before anything is sent (RFC 1870)"
+    );
+    // DSN parameters only where DSN is offered (RFC 3461 4).
+    let mut dsn = plain.clone();
+    dsn.params.envid = Some(smtp_proto::command::XText::encode("id1"));
+    dsn.recipients[0].params.notify = Some(smtp_proto::command::Notify::Never);
+    let kept = rich.negotiate(&dsn, facts(None, false)).unwrap();
+    assert_eq!((kept.params.envid.is_some(), kept.recipients[0].params.notify.is_some()), (true, true));
+    let dropped = ready_with(&["SIZE 100"]).negotiate(&dsn, facts(None, false)).unwrap();
+    assert_eq!((dropped.params.envid, dropped.recipients[0].params.clone()), (None, Default::default()));
+    // An RFC 788 server (HELO): no parameters at all.
+    let mut old = client();
+    old.handle_input(b"220 old\r\n500 what\r\n250 old\r\n").unwrap();
+    let _ = (out(&mut old), events(&mut old));
+    assert_eq!(old.negotiate(&dsn, facts(Some(5), false)).unwrap().params, Default::default());
+}
+
+#[test]
+fn rcptmax_and_mailmax_bound_transactions() {
+    let mut c = ready_with(&["PIPELINING", "LIMITS RCPTMAX=2 MAILMAX=1"]);
+    assert_eq!(c.recipients_per_transaction(), 2);
+    assert!(c.may_start_transaction());
+    c.send_envelope(&env(&["<x@y>", "<z@y>"]), DataMode::Later).unwrap();
+    assert!(!c.may_start_transaction(), "replies outstanding");
+    c.handle_input(b"250 ok\r\n250 ok\r\n250 ok\r\n").unwrap();
+    let _ = (out(&mut c), envelope_event(&mut c));
+    assert!(!c.may_start_transaction(), "MAILMAX=1 is used up");
+    assert!(matches!(c.send_envelope(&env(&["<x@y>"]), DataMode::Later), Err(ClientError::Misuse(_))));
+    assert_eq!(out(&mut c), "", "nothing sent past MAILMAX");
+    assert_eq!(ready_with(&[]).recipients_per_transaction(), usize::MAX);
+}
+
+#[test]
+fn a_354_for_no_recipient_ends_the_empty_message() {
+    let mut c = ready_with(&["PIPELINING"]);
+    c.send_envelope(&env(&["<x@y>"]), DataMode::Data).unwrap();
+    let _ = out(&mut c);
+    c.handle_input(b"250 ok\r\n550 no\r\n354 go ahead anyway\r\n").unwrap();
+    let o = envelope_event(&mut c);
+    assert!(o.ended_empty && !o.data_ready(), "{o:?}");
+    assert_eq!(out(&mut c), ".\r\n", "the session ends the empty message itself");
+    assert!(!c.is_idle());
+    c.handle_input(b"554 no valid recipients\r\n").unwrap();
+    assert_eq!(events(&mut c), [], "the reply to the empty message is not reported");
+    assert!(c.is_idle() && c.may_start_transaction());
+}

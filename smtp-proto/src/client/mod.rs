@@ -2,4 +2,6 @@
 
 mod session;
 
-pub use session::{ClientConfig, ClientError, ClientEvent, ClientSession, CommandKind, DataMode, EnvelopeOutcome};
+pub use session::{
+    BodyFacts, ClientConfig, ClientError, ClientEvent, ClientSession, CommandKind, DataMode, EnvelopeOutcome,
+};

@@ -2,9 +2,9 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::address::Domain;
+use crate::address::{Domain, ForwardPath, ReversePath};
 use crate::auth::{encode_b64, plain_response, AuthMechanism, Secret};
-use crate::command::{Command, Text};
+use crate::command::{Body as BodyParam, Command, Text};
 use crate::data::DotStuffer;
 use crate::envelope::Envelope;
 use crate::error::ReplyError;
@@ -86,6 +86,9 @@ pub struct EnvelopeOutcome {
     pub recipients: Vec<Reply>,
     /// The reply to DATA, when it was sent.
     pub data: Option<Reply>,
+    /// The server answered DATA with `354` though it accepted no recipient: the session ended
+    /// the empty message itself (RFC 2920 3.1) and there is no body to send.
+    pub ended_empty: bool,
 }
 
 impl EnvelopeOutcome {
@@ -94,9 +97,9 @@ impl EnvelopeOutcome {
         self.recipients.iter().enumerate().filter(|(_, r)| r.is_positive()).map(|(i, _)| i)
     }
 
-    /// Whether the body should be sent now (DATA got `354`).
+    /// Whether the body should be sent now (DATA got `354` for accepted recipients).
     pub fn data_ready(&self) -> bool {
-        self.data.as_ref().is_some_and(|r| r.code() == 354)
+        self.data.as_ref().is_some_and(|r| r.code() == 354) && !self.ended_empty
     }
 }
 
@@ -135,6 +138,39 @@ pub enum ClientError {
     /// The caller asked for something the session cannot do now.
     #[error("{0}")]
     Misuse(&'static str),
+    /// The message needs an extension the server did not offer (SMTPUTF8, 8BITMIME).
+    #[error("the server does not offer {0}, which this message needs")]
+    ExtensionMissing(&'static str),
+    /// The message is larger than the server's SIZE (RFC 1870).
+    #[error("message of {size} octets exceeds the server's limit of {max}")]
+    TooLarge {
+        /// The message size.
+        size: u64,
+        /// The server's limit.
+        max: u64,
+    },
+}
+
+/// What the sender knows about a body before sending it, for [`ClientSession::negotiate`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BodyFacts {
+    /// Its size in octets, when known in advance (a stream's is not).
+    pub size: Option<u64>,
+    /// Whether it holds octets above 127.
+    pub eight_bit: bool,
+}
+
+/// The replies gathered for the envelope in flight.
+#[derive(Debug)]
+struct Pending {
+    /// The reply to MAIL (already known when only DATA was sent, after [`DataMode::Later`]).
+    mail: Option<Reply>,
+    /// One reply per RCPT so far.
+    recipients: Vec<Reply>,
+    /// How many RCPTs were sent.
+    expected: usize,
+    /// Whether DATA was sent behind the RCPTs.
+    with_data: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,7 +186,11 @@ enum Expect {
     Rcpt,
     Data,
     DataEnd,
-    Bdat { last: bool },
+    /// The end of an empty message the session ended itself: its reply is not reported.
+    EmptyEnd,
+    Bdat {
+        last: bool,
+    },
     Other(CommandKind),
 }
 
@@ -183,7 +223,11 @@ pub struct ClientSession {
     caps: Capabilities,
     extended: bool,
     tls: bool,
-    outcome: Option<(Option<Reply>, Vec<Reply>, usize, bool)>,
+    pending: Option<Pending>,
+    /// Whether a recipient of the current transaction was accepted.
+    accepted_any: bool,
+    /// Transactions started on this connection (RFC 9422 MAILMAX).
+    transactions: u32,
     bdat_failure: Option<Reply>,
     stuffer: DotStuffer,
 }
@@ -204,7 +248,9 @@ impl ClientSession {
             caps: Capabilities::default(),
             extended: false,
             tls: false,
-            outcome: None,
+            pending: None,
+            accepted_any: false,
+            transactions: 0,
             bdat_failure: None,
             stuffer: DotStuffer::new(),
         }
@@ -301,7 +347,11 @@ impl ClientSession {
             let behind_ok = match self.expect.back() {
                 None => true,
                 Some(Expect::Data) => false,
-                Some(last) => self.caps.pipelining && pipelinable(e) && (pipelinable(last) || *last == Expect::DataEnd),
+                Some(last) => {
+                    self.caps.pipelining
+                        && pipelinable(e)
+                        && (pipelinable(last) || matches!(last, Expect::DataEnd | Expect::EmptyEnd))
+                }
             };
             if !behind_ok {
                 return;
@@ -322,96 +372,19 @@ impl ClientSession {
         // RFC 5321 3.8: 421 to any command means the server is closing the connection.
         let closing = (reply.code() == 421).then(|| reply.clone());
         match expect {
-            Expect::Greeting => {
-                if reply.code() != 220 {
-                    return self.fail(CommandKind::Greeting, reply);
-                }
-                self.send_ehlo();
-            }
-            Expect::Ehlo => {
-                if reply.is_positive() {
-                    self.caps = Capabilities::from_ehlo(&reply);
-                    self.extended = true;
-                    self.state = State::Ready;
-                    self.events.push_back(ClientEvent::Ready);
-                } else if matches!(reply.code(), 500 | 502) {
-                    // RFC 5321 3.2: an RFC 788/821 server; fall back to HELO.
-                    let cmd = Command::Hello { extended: false, domain: self.config.ehlo_domain.clone() };
-                    cmd.write_to_buf(&mut self.output);
-                    self.expect.push_back(Expect::Helo);
-                } else {
-                    self.fail(CommandKind::Ehlo, reply);
-                }
-            }
-            Expect::Helo => {
-                if !reply.is_positive() {
-                    return self.fail(CommandKind::Helo, reply);
-                }
-                self.caps = Capabilities::default();
-                self.extended = false;
-                self.state = State::Ready;
-                self.events.push_back(ClientEvent::Ready);
-            }
-            Expect::StartTls => {
-                if reply.code() != 220 {
-                    return self.fail(CommandKind::StartTls, reply);
-                }
-                self.state = State::TlsPending;
-                self.events.push_back(ClientEvent::StartTls);
-            }
-            Expect::AuthLoginUser(user, pass) => {
-                if reply.code() != 334 {
-                    return self.events.push_back(ClientEvent::Auth(reply));
-                }
-                self.output.extend_from_slice(format!("{}\r\n", encode_b64(user.expose().as_bytes())).as_bytes());
-                self.expect.push_back(Expect::AuthLoginPass(pass));
-            }
-            Expect::AuthLoginPass(pass) => {
-                if reply.code() != 334 {
-                    return self.events.push_back(ClientEvent::Auth(reply));
-                }
-                self.output.extend_from_slice(format!("{}\r\n", encode_b64(pass.expose().as_bytes())).as_bytes());
-                self.expect.push_back(Expect::AuthFinal);
-            }
+            Expect::Greeting => self.on_greeting(reply),
+            Expect::Ehlo => self.on_ehlo(reply),
+            Expect::Helo => self.on_helo(reply),
+            Expect::StartTls => self.on_starttls(reply),
+            Expect::AuthLoginUser(user, pass) => self.on_login_prompt(reply, user, Some(pass)),
+            Expect::AuthLoginPass(pass) => self.on_login_prompt(reply, pass, None),
             Expect::AuthFinal => self.events.push_back(ClientEvent::Auth(reply)),
-            Expect::Mail => {
-                let failed = !reply.is_positive();
-                if let Some(o) = self.outcome.as_mut() {
-                    o.0 = Some(reply);
-                }
-                if failed && !self.caps.pipelining {
-                    self.queued.retain(|(_, e)| !matches!(e, Expect::Rcpt | Expect::Data));
-                    self.finish_envelope();
-                }
-            }
-            Expect::Rcpt => {
-                let Some(o) = self.outcome.as_mut() else { return };
-                o.1.push(reply);
-                if o.1.len() == o.2 {
-                    let none_ok = !o.1.iter().any(Reply::is_positive);
-                    if !o.3 || (none_ok && !self.caps.pipelining) {
-                        self.queued.retain(|(_, e)| !matches!(e, Expect::Data));
-                        self.finish_envelope();
-                    }
-                }
-            }
-            Expect::Data => {
-                let ok = reply.code() == 354;
-                self.finish_envelope_with(Some(reply));
-                if ok {
-                    self.stuffer = DotStuffer::new();
-                }
-            }
+            Expect::Mail => self.on_mail(reply),
+            Expect::Rcpt => self.on_rcpt(reply),
+            Expect::Data => self.on_data(reply),
             Expect::DataEnd => self.events.push_back(ClientEvent::Message(reply)),
-            Expect::Bdat { last } => {
-                if !reply.is_positive() && self.bdat_failure.is_none() {
-                    self.bdat_failure = Some(reply.clone());
-                }
-                if last {
-                    let r = self.bdat_failure.take().unwrap_or(reply);
-                    self.events.push_back(ClientEvent::Message(r));
-                }
-            }
+            Expect::EmptyEnd => {}
+            Expect::Bdat { last } => self.on_bdat(reply, last),
             Expect::Other(kind) => {
                 if kind == CommandKind::Quit {
                     self.state = State::Closed;
@@ -425,14 +398,121 @@ impl ClientSession {
         }
     }
 
-    fn finish_envelope(&mut self) {
-        self.finish_envelope_with(None)
+    fn on_greeting(&mut self, reply: Reply) {
+        if reply.code() != 220 {
+            return self.fail(CommandKind::Greeting, reply);
+        }
+        self.send_ehlo();
     }
 
-    fn finish_envelope_with(&mut self, data: Option<Reply>) {
-        if let Some((mail, recipients, _, _)) = self.outcome.take() {
+    fn on_ehlo(&mut self, reply: Reply) {
+        if reply.is_positive() {
+            self.caps = Capabilities::from_ehlo(&reply);
+            self.extended = true;
+            self.state = State::Ready;
+            self.events.push_back(ClientEvent::Ready);
+        } else if matches!(reply.code(), 500 | 502) {
+            // RFC 5321 3.2: an RFC 788/821 server; fall back to HELO.
+            let cmd = Command::Hello { extended: false, domain: self.config.ehlo_domain.clone() };
+            cmd.write_to_buf(&mut self.output);
+            self.expect.push_back(Expect::Helo);
+        } else {
+            self.fail(CommandKind::Ehlo, reply);
+        }
+    }
+
+    fn on_helo(&mut self, reply: Reply) {
+        if !reply.is_positive() {
+            return self.fail(CommandKind::Helo, reply);
+        }
+        self.caps = Capabilities::default();
+        self.extended = false;
+        self.state = State::Ready;
+        self.events.push_back(ClientEvent::Ready);
+    }
+
+    fn on_starttls(&mut self, reply: Reply) {
+        if reply.code() != 220 {
+            return self.fail(CommandKind::StartTls, reply);
+        }
+        self.state = State::TlsPending;
+        self.events.push_back(ClientEvent::StartTls);
+    }
+
+    /// AUTH LOGIN (draft-murchison-sasl-login): answers a `334` prompt with `answer`, then
+    /// expects the password prompt (`next`) or the final reply.
+    fn on_login_prompt(&mut self, reply: Reply, answer: Secret, next: Option<Secret>) {
+        if reply.code() != 334 {
+            return self.events.push_back(ClientEvent::Auth(reply));
+        }
+        self.output.extend_from_slice(format!("{}\r\n", encode_b64(answer.expose().as_bytes())).as_bytes());
+        self.expect.push_back(next.map_or(Expect::AuthFinal, Expect::AuthLoginPass));
+    }
+
+    fn on_mail(&mut self, reply: Reply) {
+        let failed = !reply.is_positive();
+        if let Some(p) = self.pending.as_mut() {
+            p.mail = Some(reply);
+        }
+        // Without pipelining the RCPTs wait for MAIL's reply: after a refusal they are not sent
+        // (RFC 5321 3.3). With pipelining they are on the wire and their replies still come.
+        if failed && !self.caps.pipelining {
+            self.queued.retain(|(_, e)| !matches!(e, Expect::Rcpt | Expect::Data));
+            self.finish_envelope();
+        }
+    }
+
+    fn on_rcpt(&mut self, reply: Reply) {
+        self.accepted_any |= reply.is_positive();
+        let Some(p) = self.pending.as_mut() else { return };
+        p.recipients.push(reply);
+        if p.recipients.len() < p.expected {
+            return;
+        }
+        // All recipients answered. DATA not requested, or not yet sent because every recipient
+        // was refused without pipelining: the envelope is complete now. A pipelined DATA is
+        // already on the wire and its reply completes it.
+        if !p.with_data || (!self.accepted_any && !self.caps.pipelining) {
+            self.queued.retain(|(_, e)| !matches!(e, Expect::Data));
+            self.finish_envelope();
+        }
+    }
+
+    fn on_data(&mut self, reply: Reply) {
+        let ready = reply.code() == 354;
+        // RFC 2920 3.1: a server may answer 354 after refusing every pipelined recipient; the
+        // client then ends the empty message at once and ignores the reply to it.
+        let empty = ready && !self.accepted_any;
+        if empty {
+            self.output.extend_from_slice(b".\r\n");
+            self.expect.push_back(Expect::EmptyEnd);
+        }
+        self.finish_envelope_with(Some(reply), empty);
+        if ready {
+            self.stuffer = DotStuffer::new();
+        }
+    }
+
+    /// RFC 3030 3.3: a refused chunk does not stop the pipeline; the message's outcome is the
+    /// first refusal, reported with the last chunk's reply.
+    fn on_bdat(&mut self, reply: Reply, last: bool) {
+        if !reply.is_positive() && self.bdat_failure.is_none() {
+            self.bdat_failure = Some(reply.clone());
+        }
+        if last {
+            let r = self.bdat_failure.take().unwrap_or(reply);
+            self.events.push_back(ClientEvent::Message(r));
+        }
+    }
+
+    fn finish_envelope(&mut self) {
+        self.finish_envelope_with(None, false)
+    }
+
+    fn finish_envelope_with(&mut self, data: Option<Reply>, ended_empty: bool) {
+        if let Some(Pending { mail, recipients, .. }) = self.pending.take() {
             let mail = mail.unwrap_or_else(|| Reply::new(451, None, "no reply to MAIL"));
-            self.events.push_back(ClientEvent::Envelope(EnvelopeOutcome { mail, recipients, data }));
+            self.events.push_back(ClientEvent::Envelope(EnvelopeOutcome { mail, recipients, data, ended_empty }));
         }
     }
 
@@ -489,6 +569,67 @@ impl ClientSession {
         Ok(())
     }
 
+    /// The envelope to send for a message to this server: its MAIL and RCPT parameters fitted
+    /// to what the server offers, or why the message cannot go to it.
+    ///
+    /// - SMTPUTF8 (RFC 6531 3.4): UTF-8 in an address needs it; then `SMTPUTF8` is sent.
+    /// - 8BITMIME (RFC 6152 3): an 8-bit body is declared `BODY=8BITMIME`, which needs it.
+    /// - SIZE (RFC 1870 6): a known size is declared, and a size over the server's limit fails
+    ///   here, before anything is sent.
+    /// - DSN (RFC 3461 4): without it, RET, ENVID, NOTIFY and ORCPT are dropped (a relay then
+    ///   reports `relayed`, RFC 3461 4.3).
+    /// - A server that answered HELO, not EHLO (RFC 788, RFC 5321 3.2), gets no parameters.
+    pub fn negotiate(&self, env: &Envelope, body: BodyFacts) -> Result<Envelope, ClientError> {
+        let caps = &self.caps;
+        let mut env = env.clone();
+        let utf8 = matches!(&env.from, ReversePath::Path(p) if p.is_utf8())
+            || env.recipients.iter().any(|r| matches!(&r.path, ForwardPath::Path(p) if p.is_utf8()));
+        if utf8 || env.params.smtputf8 {
+            if !caps.smtputf8 {
+                return Err(ClientError::ExtensionMissing("SMTPUTF8"));
+            }
+            env.params.smtputf8 = true;
+        }
+        if body.eight_bit && env.params.body.is_none() {
+            env.params.body = Some(BodyParam::EightBitMime);
+        }
+        if env.params.body == Some(BodyParam::EightBitMime) && !caps.eight_bit_mime {
+            return Err(ClientError::ExtensionMissing("8BITMIME"));
+        }
+        match (body.size, caps.size) {
+            (Some(size), Some(max)) if max > 0 && size > max => return Err(ClientError::TooLarge { size, max }),
+            (size, Some(_)) => env.params.size = size,
+            (_, None) => env.params.size = None,
+        }
+        if !caps.dsn {
+            env.params.ret = None;
+            env.params.envid = None;
+            for r in &mut env.recipients {
+                r.params = Default::default();
+            }
+        }
+        if !self.extended {
+            env.params = Default::default();
+        }
+        Ok(env)
+    }
+
+    /// Most recipients in one transaction: the server's RCPTMAX (RFC 9422 4.2), else no limit.
+    /// More recipients go in further transactions, each with its own replies.
+    pub fn recipients_per_transaction(&self) -> usize {
+        self.caps.limits.and_then(|l| l.rcpt_max).map_or(usize::MAX, |m| m.max(1) as usize)
+    }
+
+    /// Whether a new transaction may start now: nothing outstanding and the server's MAILMAX
+    /// (RFC 9422 4.1) not reached on this connection.
+    pub fn may_start_transaction(&self) -> bool {
+        self.is_idle() && self.pending.is_none() && !self.mail_max_reached()
+    }
+
+    fn mail_max_reached(&self) -> bool {
+        self.caps.limits.and_then(|l| l.mail_max).is_some_and(|m| self.transactions >= m)
+    }
+
     /// Sends MAIL and RCPTs (and DATA with [`DataMode::Data`]); the answers arrive as one
     /// [`ClientEvent::Envelope`].
     pub fn send_envelope(&mut self, env: &Envelope, mode: DataMode) -> Result<(), ClientError> {
@@ -496,10 +637,16 @@ impl ClientSession {
         if env.recipients.is_empty() {
             return Err(ClientError::Misuse("no recipients"));
         }
-        if self.outcome.is_some() {
+        if self.pending.is_some() {
             return Err(ClientError::Misuse("an envelope is already in flight"));
         }
-        self.outcome = Some((None, Vec::new(), env.recipients.len(), mode == DataMode::Data));
+        if self.mail_max_reached() {
+            return Err(ClientError::Misuse("the server's MAILMAX is reached; use a new connection"));
+        }
+        self.transactions += 1;
+        self.accepted_any = false;
+        let with_data = mode == DataMode::Data;
+        self.pending = Some(Pending { mail: None, recipients: Vec::new(), expected: env.recipients.len(), with_data });
         self.write(&Command::Mail { verb: env.verb, from: env.from.clone(), params: env.params.clone() }, Expect::Mail);
         for r in &env.recipients {
             self.write(&Command::Rcpt { to: r.path.clone(), params: r.params.clone() }, Expect::Rcpt);
@@ -515,7 +662,9 @@ impl ClientSession {
     /// [`ClientEvent::Envelope`] whose `data` is set.
     pub fn start_data(&mut self) -> Result<(), ClientError> {
         self.ready()?;
-        self.outcome = Some((Some(Reply::new(250, None, "")), Vec::new(), 0, true));
+        // MAIL and the RCPTs were answered with the envelope: only DATA's reply is awaited.
+        let mail = Some(Reply::new(250, None, ""));
+        self.pending = Some(Pending { mail, recipients: Vec::new(), expected: 0, with_data: true });
         self.write(&Command::Data, Expect::Data);
         self.flush_queue();
         Ok(())
