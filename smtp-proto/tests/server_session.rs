@@ -419,3 +419,35 @@ fn a_421_decision_closes_the_session() {
     let out = String::from_utf8(s.poll_output().unwrap().to_vec()).unwrap();
     assert!(out.ends_with("421 going away\r\n") && !out.contains("NOOP"), "{out}");
 }
+
+/// While a decision is pending nothing more is parsed, and input stops being wanted once
+/// `MAX_BUFFERED_INPUT` octets wait: a client pipelining without end cannot grow the buffer.
+#[test]
+fn a_pending_decision_holds_the_pipeline_and_bounds_the_buffer() {
+    use smtp_proto::server::MAX_BUFFERED_INPUT;
+    let mut s = ServerSession::new(ServerConfig { hostname: "mx.test".into(), ..Default::default() });
+    assert_eq!(s.config().hostname, "mx.test");
+    let _ = s.poll_output();
+    s.handle_input(b"EHLO c\r\n");
+    assert!(matches!(s.poll_event(), Some(Event::Hello { .. })));
+    s.accept();
+    s.handle_input(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n");
+    assert!(matches!(s.poll_event(), Some(Event::Mail { .. })));
+    assert!(s.is_pending());
+    assert_eq!(s.poll_event(), None, "RCPT waits for MAIL's decision");
+    let held = b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n".len() - b"MAIL FROM:<a@b>\r\n".len();
+    let filler = vec![b'x'; MAX_BUFFERED_INPUT - held - 1];
+    s.handle_input(&filler);
+    assert!(s.wants_input(), "one octet under the bound");
+    s.handle_input(b"x");
+    assert!(!s.wants_input(), "at the bound: stop reading");
+    s.accept();
+    assert!(matches!(s.poll_event(), Some(Event::Rcpt { .. })), "the pipeline resumes after the decision");
+    s.accept();
+    while s.poll_event().is_some() {}
+    assert!(s.wants_input(), "the overlong line is being discarded, not kept");
+    s.handle_input(b"\r\nQUIT\r\n");
+    while s.poll_event().is_some() {}
+    assert!(s.is_closed());
+    assert!(!s.wants_input(), "a closed session reads nothing");
+}
