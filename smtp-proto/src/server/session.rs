@@ -182,24 +182,89 @@ pub enum Event {
     Close(CloseReason),
 }
 
+/// The session's states; each holds what is known in it, and which command is allowed next is
+/// decided by matching on (state, command) in [`ServerSession::command`]:
+///
 /// ```text
 ///  connect ──220──▶ Greeted ──HELO/EHLO──▶ Ready ──MAIL/SEND/SOML/SAML──▶ Mail ◀─┐
 ///                     ▲                      ▲ ▲                            │ RCPT┘
 ///                     │ tls_established      │ └──── RSET, HELO/EHLO ───────┤
-///                  TlsPending ◀─STARTTLS─ Ready      end of data ◀─ Data ◀──┤ DATA (≥1 RCPT)
-///                                                    last chunk ◀── Bdat ◀──┘ BDAT
-///  QUIT, too many errors ─▶ Closed         AUTH ─▶ AuthWait ─▶ Ready
+///                  TlsPending ◀─STARTTLS─ Ready   Ending ◀─ end of data ─ Data ◀─┤ DATA (≥1 RCPT)
+///                                          ▲         │      last chunk ◀─ Bdat ◀─┘ BDAT
+///                                          └─decided─┘
+///  QUIT, too many errors ─▶ Closed         AUTH ─▶ Auth ─▶ Ready
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
+    /// Waiting for HELO/EHLO: at the start, and again after STARTTLS (RFC 3207 4.2).
     Greeted,
-    Ready,
-    Mail,
-    Data,
-    Bdat { remaining: u64, last: bool, refuse: Option<Reply> },
-    AuthWait(AuthStep),
+    /// The client said who it is; no transaction.
+    Ready(Hello),
+    /// MAIL accepted; accepted RCPTs join the envelope. `chunked` once a BDAT chunk was taken:
+    /// then only BDAT may follow (RFC 3030 2).
+    Mail { hello: Hello, envelope: Envelope, chunked: bool },
+    /// DATA accepted: the body arrives, dot-stuffed.
+    Data { hello: Hello, envelope: Envelope },
+    /// A BDAT chunk is being read, accepted or not (its octets are never commands); `resume` is
+    /// the state after it.
+    Bdat { chunk: Chunk, resume: Box<State> },
+    /// The body is complete; the end-of-data decision is pending.
+    Ending { hello: Hello, envelope: Envelope },
+    /// AUTH is waiting for the client's next response line.
+    Auth { hello: Hello, step: AuthStep },
+    /// STARTTLS was accepted: the driver runs the handshake.
     TlsPending,
+    /// QUIT, an error limit or a 421: nothing more is read.
     Closed,
+}
+
+/// The client's HELO or EHLO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hello {
+    extended: bool,
+    domain: Domain,
+}
+
+/// The BDAT chunk being read (RFC 3030).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Chunk {
+    remaining: u64,
+    last: bool,
+    /// The reply when the chunk is refused; it is still read to its end.
+    refuse: Option<Reply>,
+}
+
+impl State {
+    fn hello(&self) -> Option<&Hello> {
+        match self {
+            State::Ready(hello)
+            | State::Mail { hello, .. }
+            | State::Data { hello, .. }
+            | State::Ending { hello, .. }
+            | State::Auth { hello, .. } => Some(hello),
+            State::Bdat { resume, .. } => resume.hello(),
+            State::Greeted | State::TlsPending | State::Closed => None,
+        }
+    }
+
+    fn envelope(&self) -> Option<&Envelope> {
+        match self {
+            State::Mail { envelope, .. } | State::Data { envelope, .. } | State::Ending { envelope, .. } => {
+                Some(envelope)
+            }
+            State::Bdat { resume, .. } => resume.envelope(),
+            _ => None,
+        }
+    }
+
+    /// The same state with any transaction dropped.
+    fn without_transaction(self) -> State {
+        match self {
+            State::Mail { hello, .. } | State::Data { hello, .. } | State::Ending { hello, .. } => State::Ready(hello),
+            State::Bdat { resume, .. } => resume.without_transaction(),
+            other => other,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,9 +301,6 @@ pub struct ServerSession {
     pending: Option<Pending>,
     tls: bool,
     authenticated: bool,
-    helo: Option<(bool, Domain)>,
-    envelope: Option<Envelope>,
-    in_bdat: bool,
     transactions: u32,
     errors: u32,
     discarding_line: bool,
@@ -262,9 +324,6 @@ impl ServerSession {
             pending: None,
             tls: false,
             authenticated: false,
-            helo: None,
-            envelope: None,
-            in_bdat: false,
             transactions: 0,
             errors: 0,
             discarding_line: false,
@@ -325,19 +384,19 @@ impl ServerSession {
     /// The timeout that applies while waiting for input now.
     pub fn timeout(&self) -> Timeout {
         match self.state {
-            State::Data | State::Bdat { .. } => Timeout::Data,
+            State::Data { .. } | State::Bdat { .. } => Timeout::Data,
             _ => Timeout::Command,
         }
     }
 
     /// The current transaction, if MAIL was accepted.
     pub fn envelope(&self) -> Option<&Envelope> {
-        self.envelope.as_ref()
+        self.state.envelope()
     }
 
     /// The HELO/EHLO name, once accepted.
     pub fn helo(&self) -> Option<&Domain> {
-        self.helo.as_ref().map(|(_, d)| d)
+        self.state.hello().map(|h| &h.domain)
     }
 
     /// Whether the connection is under TLS.
@@ -361,8 +420,6 @@ impl ServerSession {
         self.input.clear();
         self.tls = true;
         self.authenticated = false;
-        self.helo = None;
-        self.envelope = None;
         self.state = State::Greeted;
     }
 
@@ -377,31 +434,27 @@ impl ServerSession {
             return self.close(reply, CloseReason::ServiceClosing);
         }
         let ok = reply.is_positive();
-        match pending {
-            Pending::Hello { extended, domain } => {
+        match (pending, self.take_state()) {
+            (Pending::Hello { extended, domain }, _) if ok => self.state = State::Ready(Hello { extended, domain }),
+            (Pending::Mail(envelope), State::Ready(hello)) if ok => {
+                self.transactions += 1;
+                self.state = State::Mail { hello, envelope, chunked: false };
+            }
+            (Pending::Rcpt(r), State::Mail { hello, mut envelope, chunked }) => {
                 if ok {
-                    self.helo = Some((extended, domain));
-                    self.state = State::Ready;
+                    envelope.recipients.push(r);
                 }
+                self.state = State::Mail { hello, envelope, chunked };
             }
-            Pending::Mail(env) => {
-                if ok {
-                    self.envelope = Some(env);
-                    self.transactions += 1;
-                    self.state = State::Mail;
-                }
+            (Pending::DataEnd, state) => {
+                self.state = state;
+                self.end_transaction();
             }
-            Pending::Rcpt(r) => {
-                if let (true, Some(env)) = (ok, self.envelope.as_mut()) {
-                    env.recipients.push(r);
-                }
-            }
-            Pending::DataEnd => self.end_transaction(),
-            Pending::Verify => {}
-            Pending::Auth => {
+            (Pending::Auth, state) => {
                 self.authenticated = reply.code() == 235;
-                self.state = State::Ready;
+                self.state = state;
             }
+            (_, state) => self.state = state,
         }
         self.send(reply);
     }
@@ -457,12 +510,13 @@ impl ServerSession {
     }
 
     fn end_transaction(&mut self) {
-        self.envelope = None;
-        self.in_bdat = false;
         self.data_size = 0;
-        if matches!(self.state, State::Mail | State::Data | State::Bdat { .. }) {
-            self.state = State::Ready;
-        }
+        self.state = self.take_state().without_transaction();
+    }
+
+    /// Moves the state out to change it; the caller puts the next one back.
+    fn take_state(&mut self) -> State {
+        std::mem::replace(&mut self.state, State::Closed)
     }
 
     /// Writes a reply; counts errors and closes with `421` past the limit.
@@ -492,7 +546,7 @@ impl ServerSession {
     fn step(&mut self) -> bool {
         match self.state {
             State::Closed | State::TlsPending => false,
-            State::Data => self.step_data(),
+            State::Data { .. } => self.step_data(),
             State::Bdat { .. } => self.step_bdat(),
             _ => self.step_line(),
         }
@@ -509,8 +563,8 @@ impl ServerSession {
         };
         let line = self.input.split_to(nl + 1);
         if std::mem::take(&mut self.discarding_line) || line.len() > self.config.max_line_len {
-            if let State::AuthWait(_) = self.state {
-                self.state = State::Ready;
+            if let State::Auth { hello, .. } = &self.state {
+                self.state = State::Ready(hello.clone());
             }
             self.send(codes::line_too_long());
             return true;
@@ -519,7 +573,7 @@ impl ServerSession {
         if let [head @ .., b'\r'] = l {
             l = head;
         }
-        if let State::AuthWait(step) = &self.state {
+        if let State::Auth { step, .. } = &self.state {
             let step = step.clone();
             self.auth_line(step, l);
         } else {
@@ -562,7 +616,10 @@ impl ServerSession {
                 self.events.push_back(Event::DataAborted(reason));
                 self.send(reply);
             } else {
-                self.state = State::Ready;
+                self.state = match self.take_state() {
+                    State::Data { hello, envelope } => State::Ending { hello, envelope },
+                    other => other,
+                };
                 self.decide(Pending::DataEnd, Event::DataEnd);
             }
         }
@@ -570,15 +627,15 @@ impl ServerSession {
     }
 
     fn step_bdat(&mut self) -> bool {
-        let State::Bdat { remaining, last, refuse } = &mut self.state else { return false };
-        if *remaining > 0 {
+        let State::Bdat { chunk, .. } = &mut self.state else { return false };
+        if chunk.remaining > 0 {
             if self.input.is_empty() {
                 return false;
             }
-            let take = (*remaining).min(self.input.len() as u64) as usize;
-            *remaining -= take as u64;
+            let take = chunk.remaining.min(self.input.len() as u64) as usize;
+            chunk.remaining -= take as u64;
             let bytes = self.input.split_to(take).freeze();
-            if refuse.is_none() {
+            if chunk.refuse.is_none() {
                 self.data_size += take as u64;
                 // RFC 3030 chunks carry no dot-stuffing, but the same bytes are refused or
                 // normalized as in DATA; once refused, nothing more is passed on.
@@ -591,15 +648,23 @@ impl ServerSession {
             }
             return true;
         }
-        let (last, refuse) = (*last, refuse.take());
-        self.state = State::Mail;
-        if let Some(reply) = refuse {
-            if self.envelope.is_some() {
+        let chunk = match self.take_state() {
+            State::Bdat { chunk, resume } => {
+                self.state = *resume;
+                chunk
+            }
+            other => {
+                self.state = other;
+                return false;
+            }
+        };
+        if let Some(reply) = chunk.refuse {
+            if self.state.envelope().is_some() {
                 self.events.push_back(Event::DataAborted(AbortReason::ChunkRefused));
             }
             self.end_transaction();
             self.send(reply);
-        } else if last {
+        } else if chunk.last {
             let tail = self.chunk_checker.finish();
             let reject = self.config.line_endings == LineEndingPolicy::Reject;
             let (bare, nul) = (self.chunk_checker.saw_bare_line_ending(), self.chunk_checker.saw_nul());
@@ -616,7 +681,10 @@ impl ServerSession {
                 if let Some(t) = tail {
                     self.events.push_back(Event::DataChunk(Bytes::from_static(t)));
                 }
-                self.state = State::Ready;
+                self.state = match self.take_state() {
+                    State::Mail { hello, envelope, .. } => State::Ending { hello, envelope },
+                    other => other,
+                };
                 self.decide(Pending::DataEnd, Event::DataEnd);
             }
         } else {
@@ -630,31 +698,28 @@ impl ServerSession {
         match cmd {
             Command::Hello { extended, domain } => {
                 // RFC 5321 4.1.4: EHLO/HELO later in the session resets like RSET.
-                if self.envelope.is_some() {
+                if self.state.envelope().is_some() {
                     self.events.push_back(Event::Reset);
                 }
                 self.end_transaction();
-                if !matches!(self.state, State::Greeted) {
-                    self.state = State::Ready;
-                }
                 self.decide(Pending::Hello { extended, domain: domain.clone() }, Event::Hello { extended, domain });
             }
             Command::Mail { verb, from, params } => self.mail(verb, from, params),
             Command::Rcpt { to, params } => self.rcpt(to, params),
-            Command::Data => {
-                let Some(env) = &self.envelope else { return self.send(codes::bad_sequence()) };
-                if self.in_bdat {
-                    return self.send(codes::bad_sequence());
+            Command::Data => match self.take_state() {
+                State::Mail { hello, envelope, chunked: false } if !envelope.recipients.is_empty() => {
+                    self.state = State::Data { hello, envelope };
+                    self.send(codes::start_data());
+                    self.unstuffer.reset();
+                    self.data_size = 0;
+                    self.events.push_back(Event::DataStart);
                 }
-                if env.recipients.is_empty() {
-                    return self.send(codes::no_valid_recipients());
+                state => {
+                    let empty = matches!(&state, State::Mail { envelope, chunked: false, .. } if envelope.recipients.is_empty());
+                    self.state = state;
+                    self.send(if empty { codes::no_valid_recipients() } else { codes::bad_sequence() });
                 }
-                self.send(codes::start_data());
-                self.unstuffer.reset();
-                self.data_size = 0;
-                self.state = State::Data;
-                self.events.push_back(Event::DataStart);
-            }
+            },
             Command::Bdat { size, last } => self.bdat(size, last),
             Command::Rset => {
                 self.end_transaction();
@@ -683,7 +748,7 @@ impl ServerSession {
                 if self.tls {
                     return self.send(Reply::new(503, Some(EnhancedCode::new(5, 5, 1)), "TLS already active"));
                 }
-                if self.helo.is_none() || self.envelope.is_some() {
+                if !matches!(self.state, State::Ready(_)) {
                     return self.send(codes::bad_sequence());
                 }
                 self.send(codes::ready_for_tls());
@@ -698,12 +763,13 @@ impl ServerSession {
 
     fn mail(&mut self, verb: MailVerb, from: ReversePath, params: MailParams) {
         let c = &self.config;
-        let Some((extended, _)) = &self.helo else {
-            return self.send(Reply::new(503, Some(EnhancedCode::new(5, 5, 1)), "Send HELO/EHLO first"));
+        let extended = match &self.state {
+            State::Ready(hello) => hello.extended,
+            State::Greeted => {
+                return self.send(Reply::new(503, Some(EnhancedCode::new(5, 5, 1)), "Send HELO/EHLO first"))
+            }
+            _ => return self.send(Reply::new(503, Some(EnhancedCode::new(5, 5, 1)), "Nested MAIL command")),
         };
-        if self.envelope.is_some() {
-            return self.send(Reply::new(503, Some(EnhancedCode::new(5, 5, 1)), "Nested MAIL command"));
-        }
         if verb != MailVerb::Mail && !c.rfc788_commands {
             return self.send(codes::not_implemented());
         }
@@ -737,12 +803,11 @@ impl ServerSession {
     }
 
     fn rcpt(&mut self, to: ForwardPath, params: RcptParams) {
-        let Some(env) = &self.envelope else {
-            return self.send(Reply::new(503, Some(EnhancedCode::new(5, 5, 1)), "Need MAIL before RCPT"));
+        let env = match &self.state {
+            State::Mail { envelope, chunked: false, .. } => envelope,
+            State::Mail { chunked: true, .. } => return self.send(codes::bad_sequence()),
+            _ => return self.send(Reply::new(503, Some(EnhancedCode::new(5, 5, 1)), "Need MAIL before RCPT")),
         };
-        if self.in_bdat {
-            return self.send(codes::bad_sequence());
-        }
         if env.recipients.len() >= self.config.max_recipients {
             // RFC 5321 4.5.3.1.10: "the SMTP server MUST NOT treat" the client's excess
             // recipients as an error; the 452 does not count toward the error limit, so the
@@ -770,35 +835,35 @@ impl ServerSession {
     /// as commands. A chunk too large to discard in reasonable time ends the session.
     fn bdat(&mut self, size: u64, last: bool) {
         let max = self.config.max_message_size;
-        let refuse = if !self.config.chunking {
-            Some(codes::not_implemented())
-        } else if self.envelope.is_none() {
-            Some(codes::bad_sequence())
-        } else if self.envelope.as_ref().is_some_and(|e| e.recipients.is_empty()) {
-            Some(codes::no_valid_recipients())
-        } else if self.data_size.saturating_add(size) > max {
-            Some(codes::too_big())
-        } else {
-            None
+        let refuse = match self.state.envelope() {
+            _ if !self.config.chunking => Some(codes::not_implemented()),
+            None => Some(codes::bad_sequence()),
+            Some(e) if e.recipients.is_empty() => Some(codes::no_valid_recipients()),
+            Some(_) if self.data_size.saturating_add(size) > max => Some(codes::too_big()),
+            Some(_) => None,
         };
         if refuse.is_some() && size > max.saturating_mul(2).max(1 << 20) {
             let r = Reply::new(421, Some(EnhancedCode::new(4, 3, 4)), "BDAT chunk too large to discard, closing");
             return self.close(r, CloseReason::ChunkTooLarge);
         }
-        if refuse.is_none() && !self.in_bdat {
-            self.in_bdat = true;
-            self.data_size = 0;
-            self.chunk_checker = LineChecker::new(self.config.line_endings);
-            self.events.push_back(Event::DataStart);
+        let mut resume = self.take_state();
+        if let (None, State::Mail { chunked, .. }) = (&refuse, &mut resume) {
+            if !*chunked {
+                *chunked = true;
+                self.data_size = 0;
+                self.chunk_checker = LineChecker::new(self.config.line_endings);
+                self.events.push_back(Event::DataStart);
+            }
         }
-        self.state = State::Bdat { remaining: size, last, refuse };
+        self.state = State::Bdat { chunk: Chunk { remaining: size, last, refuse }, resume: Box::new(resume) };
     }
 
     fn auth(&mut self, mechanism: String, initial: Option<String>) {
         let c = &self.config;
-        if !matches!(self.helo, Some((true, _))) || self.envelope.is_some() {
-            return self.send(codes::bad_sequence());
-        }
+        let hello = match &self.state {
+            State::Ready(hello) if hello.extended => hello.clone(),
+            _ => return self.send(codes::bad_sequence()),
+        };
         if self.authenticated {
             return self.send(Reply::new(503, Some(EnhancedCode::new(5, 5, 1)), "Already authenticated"));
         }
@@ -814,19 +879,26 @@ impl ServerSession {
         match (mech, initial) {
             (AuthMechanism::Plain, Some(i)) => self.auth_line(AuthStep::Plain, i.as_bytes()),
             (AuthMechanism::Plain, None) => {
-                self.state = State::AuthWait(AuthStep::Plain);
+                self.state = State::Auth { hello, step: AuthStep::Plain };
                 self.send(Reply::new(334, None, ""));
             }
             (AuthMechanism::Login, Some(u)) => self.auth_line(AuthStep::LoginUser, u.as_bytes()),
             (AuthMechanism::Login, None) => {
-                self.state = State::AuthWait(AuthStep::LoginUser);
+                self.state = State::Auth { hello, step: AuthStep::LoginUser };
                 self.send(Reply::new(334, None, "VXNlcm5hbWU6"));
             }
         }
     }
 
     fn auth_line(&mut self, step: AuthStep, line: &[u8]) {
-        self.state = State::Ready;
+        let hello = match self.take_state() {
+            State::Auth { hello, .. } | State::Ready(hello) => hello,
+            other => {
+                self.state = other;
+                return;
+            }
+        };
+        self.state = State::Ready(hello.clone());
         if line == b"*" {
             return self.send(codes::auth_cancelled());
         }
@@ -841,7 +913,8 @@ impl ServerSession {
                 }
             },
             AuthStep::LoginUser => {
-                self.state = State::AuthWait(AuthStep::LoginPassword(String::from_utf8_lossy(&decoded).into_owned()));
+                let username = String::from_utf8_lossy(&decoded).into_owned();
+                self.state = State::Auth { hello, step: AuthStep::LoginPassword(username) };
                 return self.send(Reply::new(334, None, "UGFzc3dvcmQ6"));
             }
             AuthStep::LoginPassword(username) => (
