@@ -451,3 +451,51 @@ fn a_pending_decision_holds_the_pipeline_and_bounds_the_buffer() {
     assert!(s.is_closed());
     assert!(!s.wants_input(), "a closed session reads nothing");
 }
+
+/// What the driver reads from the session: the HELO name, TLS, AUTH, the timeout that applies,
+/// MAILMAX (RFC 9422), closing.
+#[test]
+fn the_session_reports_its_state_to_the_driver() {
+    use smtp_proto::auth::AuthMechanism;
+    use smtp_proto::server::Timeout;
+    let config = ServerConfig {
+        auth_mechanisms: vec![AuthMechanism::Plain],
+        max_transactions: Some(1),
+        starttls: true,
+        ..cfg()
+    };
+    let mut s = ServerSession::new(config.clone());
+    let drain = |s: &mut ServerSession| {
+        while s.poll_event().is_some() {
+            s.accept();
+        }
+        String::from_utf8(s.poll_output().map(|b| b.to_vec()).unwrap_or_default()).unwrap()
+    };
+    assert!(!s.is_tls() && !s.is_authenticated() && !s.is_closed() && !s.is_pending());
+    assert_eq!(s.helo(), None);
+    s.handle_input(b"EHLO client.test\r\n");
+    assert!(matches!(s.poll_event(), Some(Event::Hello { .. })));
+    assert!(s.is_pending());
+    s.accept();
+    assert!(!s.is_pending());
+    assert_eq!(s.helo().map(|d| d.to_string()).as_deref(), Some("client.test"));
+    s.handle_input(b"STARTTLS\r\n");
+    assert!(drain(&mut s).ends_with("220 2.0.0 Ready to start TLS\r\n"));
+    s.tls_established();
+    assert!(s.is_tls());
+    assert_eq!(s.helo(), None, "forgotten after STARTTLS (RFC 3207 4.2)");
+    s.handle_input(b"EHLO client.test\r\nAUTH PLAIN AHUAcA==\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n");
+    drain(&mut s);
+    assert!(s.is_authenticated());
+    assert_eq!(s.timeout(), Timeout::Command);
+    s.handle_input(b"DATA\r\n");
+    drain(&mut s);
+    assert_eq!(s.timeout(), Timeout::Data, "RFC 5321 4.5.3.2.5/6: the data block timeout");
+    s.handle_input(b"x\r\n.\r\nMAIL FROM:<a@b>\r\n");
+    let out = drain(&mut s);
+    assert_eq!(out, "250 2.0.0 Message accepted\r\n452 4.5.3 Too many transactions in this session\r\n");
+    assert!(!s.is_closed());
+    s.handle_input(b"QUIT\r\n");
+    drain(&mut s);
+    assert!(s.is_closed());
+}
