@@ -33,12 +33,7 @@ for run in 1 2; do
   echo "  tern serve (spool + Maildir delivery), run $run   $(rate "$M" "$t")"
   sleep 2
 done
-postconf -e "inet_interfaces = 127.0.0.1" "mydestination = postfix.test" "default_transport = discard" \
-  "local_transport = discard" "local_recipient_maps =" "mynetworks = 127.0.0.0/8" \
-  "smtpd_client_connection_rate_limit = 0" "default_process_limit = 100" >/dev/null
-sed -i 's/^smtp      inet.*/127.0.0.1:2529 inet n - y - - smtpd/' /etc/postfix/master.cf
-postfix stop >/dev/null 2>&1 || true
-postfix start >/dev/null 2>&1
+start_postfix
 sleep 2
 for run in 1 2; do
   t=$(secs /usr/sbin/smtp-source -d -s "$S" -m "$M" -l 1024 -f a@x.test -t user@postfix.test 127.0.0.1:2529)

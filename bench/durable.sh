@@ -13,12 +13,7 @@ source bench/lib.sh
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 pkill -f 'tern (sink|serve)' 2>/dev/null || true
-postconf -e "inet_interfaces = 127.0.0.1" "mydestination = postfix.test" "default_transport = discard" \
-  "local_transport = discard" "local_recipient_maps =" "mynetworks = 127.0.0.0/8" \
-  "smtpd_client_connection_rate_limit = 0" "default_process_limit = 100" >/dev/null
-sed -i 's/^smtp      inet.*/127.0.0.1:2529 inet n - y - - smtpd/' /etc/postfix/master.cf
-postfix stop >/dev/null 2>&1 || true
-postfix start >/dev/null 2>&1
+start_postfix
 $TERN serve --listen 127.0.0.1:2528 --hostname tern.test --data-dir "$WORK/tern" >/dev/null 2>&1 &
 TPID=$!
 pids+=($TPID)

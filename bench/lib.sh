@@ -15,3 +15,13 @@ secs() {
   echo "${out% *}"
 }
 rate() { awk -v n="$1" -v t="$2" 'BEGIN { printf "%.0f msg/s (%d in %.2f s)", n / t, n, t }'; }
+
+# Postfix smtpd on 127.0.0.1:2529 with discard delivery: the baseline both comparisons use.
+start_postfix() {
+  postconf -e "inet_interfaces = 127.0.0.1" "mydestination = postfix.test" "default_transport = discard" \
+    "local_transport = discard" "local_recipient_maps =" "mynetworks = 127.0.0.0/8" \
+    "smtpd_client_connection_rate_limit = 0" "default_process_limit = 100" >/dev/null
+  sed -i 's/^smtp      inet.*/127.0.0.1:2529 inet n - y - - smtpd/' /etc/postfix/master.cf
+  postfix stop >/dev/null 2>&1 || true
+  postfix start >/dev/null 2>&1
+}
