@@ -152,6 +152,7 @@ pub fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
         }
         None => (FileConfig::default(), String::new(), "command line".to_string()),
     };
+    let mut server = server_options(&args, &file);
     let err = |key: &str, msg: String| ConfigError::value(&name, key, config::line_of_key(&text, key), msg);
     let addrs = |key: &str, v: Vec<String>| -> Result<Vec<SocketAddr>, ConfigError> {
         v.iter().map(|a| a.parse().map_err(|_| err(key, format!("{a:?} is not an address:port")))).collect()
@@ -251,38 +252,44 @@ pub fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
         }
         _ => return Err(err("tls_cert", "tls_cert and tls_key go together".into())),
     };
-    let mut server = ServerOptions { listen, implicit_tls, tls: Some(tls), ..ServerOptions::default() };
+    (server.listen, server.implicit_tls, server.tls) = (listen, implicit_tls, Some(tls));
     server.session.hostname = hostname.clone();
-    let secs = |s: u64| Duration::from_secs(s.max(1));
-    if let Some(n) = pick(args.max_message_size, file.max_message_size) {
-        server.session.max_message_size = n;
-    }
-    if let Some(n) = pick(args.max_recipients, file.max_recipients) {
-        server.session.max_recipients = n.max(1);
-    }
-    // --idle-timeout sets both waits; the specific flags win over it.
-    if let Some(t) = pick(args.idle_timeout, file.idle_timeout) {
-        (server.command_timeout, server.data_timeout) = (secs(t), secs(t));
-    }
-    if let Some(t) = pick(args.command_timeout, file.command_timeout) {
-        server.command_timeout = secs(t);
-    }
-    if let Some(t) = pick(args.data_timeout, file.data_timeout) {
-        server.data_timeout = secs(t);
-    }
-    if let Some(n) = pick(args.max_connections, file.max_connections) {
-        server.max_connections = n.max(1);
-    }
-    if let Some(n) = pick(args.max_connections_per_ip, file.max_connections_per_ip) {
-        server.max_connections_per_ip = n.max(1);
-    }
-    if let Some(t) = pick(args.transaction_deadline, file.transaction_deadline) {
-        server.transaction_deadline = secs(t);
-    }
     if !relay.auth_users.is_empty() {
         server.session.auth_mechanisms = vec![AuthMechanism::Plain, AuthMechanism::Login];
     }
     Ok(Settings { hostname, data_dir, server, relay })
+}
+
+/// Limits and timeouts: `ServerOptions::default()` with the file's values, then the flags'.
+fn server_options(args: &ServeArgs, file: &FileConfig) -> ServerOptions {
+    let mut server = ServerOptions::default();
+    let secs = |s: u64| Duration::from_secs(s.max(1));
+    if let Some(n) = args.max_message_size.or(file.max_message_size) {
+        server.session.max_message_size = n;
+    }
+    if let Some(n) = args.max_recipients.or(file.max_recipients) {
+        server.session.max_recipients = n.max(1);
+    }
+    // --idle-timeout sets both waits; the specific flags win over it.
+    if let Some(t) = args.idle_timeout.or(file.idle_timeout) {
+        (server.command_timeout, server.data_timeout) = (secs(t), secs(t));
+    }
+    if let Some(t) = args.command_timeout.or(file.command_timeout) {
+        server.command_timeout = secs(t);
+    }
+    if let Some(t) = args.data_timeout.or(file.data_timeout) {
+        server.data_timeout = secs(t);
+    }
+    if let Some(n) = args.max_connections.or(file.max_connections) {
+        server.max_connections = n.max(1);
+    }
+    if let Some(n) = args.max_connections_per_ip.or(file.max_connections_per_ip) {
+        server.max_connections_per_ip = n.max(1);
+    }
+    if let Some(t) = args.transaction_deadline.or(file.transaction_deadline) {
+        server.transaction_deadline = secs(t);
+    }
+    server
 }
 
 /// Creates the data directory owner-only (0700, whatever the umask), or checks that an existing
