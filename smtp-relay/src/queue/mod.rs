@@ -280,3 +280,95 @@ pub trait Queue: Send + Sync + 'static {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An FsQueue seen only through the required methods, so the provided ones run.
+    struct Plain(FsQueue);
+
+    #[async_trait::async_trait]
+    impl Queue for Plain {
+        async fn create(&self, msg: QueuedMessage) -> Result<Box<dyn MessageWriter>, QueueError> {
+            self.0.create(msg).await
+        }
+        async fn load(&self, id: &str) -> Result<QueuedMessage, QueueError> {
+            self.0.load(id).await
+        }
+        async fn body(&self, id: &str) -> Result<StoredBody, QueueError> {
+            self.0.body(id).await
+        }
+        async fn update(&self, msg: &QueuedMessage) -> Result<(), QueueError> {
+            self.0.update(msg).await
+        }
+        async fn remove(&self, id: &str) -> Result<(), QueueError> {
+            self.0.remove(id).await
+        }
+        async fn scan(
+            &self,
+            cancel: &tokio_util::sync::CancellationToken,
+            found: tokio::sync::mpsc::Sender<ScanEntry>,
+        ) -> Result<(), QueueError> {
+            self.0.scan(cancel, found).await
+        }
+    }
+
+    fn msg() -> QueuedMessage {
+        let path = ForwardPath::Path(smtp_proto::Path::parse("<a@b.test>").unwrap());
+        QueuedMessage {
+            id: String::new(),
+            verb: MailVerb::Mail,
+            from: ReversePath::Null,
+            params: MailParams::default(),
+            arrival: QueuedMessage::now(),
+            client: None,
+            helo: None,
+            recipients: vec![
+                RcptRecord::new(path.clone(), RcptParams::default()),
+                RcptRecord::new(path, RcptParams::default()),
+            ],
+            delay_warned: false,
+            trusted: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_provided_scan_gathers_every_entry_sorted_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Plain(FsQueue::open(dir.path()).unwrap());
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(q.enqueue(msg(), format!("body {i}").into()).await.unwrap().id);
+        }
+        ids.sort();
+        let all = q.scan_all().await.unwrap();
+        assert_eq!(all.iter().map(ScanEntry::id).collect::<Vec<_>>(), ids);
+        assert_eq!(q.list().await.unwrap(), ids);
+    }
+
+    #[test]
+    fn done_means_no_recipient_pending() {
+        let mut m = msg();
+        assert!(!m.is_done());
+        m.recipients[0].status = RcptStatus::Delivered;
+        assert!(!m.is_done(), "one still pending");
+        m.recipients[1].status = RcptStatus::Failed(Reply::new(550, None, "no"));
+        assert!(m.is_done());
+    }
+
+    #[test]
+    fn clocks_and_full_disks() {
+        let (s, ms) = (QueuedMessage::now(), QueuedMessage::now_ms());
+        assert!(s > 1_700_000_000 && ms / 1000 >= s && ms / 1000 <= s + 1, "{s} {ms}");
+        let mut m = msg();
+        m.arrival = 100;
+        assert_eq!(m.arrival_plus_ms(Duration::from_millis(250)), 100_250);
+        assert_eq!(m.arrival_plus_ms(Duration::MAX), u64::MAX, "saturates");
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert!(is_storage_full(&full) && QueueError::Io(full).is_storage_full());
+        assert!(is_storage_full(&std::io::Error::from(std::io::ErrorKind::QuotaExceeded)));
+        assert!(!QueueError::Io(std::io::Error::from(std::io::ErrorKind::PermissionDenied)).is_storage_full());
+        assert!(!QueueError::Closed.is_storage_full());
+    }
+}
