@@ -164,6 +164,8 @@ pub struct MailParams {
     pub envid: Option<XText>,
     /// `AUTH=` the submitter's identity, xtext, or `<>` as `XText("<>")` (RFC 4954 5).
     pub auth: Option<XText>,
+    /// `REQUIRETLS` (RFC 8689): every hop must be reached over validated TLS and pass it on.
+    pub requiretls: bool,
 }
 
 /// The ESMTP parameters of RCPT.
@@ -433,6 +435,9 @@ impl fmt::Display for Command {
                 if params.smtputf8 {
                     f.write_str(" SMTPUTF8")?;
                 }
+                if params.requiretls {
+                    f.write_str(" REQUIRETLS")?;
+                }
                 match params.ret {
                     Some(Ret::Full) => f.write_str(" RET=FULL")?,
                     Some(Ret::Hdrs) => f.write_str(" RET=HDRS")?,
@@ -561,6 +566,12 @@ fn parse_mail_params(rest: &[u8]) -> Result<MailParams, CommandError> {
                     return Err(CommandError::Syntax("SMTPUTF8 takes no value"));
                 }
                 m.smtputf8 = true;
+            }
+            "REQUIRETLS" => {
+                if v.is_some() {
+                    return Err(CommandError::Syntax("REQUIRETLS takes no value"));
+                }
+                m.requiretls = true;
             }
             "RET" => {
                 m.ret = Some(match need(v)?.to_ascii_uppercase().as_str() {

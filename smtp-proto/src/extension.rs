@@ -30,6 +30,8 @@ pub struct Capabilities {
     pub dsn: bool,
     /// `STARTTLS` (RFC 3207).
     pub starttls: bool,
+    /// `REQUIRETLS` (RFC 8689), offered only under TLS.
+    pub requiretls: bool,
     /// `AUTH` mechanisms (RFC 4954), upper case.
     pub auth: Vec<String>,
     /// `LIMITS` (RFC 9422).
@@ -66,6 +68,7 @@ impl Capabilities {
                 "CHUNKING" => c.chunking = true,
                 "DSN" => c.dsn = true,
                 "STARTTLS" => c.starttls = true,
+                "REQUIRETLS" => c.requiretls = true,
                 "AUTH" => c.auth.extend(words.map(|w| w.to_ascii_uppercase())),
                 "SEND" => c.send = true,
                 "SOML" => c.soml = true,
@@ -108,6 +111,7 @@ impl Capabilities {
             (self.chunking, "CHUNKING"),
             (self.dsn, "DSN"),
             (self.starttls, "STARTTLS"),
+            (self.requiretls, "REQUIRETLS"),
         ]));
         if !self.auth.is_empty() {
             v.push(format!("AUTH {}", self.auth.join(" ")));

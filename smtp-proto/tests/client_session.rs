@@ -467,3 +467,24 @@ fn a_354_for_no_recipient_ends_the_empty_message() {
     assert_eq!(events(&mut c), [], "the reply to the empty message is not reported");
     assert!(c.is_idle() && c.may_start_transaction());
 }
+
+#[test]
+fn requiretls_needs_tls_and_the_servers_requiretls() {
+    use smtp_proto::client::BodyFacts;
+    let mut env = env(&["<x@y>"]);
+    env.params.requiretls = true;
+    let missing = Err(ClientError::ExtensionMissing("REQUIRETLS"));
+    assert_eq!(ready_with(&["REQUIRETLS"]).negotiate(&env, BodyFacts::default()), missing, "not over plaintext");
+    let tls = |ext: &str| {
+        let mut c = ClientSession::new_tls(ClientConfig::new(Domain::parse("client.test").unwrap()));
+        c.handle_input(format!("220 mx\r\n250-mx\r\n250 {ext}\r\n").as_bytes()).unwrap();
+        let _ = (out(&mut c), events(&mut c));
+        c
+    };
+    assert_eq!(tls("SIZE 10").negotiate(&env, BodyFacts::default()), missing, "the server must pass it on");
+    let got = tls("REQUIRETLS").negotiate(&env, BodyFacts::default()).unwrap();
+    assert!(got.params.requiretls);
+    let mut c = tls("REQUIRETLS");
+    c.send_envelope(&got, DataMode::Later).unwrap();
+    assert_eq!(out(&mut c), "MAIL FROM:<a@b.test> REQUIRETLS\r\n");
+}

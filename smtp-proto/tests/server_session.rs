@@ -499,3 +499,31 @@ fn the_session_reports_its_state_to_the_driver() {
     drain(&mut s);
     assert!(s.is_closed());
 }
+
+/// RFC 8689: REQUIRETLS is offered and accepted only under TLS, and only when configured.
+#[test]
+fn requiretls_only_over_tls() {
+    let on = ServerConfig { requiretls: true, ..cfg() };
+    let run = transcript(on.clone(), b"EHLO a\r\nMAIL FROM:<a@b> REQUIRETLS\r\n", &accept_all);
+    assert!(!run.output.contains("250-REQUIRETLS") && !run.output.contains("250 REQUIRETLS"), "{}", run.output);
+    assert!(run.output.ends_with("530 5.7.10 REQUIRETLS needs a TLS session\r\n"), "{}", run.output);
+    let mut s = ServerSession::new_tls(on);
+    s.handle_input(b"EHLO a\r\nMAIL FROM:<a@b> REQUIRETLS\r\n");
+    let mut flagged = false;
+    while let Some(e) = s.poll_event() {
+        if let Event::Mail { params, .. } = &e {
+            flagged = params.requiretls;
+        }
+        s.accept();
+    }
+    let out = String::from_utf8(s.poll_output().unwrap().to_vec()).unwrap();
+    assert!(out.contains("250-REQUIRETLS\r\n") && out.ends_with("250 2.1.0 Sender OK\r\n") && flagged, "{out}");
+    let mut s = ServerSession::new_tls(cfg());
+    s.handle_input(b"EHLO a\r\nMAIL FROM:<a@b> REQUIRETLS\r\n");
+    while s.poll_event().is_some() {
+        s.accept();
+    }
+    let out = String::from_utf8(s.poll_output().unwrap().to_vec()).unwrap();
+    assert!(!out.contains("250-REQUIRETLS"), "not offered unless configured: {out}");
+    assert_eq!(out.lines().last(), Some("555 5.5.4 MAIL FROM/RCPT TO parameters not recognized or not implemented"));
+}

@@ -579,9 +579,15 @@ impl ClientSession {
     /// - DSN (RFC 3461 4): without it, RET, ENVID, NOTIFY and ORCPT are dropped (a relay then
     ///   reports `relayed`, RFC 3461 4.3).
     /// - A server that answered HELO, not EHLO (RFC 788, RFC 5321 3.2), gets no parameters.
+    /// - REQUIRETLS (RFC 8689 4.2.1) needs TLS and the server's REQUIRETLS, else it fails.
     pub fn negotiate(&self, env: &Envelope, body: BodyFacts) -> Result<Envelope, ClientError> {
         let caps = &self.caps;
         let mut env = env.clone();
+        // RFC 8689 4.2.1: a REQUIRETLS message goes only over TLS to a server that offers it
+        // (and so passes the flag on); never stripped like the other parameters.
+        if env.params.requiretls && !(self.tls && caps.requiretls) {
+            return Err(ClientError::ExtensionMissing("REQUIRETLS"));
+        }
         let utf8 = matches!(&env.from, ReversePath::Path(p) if p.is_utf8())
             || env.recipients.iter().any(|r| matches!(&r.path, ForwardPath::Path(p) if p.is_utf8()));
         if utf8 || env.params.smtputf8 {

@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub vrfy: bool,
     /// Answer EXPN (through the driver) rather than `502`.
     pub expn: bool,
+    /// Offer REQUIRETLS (RFC 8689) on TLS sessions; the driver must then honour the flag.
+    pub requiretls: bool,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +84,7 @@ impl Default for ServerConfig {
             rfc788_commands: true,
             vrfy: true,
             expn: true,
+            requiretls: false,
         }
     }
 }
@@ -486,6 +489,8 @@ impl ServerSession {
             chunking: c.chunking,
             dsn: c.dsn,
             starttls: c.starttls && !self.tls,
+            // RFC 8689 3: only where the client's own hop is protected.
+            requiretls: c.requiretls && self.tls,
             auth: if auth_ok { c.auth_mechanisms.iter().map(|m| m.as_str().to_string()).collect() } else { Vec::new() },
             limits: Some(Limits { rcpt_max: u32::try_from(c.max_recipients).ok(), mail_max: c.max_transactions }),
             send: c.rfc788_commands,
@@ -779,9 +784,14 @@ impl ServerSession {
         let unrecognized = (params.smtputf8 && !c.smtputf8)
             || (params.body == Some(Body::EightBitMime) && !c.eight_bit_mime)
             || ((params.ret.is_some() || params.envid.is_some()) && !c.dsn)
-            || (params.auth.is_some() && c.auth_mechanisms.is_empty());
+            || (params.auth.is_some() && c.auth_mechanisms.is_empty())
+            || (params.requiretls && !c.requiretls);
         if unrecognized {
             return self.send(codes::params_unrecognized());
+        }
+        if params.requiretls && !self.tls {
+            // RFC 8689 4.1: REQUIRETLS is only accepted over TLS.
+            return self.send(Reply::new(530, Some(EnhancedCode::new(5, 7, 10)), "REQUIRETLS needs a TLS session"));
         }
         if params.size.is_some_and(|n| n > c.max_message_size) {
             return self.send(codes::too_big());
