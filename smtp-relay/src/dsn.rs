@@ -171,7 +171,9 @@ pub fn build(hostname: &str, msg: &QueuedMessage, indexes: &[usize], action: Act
         }
         status.push_str(&format!("Last-Attempt-Date: {}\r\n", date(now)));
     }
-    let full = msg.trusted && msg.params.ret == Some(Ret::Full);
+    // RFC 8689 5: the body of a REQUIRETLS message is never returned (the notice may travel
+    // where the message could not), only its header.
+    let full = msg.trusted && msg.params.ret == Some(Ret::Full) && !msg.params.requiretls;
     let ctype = if full { "message/rfc822" } else { "text/rfc822-headers" };
     let head = format!(
         "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\nTo: <{}>\r\nSubject: {subject}\r\nDate: {}\r\n\
@@ -193,7 +195,8 @@ Content-Type: {ctype}\r\n\r\n",
         id: String::new(),
         verb: MailVerb::Mail,
         from: ReversePath::Null,
-        params: Default::default(),
+        // A notice about a REQUIRETLS message is held to the same (RFC 8689 5).
+        params: smtp_proto::MailParams { requiretls: msg.params.requiretls, ..Default::default() },
         arrival: QueuedMessage::now(),
         client: None,
         helo: None,

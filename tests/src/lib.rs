@@ -311,6 +311,7 @@ impl InProcess {
         let server = listen(smtp_server::Server::builder(hostname))
             .tls(tls)
             .options(|o| {
+                o.session.requiretls = true;
                 if auth {
                     o.session.auth_mechanisms = vec![smtp_proto::auth::AuthMechanism::Plain];
                 }

@@ -254,6 +254,8 @@ pub fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
     };
     (server.listen, server.implicit_tls, server.tls) = (listen, implicit_tls, Some(tls));
     server.session.hostname = hostname.clone();
+    // The relay honours REQUIRETLS (RFC 8689): it is offered on TLS sessions.
+    server.session.requiretls = true;
     if !relay.auth_users.is_empty() {
         server.session.auth_mechanisms = vec![AuthMechanism::Plain, AuthMechanism::Login];
     }

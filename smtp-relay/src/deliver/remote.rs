@@ -130,6 +130,18 @@ impl RemoteDelivery {
                 .collect(),
         };
         let mode = self.config.tls_per_domain.get(&hop.canonical()).copied().unwrap_or(self.config.outbound_tls);
+        let requiretls = msg.params.requiretls;
+        if requiretls {
+            // RFC 8689 4.2.1: only to a next hop found through a secure policy, over validated
+            // TLS. Without DANE or MTA-STS, the one secure policy is a static route or smarthost
+            // configured with verified TLS (--route-tls DOMAIN=required).
+            let routed = self.config.routes.contains_key(&hop.canonical()) || self.config.relay_host.is_some();
+            if !routed || !matches!(mode, TlsMode::Required | TlsMode::Implicit) {
+                let text = format!("REQUIRETLS: no secure route to {hop} (needs a static route with verified TLS)");
+                tracing::info!(id = %msg.id, %hop, "REQUIRETLS message has no secure route");
+                return all(Outcome::Failed(local_reply(550, (5, 7, 30), &text), None));
+            }
+        }
         let mut last = local_reply(451, (4, 4, 1), "No host could be reached");
         for (host, addr, port) in hosts {
             // The destination's slot first, then a global one: deliveries waiting for a slow
@@ -182,6 +194,13 @@ impl RemoteDelivery {
                             (i, o)
                         })
                         .collect();
+                }
+                // The hop cannot pass REQUIRETLS on, or offers no TLS at all: returned, 5.7.30.
+                Err(e @ (smtp_client::Error::ExtensionMissing("REQUIRETLS") | smtp_client::Error::TlsUnavailable))
+                    if requiretls =>
+                {
+                    let r = local_reply(550, (5, 7, 30), &format!("REQUIRETLS: {host}: {e}"));
+                    return all(Outcome::Failed(r, mta));
                 }
                 Err(e) if e.is_permanent() => {
                     let r = e.reply().cloned().unwrap_or_else(|| local_reply(554, (5, 0, 0), &e.to_string()));

@@ -281,7 +281,7 @@ mod tests {
                 id: "ABC123".into(),
                 verb: MailVerb::Saml,
                 from: ReversePath::Path(Path::parse("<@A,x@y>").unwrap()),
-                params: smtp_proto::MailParams { size: Some(5), ..Default::default() },
+                params: smtp_proto::MailParams { size: Some(5), requiretls: true, ..Default::default() },
                 arrival: 1_700_000_000,
                 client: Some("127.0.0.1:2525".parse().unwrap()),
                 helo: Some("client.test".into()),

@@ -1,0 +1,127 @@
+//! REQUIRETLS (RFC 8689) end to end: refused over plaintext, delivered only over a secure route
+//! with validated TLS to a next hop that passes the flag on, and otherwise returned with 5.7.30
+//! and a notice that carries the header only.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use smtp_client::{CertVerify, ClientOptions, Envelope, SmtpClient, TlsMode};
+use smtp_proto::command::Ret;
+use smtp_proto::Domain;
+use smtp_relay::{Directory, RelayConfig};
+use smtp_server::{tls, AcceptAll, Server, Transaction};
+use tests::{maildir_files, wait_until, InProcess, Raw};
+
+/// What a next hop saw: the REQUIRETLS flag of each message and its data.
+type Seen = Arc<Mutex<Vec<(bool, Vec<u8>)>>>;
+
+/// A next hop with STARTTLS (the certificate for 127.0.0.1 kept in `tls_dir`), offering
+/// REQUIRETLS or not.
+async fn next_hop(requiretls: bool, tls_dir: &Path) -> (SocketAddr, PathBuf, Seen) {
+    let config = tls::self_signed(tls_dir, "hop.test").unwrap();
+    let seen: Seen = Arc::default();
+    let seen2 = seen.clone();
+    let mail = tower::service_fn(move |mut tx: Transaction| {
+        let seen = seen2.clone();
+        async move {
+            let data = tx.body.collect(1 << 20).await?;
+            seen.lock().unwrap().push((tx.envelope.params.requiretls, data.to_vec()));
+            Ok::<_, smtp_server::BodyError>(smtp_proto::codes::message_accepted())
+        }
+    });
+    let server = Server::builder("hop.test")
+        .listen("127.0.0.1:0".parse().unwrap())
+        .tls(config)
+        .options(|o| o.session.requiretls = requiretls)
+        .bind(AcceptAll, mail)
+        .await
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    tokio::spawn(server.run());
+    (addr, tls_dir.join("cert.pem"), seen)
+}
+
+fn relay(dir: &Path) -> RelayConfig {
+    let mut c = RelayConfig::new("a.test", dir);
+    c.directory = Directory::new(["a.test".to_string()], Vec::<String>::new());
+    c.retry_interval = Duration::from_millis(300);
+    c.max_retry_interval = Duration::from_millis(600);
+    c
+}
+
+/// Submits over STARTTLS with REQUIRETLS (and RET=FULL, so a notice could carry the body).
+async fn submit(addr: SocketAddr, to: &str) -> smtp_client::SendOutcome {
+    let mut o = ClientOptions::new(Domain::parse("client.test").unwrap());
+    o.tls = TlsMode::Required;
+    o.verify = CertVerify::Insecure;
+    let mut conn = SmtpClient::new(o).unwrap().connect_addr(addr, "127.0.0.1").await.unwrap();
+    assert!(conn.capabilities().requiretls, "offered under TLS");
+    let mut env = Envelope::from_str_addr("alice@a.test").unwrap().to_str_addr(to).unwrap();
+    env.params.requiretls = true;
+    env.params.ret = Some(Ret::Full);
+    let out = conn.send(&env, "Subject: sealed\r\n\r\nsecret body\r\n".into()).await.unwrap();
+    conn.quit().await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn requiretls_over_plaintext_is_refused_with_5_7_10() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = InProcess::start(relay(dir.path()), None).await;
+    let (mut c, _) = Raw::connect(a.addr).await;
+    let ehlo = c.cmd("EHLO client.test\r\n").await;
+    assert!(!ehlo.contains("REQUIRETLS"), "not offered in plaintext: {ehlo}");
+    let r = c.cmd("MAIL FROM:<alice@a.test> REQUIRETLS\r\n").await;
+    assert!(r.starts_with("530 5.7.10"), "{r}");
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn delivered_only_over_a_secure_route_and_passed_on() {
+    let dir = tempfile::tempdir().unwrap();
+    // Both hops present the same certificate, which A's CA file pins: validated TLS to each.
+    let hops = tempfile::tempdir().unwrap();
+    let (good, ca, good_seen) = next_hop(true, hops.path()).await;
+    let (plain, _, plain_seen) = next_hop(false, hops.path()).await;
+    let mut cfg = relay(dir.path());
+    // b.test: static route, verified TLS (the hop's certificate pinned) and REQUIRETLS there.
+    cfg.routes.insert("b.test".into(), ("127.0.0.1".into(), good.port()));
+    cfg.tls_per_domain.insert("b.test".into(), TlsMode::Required);
+    cfg.outbound_ca = Some(ca);
+    // c.test: a static route, but opportunistic TLS: not a secure policy.
+    cfg.routes.insert("c.test".into(), ("127.0.0.1".into(), good.port()));
+    // d.test: verified TLS, but the hop does not offer REQUIRETLS.
+    cfg.routes.insert("d.test".into(), ("127.0.0.1".into(), plain.port()));
+    cfg.tls_per_domain.insert("d.test".into(), TlsMode::Required);
+    let a = InProcess::start(cfg, None).await;
+
+    let out = submit(a.addr, "bob@b.test").await;
+    assert!(out.all_accepted(), "{out:?}");
+    let gs = good_seen.clone();
+    wait_until("delivery at b.test", move || gs.lock().unwrap().len() == 1).await;
+    let (flag, data) = good_seen.lock().unwrap()[0].clone();
+    assert!(flag, "REQUIRETLS passed on to the next hop");
+    assert!(String::from_utf8_lossy(&data).contains("secret body"));
+
+    for to in ["carol@c.test", "dave@d.test"] {
+        assert!(submit(a.addr, to).await.all_accepted());
+    }
+    let d = dir.path().to_path_buf();
+    wait_until("two notices to alice", move || maildir_files(&d, "alice").len() == 2).await;
+    let mut notices: Vec<String> =
+        maildir_files(dir.path(), "alice").iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
+    notices.sort_by_key(|n| n.contains("d.test"));
+    for (n, rcpt) in notices.iter().zip(["carol@c.test", "dave@d.test"]) {
+        assert!(n.contains(&format!("Final-Recipient: rfc822; {rcpt}")), "{n}");
+        assert!(n.contains("Status: 5.7.30") && n.contains("Action: failed"), "{n}");
+        assert!(n.contains("Content-Type: text/rfc822-headers"), "header only (RFC 8689 5): {n}");
+        assert!(n.contains("Subject: sealed") && !n.contains("secret body"), "{n}");
+    }
+    assert!(notices[0].contains("no secure route to c.test"), "{}", notices[0]);
+    assert!(notices[1].contains("does not offer REQUIRETLS"), "{}", notices[1]);
+    assert_eq!(good_seen.lock().unwrap().len(), 1, "nothing went to c.test's hop");
+    assert!(plain_seen.lock().unwrap().is_empty(), "nothing went to a hop without REQUIRETLS");
+    a.stop().await;
+}
