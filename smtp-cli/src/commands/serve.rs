@@ -328,6 +328,7 @@ fn catch_all_warning(s: &Settings) -> Option<&'static str> {
 }
 
 pub async fn exec(s: Settings) -> anyhow::Result<()> {
+    let mut signals = crate::signals::Shutdown::install()?;
     std::fs::create_dir_all(&s.data_dir).map_err(|e| anyhow::anyhow!("{}: {e}", s.data_dir.display()))?;
     // One server per data directory: a second one would recover (move aside) the first one's
     // writes in progress and deliver its queue twice.
@@ -369,7 +370,7 @@ pub async fn exec(s: Settings) -> anyhow::Result<()> {
         s.data_dir.display()
     );
     let run = tokio::spawn(server.run());
-    crate::signals::wait_for_shutdown().await;
+    signals.wait().await;
     tracing::info!("shutting down");
     shutdown.shutdown(Duration::from_secs(10)).await;
     let _ = run.await;

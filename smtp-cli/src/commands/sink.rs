@@ -47,12 +47,13 @@ pub async fn exec(args: SinkArgs) -> anyhow::Result<()> {
         })
         .bind(AcceptAll, mail)
         .await?;
+    let mut signals = crate::signals::Shutdown::install()?;
     let addr = server.local_addrs()[0];
     println!("tern sink listening on {addr}");
     let handle = server.shutdown_handle();
     let started = Instant::now();
     let run = tokio::spawn(server.run());
-    crate::signals::wait_for_shutdown().await;
+    signals.wait().await;
     handle.shutdown(Duration::from_secs(5)).await;
     let _ = run.await;
     let secs = started.elapsed().as_secs_f64();

@@ -21,10 +21,11 @@ pub async fn exec(args: WatchArgs) -> anyhow::Result<()> {
     let mut term = TerminalClient::watch(&socket, &args.user)
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the server at {}: {e}", socket.display()))?;
+    let mut signals = crate::signals::Shutdown::install()?;
     println!("watching for {} (Ctrl-C to stop)", args.user);
     loop {
         tokio::select! {
-            _ = crate::signals::wait_for_shutdown() => return Ok(()),
+            _ = signals.wait() => return Ok(()),
             m = term.next_message() => match m? {
                 Some(body) => {
                     println!("----- message -----");
