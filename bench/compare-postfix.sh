@@ -28,15 +28,15 @@ echo "== durable acceptance into the queue (fsync before 250), loaded by smtp-so
 M=${M:-5000}
 $TERN serve --listen 127.0.0.1:2528 --hostname tern.test --data-dir "$WORK/tern" >/dev/null 2>&1 & pids+=($!)
 sleep 1
-for run in 1 2; do
-  t=$(secs /usr/sbin/smtp-source -d -s "$S" -m "$M" -l 1024 -f a@x.test -t user@tern.test 127.0.0.1:2528)
-  echo "  tern serve (spool + Maildir delivery), run $run   $(rate "$M" "$t")"
-  sleep 2
-done
+# Two runs of M messages from smtp-source: LABEL, recipient, port.
+two_runs() {
+  for run in 1 2; do
+    t=$(secs /usr/sbin/smtp-source -d -s "$S" -m "$M" -l 1024 -f a@x.test -t "$2" "127.0.0.1:$3")
+    echo "  $1, run $run $(rate "$M" "$t")"
+    sleep 2
+  done
+}
+two_runs "tern serve (spool + Maildir delivery)" user@tern.test 2528
 start_postfix
 sleep 2
-for run in 1 2; do
-  t=$(secs /usr/sbin/smtp-source -d -s "$S" -m "$M" -l 1024 -f a@x.test -t user@postfix.test 127.0.0.1:2529)
-  echo "  postfix smtpd (queue + discard delivery), run $run $(rate "$M" "$t")"
-  sleep 2
-done
+two_runs "postfix smtpd (queue + discard delivery)" user@postfix.test 2529
