@@ -864,4 +864,60 @@ mod tests {
         let s = q.enqueue(msg(), "small".into()).await.unwrap();
         assert_eq!(q.list().await.unwrap(), vec![s.id]);
     }
+
+    /// An envelope far larger than one read and a state file far larger than its first buffer
+    /// are read whole (the reads grow), and a scan finds the message too.
+    #[tokio::test]
+    async fn large_envelopes_and_states_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = FsQueue::open(dir.path()).unwrap();
+        let mut m = msg();
+        m.recipients = (0..400)
+            .map(|i| {
+                let p = SPath::parse(&format!("<recipient-number-{i:04}@a-rather-long-domain-name.test>")).unwrap();
+                RcptRecord::new(ForwardPath::Path(p), Default::default())
+            })
+            .collect();
+        let id = q.enqueue(m, "body".into()).await.unwrap().id;
+        let mut m = q.load(&id).await.unwrap();
+        assert_eq!(m.recipients.len(), 400, "an envelope of ~25 KiB, over six reads of {HEAD_READ}");
+        for (i, r) in m.recipients.iter_mut().enumerate() {
+            r.last_error = Some(smtp_proto::Reply::new(451, None, &format!("try later, recipient {i}")));
+            r.attempts = 3;
+        }
+        q.update(&m).await.unwrap();
+        let again = q.load(&id).await.unwrap();
+        assert_eq!(again, m, "a state file of ~20 KiB round-trips");
+        assert_eq!(read(&q.body(&id).await.unwrap()).await, b"body");
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let scan = q.scan(&cancel, tx);
+        let gather = async {
+            let mut v = Vec::new();
+            while let Some(e) = rx.recv().await {
+                v.push(e);
+            }
+            v
+        };
+        let (r, found) = tokio::join!(scan, gather);
+        r.unwrap();
+        assert!(matches!(&found[..], [ScanEntry::Queued(f, _)] if **f == m), "the streamed scan finds it whole");
+    }
+
+    /// `tern queue` reads a running server's spool through a view that never writes.
+    #[tokio::test]
+    async fn a_read_only_view_reads_and_never_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(FsQueue::read_only(dir.path()).is_err(), "no spool there");
+        let q = FsQueue::open(dir.path()).unwrap();
+        let id = q.enqueue(msg(), "body".into()).await.unwrap().id;
+        let view = FsQueue::read_only(dir.path()).unwrap();
+        let mut m = view.load(&id).await.unwrap();
+        assert_eq!(view.list().await.unwrap(), vec![id.clone()]);
+        m.recipients[0].attempts = 1;
+        assert!(matches!(view.update(&m).await, Err(QueueError::Closed)));
+        assert!(matches!(view.remove(&id).await, Err(QueueError::Closed)));
+        assert!(matches!(view.enqueue(msg(), "x".into()).await, Err(QueueError::Closed)));
+        assert_eq!(q.load(&id).await.unwrap().recipients[0].attempts, 0, "nothing changed");
+    }
 }
