@@ -719,10 +719,14 @@ impl ServerSession {
                     self.data_size = 0;
                     self.events.push_back(Event::DataStart);
                 }
-                state => {
-                    let empty = matches!(&state, State::Mail { envelope, chunked: false, .. } if envelope.recipients.is_empty());
+                // A transaction whose recipients were all refused (RFC 5321 3.3: 554).
+                state @ State::Mail { chunked: false, .. } => {
                     self.state = state;
-                    self.send(if empty { codes::no_valid_recipients() } else { codes::bad_sequence() });
+                    self.send(codes::no_valid_recipients());
+                }
+                state => {
+                    self.state = state;
+                    self.send(codes::bad_sequence());
                 }
             },
             Command::Bdat { size, last } => self.bdat(size, last),
