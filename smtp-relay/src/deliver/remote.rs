@@ -17,6 +17,33 @@ use crate::config::RelayConfig;
 use crate::dns::{MxAnswer, MxResolver};
 use crate::queue::{QueuedMessage, RemoteHost, StoredBody};
 
+/// Which rule chose a delivery's TLS mode (logged with each delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsPolicy {
+    /// The message demands REQUIRETLS (RFC 8689): a secure route with verified TLS.
+    RequireTls(TlsMode),
+    /// `--route-tls DOMAIN=MODE`.
+    Route(TlsMode),
+    /// `--outbound-tls`.
+    Default(TlsMode),
+}
+
+impl TlsPolicy {
+    fn mode(self) -> TlsMode {
+        match self {
+            TlsPolicy::RequireTls(m) | TlsPolicy::Route(m) | TlsPolicy::Default(m) => m,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            TlsPolicy::RequireTls(_) => "requiretls",
+            TlsPolicy::Route(_) => "route-tls",
+            TlsPolicy::Default(_) => "outbound-tls",
+        }
+    }
+}
+
 /// Sends to next hops.
 pub struct RemoteDelivery {
     config: Arc<RelayConfig>,
@@ -95,6 +122,28 @@ impl RemoteDelivery {
         Ok(out)
     }
 
+    /// The transport-security policy for `hop`, decided in one place, in RFC 8689 / RFC 8461
+    /// order: REQUIRETLS, then the static per-domain mode, then the default. (DANE and MTA-STS
+    /// are to slot in after REQUIRETLS.) A REQUIRETLS message without a secure route is refused
+    /// here, before any look-up: the reason is returned.
+    fn tls_policy(&self, hop: &Domain, requiretls: bool) -> Result<TlsPolicy, String> {
+        let cfg = &self.config;
+        let key = hop.canonical();
+        let configured = cfg.tls_per_domain.get(&key).copied();
+        if requiretls {
+            // RFC 8689 4.2.1: only a next hop found through a secure policy, over validated TLS.
+            // Without DANE or MTA-STS, the one secure policy is a static route or smarthost
+            // configured with verified TLS (--route-tls DOMAIN=required).
+            let routed = cfg.routes.contains_key(&key) || cfg.relay_host.is_some();
+            let mode = configured.unwrap_or(cfg.outbound_tls);
+            return match (routed, mode) {
+                (true, TlsMode::Required | TlsMode::Implicit) => Ok(TlsPolicy::RequireTls(mode)),
+                _ => Err(format!("REQUIRETLS: no secure route to {hop} (needs a static route with verified TLS)")),
+            };
+        }
+        Ok(configured.map_or(TlsPolicy::Default(cfg.outbound_tls), TlsPolicy::Route))
+    }
+
     /// The concurrency limit of one destination (`host:port`).
     fn host_slot(&self, host: &str) -> Arc<Semaphore> {
         let n = self.config.max_per_destination.max(1);
@@ -115,6 +164,13 @@ impl RemoteDelivery {
         idx: &[usize],
     ) -> Vec<(usize, Outcome)> {
         let all = |o: Outcome| idx.iter().map(|&i| (i, o.clone())).collect::<Vec<_>>();
+        let policy = match self.tls_policy(hop, msg.params.requiretls) {
+            Ok(p) => p,
+            Err(text) => {
+                tracing::info!(id = %msg.id, %hop, "REQUIRETLS message has no secure route");
+                return all(Outcome::Failed(local_reply(550, (5, 7, 30), &text), None));
+            }
+        };
         let hosts = match self.hosts_for(hop).await {
             Ok(h) => h,
             Err(o) => return all(o),
@@ -129,19 +185,8 @@ impl RemoteDelivery {
                 .map(|&i| Recipient { path: msg.recipients[i].path.clone(), params: msg.recipients[i].params.clone() })
                 .collect(),
         };
-        let mode = self.config.tls_per_domain.get(&hop.canonical()).copied().unwrap_or(self.config.outbound_tls);
         let requiretls = msg.params.requiretls;
-        if requiretls {
-            // RFC 8689 4.2.1: only to a next hop found through a secure policy, over validated
-            // TLS. Without DANE or MTA-STS, the one secure policy is a static route or smarthost
-            // configured with verified TLS (--route-tls DOMAIN=required).
-            let routed = self.config.routes.contains_key(&hop.canonical()) || self.config.relay_host.is_some();
-            if !routed || !matches!(mode, TlsMode::Required | TlsMode::Implicit) {
-                let text = format!("REQUIRETLS: no secure route to {hop} (needs a static route with verified TLS)");
-                tracing::info!(id = %msg.id, %hop, "REQUIRETLS message has no secure route");
-                return all(Outcome::Failed(local_reply(550, (5, 7, 30), &text), None));
-            }
-        }
+        let mode = policy.mode();
         let mut last = local_reply(451, (4, 4, 1), "No host could be reached");
         for (host, addr, port) in hosts {
             // The destination's slot first, then a global one: deliveries waiting for a slow
@@ -154,7 +199,7 @@ impl RemoteDelivery {
             let attempt = async {
                 let mut result = self.send(mode, &dest, &envelope, body).await;
                 if let (TlsMode::Opportunistic, Err(smtp_client::Error::Handshake(e))) = (mode, &result) {
-                    tracing::warn!(destination = %host, port, error = %e, "STARTTLS failed; retrying once without TLS (downgrade)");
+                    tracing::warn!(destination = %host, port, policy = policy.name(), error = %e, "STARTTLS failed; retrying once without TLS (downgrade)");
                     result = self.send(TlsMode::None, &dest, &envelope, body).await;
                 }
                 result
@@ -171,6 +216,7 @@ impl RemoteDelivery {
             };
             match result {
                 Ok(out) => {
+                    tracing::info!(id = %msg.id, destination = %host, port, policy = policy.name(), ?mode, "sent to the next hop");
                     let dsn = out.dsn;
                     // Each recipient by its own transaction's end-of-data reply (RCPTMAX may
                     // have split the envelope): a later transaction's failure never turns an
@@ -208,7 +254,7 @@ impl RemoteDelivery {
                 }
                 Err(e) => {
                     last = e.reply().cloned().unwrap_or_else(|| local_reply(451, (4, 4, 1), &format!("{host}: {e}")));
-                    tracing::info!(destination = %host, port, error = %e, "delivery attempt failed");
+                    tracing::info!(destination = %host, port, policy = policy.name(), error = %e, "delivery attempt failed");
                 }
             }
         }
