@@ -527,3 +527,27 @@ fn requiretls_only_over_tls() {
     assert!(!out.contains("250-REQUIRETLS"), "not offered unless configured: {out}");
     assert_eq!(out.lines().last(), Some("555 5.5.4 MAIL FROM/RCPT TO parameters not recognized or not implemented"));
 }
+
+/// The driver reads the envelope when the data starts, which for BDAT is while the first chunk
+/// is being read.
+#[test]
+fn the_envelope_is_there_while_a_chunk_is_read() {
+    let mut s = ServerSession::new(cfg());
+    s.handle_input(b"EHLO c.test\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 3 LAST\r\nab");
+    let mut seen = None;
+    while let Some(e) = s.poll_event() {
+        if e == Event::DataStart {
+            seen = Some((s.envelope().map(|e| e.recipients.len()), s.helo().map(|d| d.to_string())));
+        }
+        s.accept();
+    }
+    assert_eq!(seen, Some((Some(1), Some("c.test".to_string()))));
+    s.handle_input(b"c");
+    while let Some(e) = s.poll_event() {
+        if e == Event::DataEnd {
+            assert_eq!(s.envelope().map(|e| e.recipients.len()), Some(1), "and at the end of data");
+        }
+        s.accept();
+    }
+    assert_eq!(s.envelope(), None, "gone once decided");
+}
