@@ -551,3 +551,114 @@ fn the_envelope_is_there_while_a_chunk_is_read() {
     }
     assert_eq!(s.envelope(), None, "gone once decided");
 }
+
+/// The last line of `output` (a whole reply line).
+fn last(output: &str) -> &str {
+    output.lines().last().unwrap_or("")
+}
+
+/// Extensions switched off refuse their parameters with 555; RFC 788 verbs off are 502.
+#[test]
+fn parameters_of_extensions_that_are_off() {
+    let off = ServerConfig {
+        smtputf8: false,
+        eight_bit_mime: false,
+        dsn: false,
+        rfc788_commands: false,
+        auth_mechanisms: Vec::new(),
+        ..cfg()
+    };
+    for (mail, want) in [
+        ("MAIL FROM:<a@b> SMTPUTF8", "555"),
+        ("MAIL FROM:<a@b> BODY=8BITMIME", "555"),
+        ("MAIL FROM:<a@b> RET=FULL", "555"),
+        ("MAIL FROM:<a@b> ENVID=x", "555"),
+        ("MAIL FROM:<a@b> AUTH=<>", "555"),
+        ("MAIL FROM:<a@b> BODY=7BIT", "250"),
+        ("SEND FROM:<a@b>", "502"),
+    ] {
+        let run = transcript(off.clone(), format!("EHLO c\r\n{mail}\r\n").as_bytes(), &accept_all);
+        assert_eq!(codes_of(&run.output).last(), Some(&want), "{mail}: {}", run.output);
+    }
+    let run = transcript(off, b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d> NOTIFY=NEVER\r\n", &accept_all);
+    assert_eq!(codes_of(&run.output), ["220", "250", "250", "555"], "DSN off");
+    // A UTF-8 recipient needs SMTPUTF8 on the MAIL (RFC 6531 3.4).
+    let run = transcript(
+        cfg(),
+        "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<jürgen@d.test>\r\nRSET\r\nMAIL FROM:<a@b> SMTPUTF8\r\nRCPT TO:<jürgen@d.test>\r\n"
+            .as_bytes(),
+        &accept_all,
+    );
+    assert_eq!(codes_of(&run.output), ["220", "250", "250", "553", "250", "250", "250"]);
+}
+
+/// Limits hold at exactly their value: a line, a message, a declared SIZE and a BDAT total of
+/// exactly the limit pass; one more octet does not.
+#[test]
+fn limits_are_exact() {
+    let small = ServerConfig { max_line_len: 32, max_message_size: 10, ..cfg() };
+    // "NOOP " + 25 octets + CRLF = 32.
+    let fits = format!("NOOP {}\r\n", "x".repeat(25));
+    let over = format!("NOOP {}\r\n", "x".repeat(26));
+    let run = transcript(small.clone(), format!("EHLO c\r\n{fits}{over}").as_bytes(), &accept_all);
+    assert_eq!(codes_of(&run.output), ["220", "250", "250", "500"], "{}", run.output);
+    let declared = b"EHLO c\r\nMAIL FROM:<a@b> SIZE=10\r\nRSET\r\nMAIL FROM:<a@b> SIZE=11\r\n";
+    assert_eq!(codes_of(&transcript(small.clone(), declared, &accept_all).output), ["220", "250", "250", "250", "552"]);
+    let data = |body: &str| {
+        let input = format!("EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n{body}\r\n.\r\n");
+        transcript(small.clone(), input.as_bytes(), &accept_all)
+    };
+    let run = data("12345678"); // 8 octets + CRLF = 10
+    assert_eq!(last(&run.output), "250 2.0.0 Message accepted");
+    assert_eq!(run.body, b"12345678\r\n");
+    let run = data("123456789");
+    assert!(last(&run.output).starts_with("552"), "{}", run.output);
+    assert!(
+        run.body.is_empty() && !run.events.iter().any(|e| matches!(e, Event::DataChunk(_))),
+        "nothing past the limit"
+    );
+    let bdat = |sizes: &[usize]| {
+        let mut input = String::from("EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n");
+        for (i, n) in sizes.iter().enumerate() {
+            let last = if i + 1 == sizes.len() { " LAST" } else { "" };
+            input.push_str(&format!("BDAT {n}{last}\r\n{}", "y".repeat(*n)));
+        }
+        transcript(small.clone(), input.as_bytes(), &accept_all).output
+    };
+    let out = bdat(&[4, 6]);
+    assert!(out.contains("250 2.0.0 4 octets received\r\n"), "{out}");
+    assert_eq!(last(&out), "250 2.0.0 Message accepted");
+    assert!(last(&bdat(&[4, 7])).starts_with("552"));
+}
+
+/// An empty body and a body refused for a bare line end are never passed on as chunks.
+#[test]
+fn no_empty_or_refused_chunks() {
+    let run = transcript(cfg(), b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n.\r\n", &accept_all);
+    assert_eq!(last(&run.output), "250 2.0.0 Message accepted");
+    assert!(!run.events.iter().any(|e| matches!(e, Event::DataChunk(_))), "{:?}", run.events);
+    let run = transcript(cfg(), b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 3 LAST\r\na\nb", &accept_all);
+    assert!(last(&run.output).starts_with("550 5.6.0"), "{}", run.output);
+    assert!(run.body.is_empty() && !run.events.iter().any(|e| matches!(e, Event::DataChunk(_))));
+}
+
+/// Refused decisions change nothing; BDAT needs CHUNKING and a recipient, and only BDAT may
+/// follow a chunk.
+#[test]
+fn refusals_and_bdat_ordering() {
+    let refuse_hello = |e: &Event| matches!(e, Event::Hello { .. }).then(|| Reply::new(550, None, "not you"));
+    let run = transcript(cfg(), b"EHLO c\r\nMAIL FROM:<a@b>\r\n", &refuse_hello);
+    assert_eq!(last(&run.output), "503 5.5.1 Send HELO/EHLO first", "a refused EHLO greets nobody");
+    let refuse_mail = |e: &Event| matches!(e, Event::Mail { .. }).then(|| Reply::new(550, None, "not you"));
+    let run = transcript(cfg(), b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", &refuse_mail);
+    assert_eq!(last(&run.output), "503 5.5.1 Need MAIL before RCPT", "a refused MAIL starts nothing");
+    let no_chunking = ServerConfig { chunking: false, ..cfg() };
+    let run =
+        transcript(no_chunking, b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 1 LAST\r\nxNOOP\r\n", &accept_all);
+    assert_eq!(codes_of(&run.output)[4..], ["502", "250"], "refused, its octet read, then NOOP: {}", run.output);
+    let run = transcript(cfg(), b"EHLO c\r\nMAIL FROM:<a@b>\r\nBDAT 1 LAST\r\nx", &accept_all);
+    assert_eq!(last(&run.output), "554 5.5.1 No valid recipients");
+    let run =
+        transcript(cfg(), b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 1\r\nxRCPT TO:<e@f>\r\n", &accept_all);
+    assert_eq!(last(&run.output), "503 5.5.1 Bad sequence of commands", "{}", run.output);
+}
