@@ -348,3 +348,40 @@ async fn delay_warning_and_success_notice() {
     assert_eq!(maildir_files(da.path(), "w").len(), 1);
     a.stop().await;
 }
+
+/// One message for two next hops: each hop gets exactly its own recipients, all of them in one
+/// transaction.
+#[tokio::test]
+async fn recipients_are_grouped_by_next_hop() {
+    let (da, db, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let b = InProcess::start(cfg("b.test", db.path(), &["b.test"], &["bob", "bea"]), None).await;
+    let c = InProcess::start(cfg("c.test", dc.path(), &["c.test"], &["cat"]), None).await;
+    let mut a_cfg = cfg("a.test", da.path(), &["a.test"], &[]);
+    a_cfg.routes.insert("b.test".into(), ("127.0.0.1".into(), b.addr.port()));
+    a_cfg.routes.insert("c.test".into(), ("127.0.0.1".into(), c.addr.port()));
+    let a = InProcess::start(a_cfg, None).await;
+    let (mut s, _) = Raw::connect(a.addr).await;
+    s.cmd("EHLO client.test\r\n").await;
+    let r = s
+        .send_mail("MAIL", "x@a.test", &["bob@b.test", "cat@c.test", "bea@b.test"], "Subject: two hops\r\n\r\nhi")
+        .await;
+    assert!(r.starts_with("250"), "{r}");
+    wait_until("three deliveries", || {
+        maildir_files(db.path(), "bob").len() == 1
+            && maildir_files(db.path(), "bea").len() == 1
+            && maildir_files(dc.path(), "cat").len() == 1
+    })
+    .await;
+    wait_until("A's queue drained", || queue_empty(da.path())).await;
+    assert!(maildir_files(dc.path(), "bob").is_empty() && maildir_files(db.path(), "cat").is_empty());
+    // B's two copies came in one transaction: the same id in B's Received line.
+    let b_id = |user: &str| {
+        let m = read_all(&maildir_files(db.path(), user)).remove(0);
+        let line = m.lines().find(|l| l.contains("by b.test (Tern)")).unwrap().to_string();
+        line.split(" id ").nth(1).unwrap().split(|c: char| c == ';' || c.is_whitespace()).next().unwrap().to_string()
+    };
+    assert_eq!(b_id("bob"), b_id("bea"));
+    for r in [a, b, c] {
+        r.stop().await;
+    }
+}
