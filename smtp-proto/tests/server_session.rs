@@ -582,6 +582,8 @@ fn parameters_of_extensions_that_are_off() {
     }
     let run = transcript(off, b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d> NOTIFY=NEVER\r\n", &accept_all);
     assert_eq!(codes_of(&run.output), ["220", "250", "250", "555"], "DSN off");
+    let run = transcript(cfg(), b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d> NOTIFY=NEVER\r\n", &accept_all);
+    assert_eq!(codes_of(&run.output), ["220", "250", "250", "250"], "DSN on");
     // A UTF-8 recipient needs SMTPUTF8 on the MAIL (RFC 6531 3.4).
     let run = transcript(
         cfg(),
@@ -661,4 +663,33 @@ fn refusals_and_bdat_ordering() {
     let run =
         transcript(cfg(), b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 1\r\nxRCPT TO:<e@f>\r\n", &accept_all);
     assert_eq!(last(&run.output), "503 5.5.1 Bad sequence of commands", "{}", run.output);
+}
+
+/// A refused BDAT chunk is read to its end (never taken as commands) up to a size worth
+/// reading — the larger of twice the message limit and 1 MiB — and past that the session closes.
+#[test]
+fn refused_chunks_are_read_up_to_a_bound() {
+    let small = ServerConfig { max_message_size: 10, ..cfg() };
+    let head = "EHLO c\r\nMAIL FROM:<a@b>\r\n";
+    let run = transcript(
+        small.clone(),
+        format!("{head}BDAT 100 LAST\r\n{}NOOP\r\n", "x".repeat(100)).as_bytes(),
+        &accept_all,
+    );
+    assert_eq!(codes_of(&run.output)[3..], ["554", "250"], "read and refused, then NOOP: {}", run.output);
+    let at = 1 << 20;
+    let input = format!("{head}BDAT {at} LAST\r\n{}NOOP\r\n", "x".repeat(at));
+    let run = drive(small.clone(), &[input.as_bytes()], &accept_all);
+    assert_eq!(codes_of(&run.output)[3..], ["554", "250"], "exactly the bound is still read");
+    let run = drive(small, &[format!("{head}BDAT {} LAST\r\n", at + 1).as_bytes()], &accept_all);
+    assert!(last(&run.output).starts_with("421 4.3.4"), "{}", run.output);
+    // AUTH needs EHLO, not HELO (RFC 4954 4).
+    let auth = ServerConfig { auth_mechanisms: vec![smtp_proto::auth::AuthMechanism::Plain], ..cfg() };
+    let mut s = ServerSession::new_tls(auth);
+    s.handle_input(b"HELO c\r\nAUTH PLAIN AHUAcA==\r\n");
+    while s.poll_event().is_some() {
+        s.accept();
+    }
+    let out = String::from_utf8(s.poll_output().unwrap().to_vec()).unwrap();
+    assert_eq!(last(&out), "503 5.5.1 Bad sequence of commands", "{out}");
 }
