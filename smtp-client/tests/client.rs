@@ -40,6 +40,9 @@ impl tower::Service<PolicyRequest> for Policy {
     fn call(&mut self, req: PolicyRequest) -> Self::Future {
         std::future::ready(Ok(match req.kind {
             PolicyKind::Rcpt { to, .. } if to.to_string().contains("bad") => Decision::Respond(codes::no_such_user()),
+            PolicyKind::Mail { from, .. } if from.to_string().contains("refused") => {
+                Decision::Respond(Reply::new(550, Some(smtp_proto::EnhancedCode::new(5, 7, 1)), "not you"))
+            }
             PolicyKind::Auth { credentials, .. } if credentials.password.expose() == "pw" => Decision::Accept,
             PolicyKind::Auth { .. } => Decision::Respond(codes::auth_failed()),
             _ => Decision::Accept,
@@ -452,4 +455,49 @@ async fn starttls_response_injection_is_discarded_before_a_real_handshake() {
     assert!(conn.capabilities().auth.is_empty(), "nothing of the injected reply");
     conn.quit().await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap();
+}
+
+/// AUTH picks PLAIN when offered, else LOGIN; either alone works.
+#[tokio::test]
+async fn auth_with_either_mechanism_alone() {
+    for mech in [AuthMechanism::Plain, AuthMechanism::Login] {
+        let s = server(|o| o.session.auth_mechanisms = vec![mech]).await;
+        let mut o = options(TlsMode::Required, &s.cert);
+        o.auth = Some(("u".into(), Secret::new("pw")));
+        let mut conn = SmtpClient::new(o).unwrap().connect("127.0.0.1", s.addr.port()).await.unwrap();
+        let out = conn.send(&env(&["a@x.test"]), "Subject: auth\r\n\r\nhi".into()).await.unwrap();
+        assert!(out.all_accepted(), "{mech:?}: {out:?}");
+        assert_eq!(s.inbox.lock().unwrap()[0].session.authenticated.as_deref(), Some("u"), "{mech:?}");
+    }
+}
+
+/// RCPTMAX splits: a refusal of the first transaction is the send's error; a failure after a
+/// delivered transaction reports every later recipient as not sent, each exactly once.
+#[tokio::test]
+async fn rcptmax_split_failures_blame_the_right_recipients() {
+    let s = server(|o| o.session.max_recipients = 2).await;
+    let client = SmtpClient::new(options(TlsMode::None, &s.cert)).unwrap();
+    let mut conn = client.connect("127.0.0.1", s.addr.port()).await.unwrap();
+    let mut refused = env(&["a@x.test", "b@x.test", "c@x.test"]);
+    refused.from = Envelope::from_str_addr("refused@a.test").unwrap().from;
+    let err = conn.send(&refused, "x".into()).await.unwrap_err();
+    assert!(matches!(&err, Error::Rejected { reply, .. } if reply.code() == 550), "{err}");
+    conn.quit().await.unwrap();
+    // MAILMAX=1 as well: the second transaction cannot start on this connection.
+    let s = server(|o| {
+        o.session.max_recipients = 2;
+        o.session.max_transactions = Some(1);
+    })
+    .await;
+    let client = SmtpClient::new(options(TlsMode::None, &s.cert)).unwrap();
+    let mut conn = client.connect("127.0.0.1", s.addr.port()).await.unwrap();
+    let out = conn.send(&env(&["a@x.test", "b@x.test", "c@x.test", "d@x.test", "e@x.test"]), "x".into()).await.unwrap();
+    let got: Vec<(String, u16)> = out.recipients.iter().map(|(p, r)| (p.to_string(), r.code())).collect();
+    assert_eq!(
+        got,
+        [("<a@x.test>", 250), ("<b@x.test>", 250), ("<c@x.test>", 451), ("<d@x.test>", 451), ("<e@x.test>", 451)]
+            .map(|(p, c)| (p.to_string(), c)),
+    );
+    assert_eq!(out.data.iter().filter(|d| d.is_some()).count(), 2, "two recipients got the data");
+    assert_eq!(s.inbox.lock().unwrap().len(), 1);
 }
