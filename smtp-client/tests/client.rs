@@ -501,3 +501,37 @@ async fn rcptmax_split_failures_blame_the_right_recipients() {
     assert_eq!(out.data.iter().filter(|d| d.is_some()).count(), 2, "two recipients got the data");
     assert_eq!(s.inbox.lock().unwrap().len(), 1);
 }
+
+/// The two-step API (envelope, look at the replies, then the body), with a streamed body over
+/// DATA and over BDAT; opportunistic TLS to a server without STARTTLS stays in plaintext.
+#[tokio::test]
+async fn envelope_then_streamed_data_or_bdat() {
+    let s = server(|o| o.tls = None).await;
+    for chunking in [false, true] {
+        let mut o = options(TlsMode::Opportunistic, &s.cert);
+        o.use_chunking = chunking;
+        let mut conn = SmtpClient::new(o).unwrap().connect("127.0.0.1", s.addr.port()).await.unwrap();
+        assert!(conn.tls_info().is_none(), "no STARTTLS offered: plaintext");
+        assert!(format!("{conn:?}").contains("Connection") && format!("{conn:?}").contains("127.0.0.1"));
+        let o = conn.envelope(&env(&["ok@x.test", "bad@x.test"])).await.unwrap();
+        assert_eq!(o.accepted().collect::<Vec<_>>(), [0], "the caller sees the refusal before the body");
+        let body = format!("Subject: stream\r\n\r\n{}\n.leading dot\r\nend", "0123456789".repeat(20_000));
+        let reader: Box<dyn tokio::io::AsyncRead + Send + Unpin> = Box::new(std::io::Cursor::new(body.into_bytes()));
+        let reply = conn.data(Body::Reader(reader)).await.unwrap();
+        assert_eq!(reply.code(), 250, "chunking {chunking}");
+        if !chunking {
+            // Every recipient refused: DATA is refused too, and no body is sent.
+            conn.envelope(&env(&["bad@x.test"])).await.unwrap();
+            let err = conn.data("never sent".into()).await.unwrap_err();
+            assert!(matches!(&err, Error::Rejected { reply, .. } if reply.code() == 554), "{err}");
+        }
+        conn.quit().await.unwrap();
+    }
+    let inbox = s.inbox.lock().unwrap();
+    assert_eq!(inbox.len(), 2);
+    for got in inbox.iter() {
+        let text = String::from_utf8_lossy(&got.data);
+        assert!(text.ends_with("0123456789\r\n.leading dot\r\nend\r\n"), "line ends made CRLF, the dot kept once");
+        assert_eq!(got.data.len(), "Subject: stream\r\n\r\n".len() + 200_000 + "\r\n.leading dot\r\nend\r\n".len());
+    }
+}
