@@ -920,4 +920,44 @@ mod tests {
         assert!(matches!(view.enqueue(msg(), "x".into()).await, Err(QueueError::Closed)));
         assert_eq!(q.load(&id).await.unwrap().recipients[0].attempts, 0, "nothing changed");
     }
+
+    /// What a scan yields and tidies: nothing once cancelled; an orphaned state file is removed
+    /// by the writable queue only; a `.st` file in `corrupt/` is never listed as a record.
+    #[tokio::test]
+    async fn scans_stop_when_cancelled_and_tidy_only_when_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = FsQueue::open(dir.path()).unwrap();
+        let id = q.enqueue(msg(), "body".into()).await.unwrap().id;
+        std::fs::write(dir.path().join("corrupt/OLD1"), b"junk").unwrap();
+        std::fs::write(dir.path().join("corrupt/OLD1.st"), b"junk").unwrap();
+        let orphan = dir.path().join("msg/ORPHAN1.st");
+        std::fs::write(&orphan, b"TERN-STATE 2\n").unwrap();
+        let scan = |q: FsQueue, cancelled: bool| async move {
+            let cancel = tokio_util::sync::CancellationToken::new();
+            if cancelled {
+                cancel.cancel();
+            }
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<ScanEntry>(16);
+            let gather = async {
+                let mut v = Vec::new();
+                while let Some(e) = rx.recv().await {
+                    v.push(e.id().to_string());
+                }
+                v
+            };
+            let (r, mut found) = tokio::join!(q.scan(&cancel, tx), gather);
+            r.unwrap();
+            found.sort();
+            found
+        };
+        assert!(scan(q.clone(), true).await.is_empty(), "a cancelled scan yields nothing");
+        assert!(orphan.exists(), "and tidies nothing");
+        let view = FsQueue::read_only(dir.path()).unwrap();
+        let mut both = vec!["OLD1".to_string(), id.clone()];
+        both.sort();
+        assert_eq!(scan(view, false).await, both);
+        assert!(orphan.exists(), "a read-only view removes nothing");
+        assert_eq!(scan(q, false).await, both, "the corrupt record once, its .st never");
+        assert!(!orphan.exists(), "a state file without its message is removed");
+    }
 }
