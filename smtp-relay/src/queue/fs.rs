@@ -928,8 +928,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = FsQueue::open(dir.path()).unwrap();
         let id = q.enqueue(msg(), "body".into()).await.unwrap().id;
-        std::fs::write(dir.path().join("corrupt/OLD1"), b"junk").unwrap();
-        std::fs::write(dir.path().join("corrupt/OLD1.st"), b"junk").unwrap();
+        let mut m = q.load(&id).await.unwrap();
+        m.recipients[0].attempts = 2;
+        q.update(&m).await.unwrap();
+        for old in ["OLD1", "OLD1.st", "OLD2"] {
+            std::fs::write(dir.path().join("corrupt").join(old), b"junk").unwrap();
+        }
         let orphan = dir.path().join("msg/ORPHAN1.st");
         std::fs::write(&orphan, b"TERN-STATE 2\n").unwrap();
         let scan = |q: FsQueue, cancelled: bool| async move {
@@ -953,11 +957,13 @@ mod tests {
         assert!(scan(q.clone(), true).await.is_empty(), "a cancelled scan yields nothing");
         assert!(orphan.exists(), "and tidies nothing");
         let view = FsQueue::read_only(dir.path()).unwrap();
-        let mut both = vec!["OLD1".to_string(), id.clone()];
+        let mut both = vec!["OLD1".to_string(), "OLD2".to_string(), id.clone()];
         both.sort();
         assert_eq!(scan(view, false).await, both);
         assert!(orphan.exists(), "a read-only view removes nothing");
-        assert_eq!(scan(q, false).await, both, "the corrupt record once, its .st never");
+        let q2 = q.clone();
+        assert_eq!(scan(q, false).await, both, "each corrupt record once, a .st never");
         assert!(!orphan.exists(), "a state file without its message is removed");
+        assert_eq!(q2.load(&id).await.unwrap().recipients[0].attempts, 2, "a message's own state stays");
     }
 }
