@@ -32,7 +32,7 @@ use crate::deliver::terminal::Terminals;
 use crate::deliver::Outcome;
 use crate::dns::{HickoryMx, MxAnswer, MxResolver};
 use crate::dsn::{self, Action};
-use crate::queue::{Queue, QueueError, QueueId, QueuedMessage, RcptStatus, ScanEntry, StoredBody};
+use crate::queue::{millis, Queue, QueueError, QueueId, QueuedMessage, RcptStatus, ScanEntry, StoredBody};
 use crate::route::{route_of, Route};
 
 /// Longest sleep of the queue loop when nothing is due (the clock may jump).
@@ -149,11 +149,6 @@ fn apply(cfg: &RelayConfig, msg: &mut QueuedMessage, outcomes: Vec<(usize, Outco
             }
         }
     }
-}
-
-/// A duration in whole milliseconds (saturating).
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Delivers what the relay queued. Run it with [`Scheduler::run`].

@@ -658,6 +658,26 @@ mod tests {
         v
     }
 
+    /// Every entry of the streamed [`Queue::scan`] (FsQueue's `scan_all` reads another way),
+    /// with the scan cancelled before it starts when `cancelled`.
+    async fn streamed_scan(q: &FsQueue, cancelled: bool) -> Vec<ScanEntry> {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        if cancelled {
+            cancel.cancel();
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let gather = async {
+            let mut v = Vec::new();
+            while let Some(e) = rx.recv().await {
+                v.push(e);
+            }
+            v
+        };
+        let (r, found) = tokio::join!(q.scan(&cancel, tx), gather);
+        r.unwrap();
+        found
+    }
+
     async fn read(b: &StoredBody) -> Vec<u8> {
         let mut out = Vec::new();
         b.reader().await.unwrap().read_to_end(&mut out).await.unwrap();
@@ -889,18 +909,7 @@ mod tests {
         let again = q.load(&id).await.unwrap();
         assert_eq!(again, m, "a state file of ~20 KiB round-trips");
         assert_eq!(read(&q.body(&id).await.unwrap()).await, b"body");
-        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let scan = q.scan(&cancel, tx);
-        let gather = async {
-            let mut v = Vec::new();
-            while let Some(e) = rx.recv().await {
-                v.push(e);
-            }
-            v
-        };
-        let (r, found) = tokio::join!(scan, gather);
-        r.unwrap();
+        let found = streamed_scan(&q, false).await;
         assert!(matches!(&found[..], [ScanEntry::Queued(f, _)] if **f == m), "the streamed scan finds it whole");
     }
 
@@ -937,22 +946,9 @@ mod tests {
         let orphan = dir.path().join("msg/ORPHAN1.st");
         std::fs::write(&orphan, b"TERN-STATE 2\n").unwrap();
         let scan = |q: FsQueue, cancelled: bool| async move {
-            let cancel = tokio_util::sync::CancellationToken::new();
-            if cancelled {
-                cancel.cancel();
-            }
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<ScanEntry>(16);
-            let gather = async {
-                let mut v = Vec::new();
-                while let Some(e) = rx.recv().await {
-                    v.push(e.id().to_string());
-                }
-                v
-            };
-            let (r, mut found) = tokio::join!(q.scan(&cancel, tx), gather);
-            r.unwrap();
-            found.sort();
-            found
+            let mut ids: Vec<String> = streamed_scan(&q, cancelled).await.iter().map(|e| e.id().to_string()).collect();
+            ids.sort();
+            ids
         };
         assert!(scan(q.clone(), true).await.is_empty(), "a cancelled scan yields nothing");
         assert!(orphan.exists(), "and tidies nothing");

@@ -181,8 +181,13 @@ impl QueuedMessage {
 
     /// `arrival + after`, in milliseconds since the epoch.
     pub fn arrival_plus_ms(&self, after: Duration) -> u64 {
-        self.arrival.saturating_mul(1000).saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX))
+        self.arrival.saturating_mul(1000).saturating_add(millis(after))
     }
+}
+
+/// A duration in whole milliseconds (saturating), the unit of due times.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Why a queue operation failed.
