@@ -913,6 +913,54 @@ mod tests {
         assert!(matches!(&found[..], [ScanEntry::Queued(f, _)] if **f == m), "the streamed scan finds it whole");
     }
 
+    /// The free list is bounded: on open, files past `MAX_FREE` (and anything not a file) are
+    /// removed; a message removed while the list is full is deleted, not kept for reuse.
+    #[tokio::test]
+    async fn the_free_list_never_grows_past_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(FsQueue::open(dir.path()).unwrap());
+        let free = dir.path().join("free");
+        for i in 0..MAX_FREE + 3 {
+            std::fs::write(free.join(format!("F{i}")), b"old").unwrap();
+        }
+        std::fs::create_dir(free.join("adir")).unwrap();
+        let q = FsQueue::open(dir.path()).unwrap();
+        let listed = q.inner.free.lock().unwrap().clone();
+        assert_eq!(listed.len(), MAX_FREE);
+        assert!(listed.iter().all(|p| p.is_file()), "only files are reused");
+        assert_eq!(names(&free).len(), MAX_FREE + 1, "the extra files are removed (a directory stays)");
+        assert_eq!(format!("{q:?}"), format!("FsQueue {{ dir: {:?} }}", dir.path()));
+        // One file is taken for this message; the list is full again before it goes.
+        let id = q.enqueue(msg(), "body".into()).await.unwrap().id;
+        assert_eq!(q.inner.free.lock().unwrap().len(), MAX_FREE - 1);
+        q.inner.free.lock().unwrap().push(free.join("F0"));
+        q.remove(&id).await.unwrap();
+        assert!(!free.join(&id).exists() && !dir.path().join("msg").join(&id).exists(), "deleted, not recycled");
+        assert_eq!(q.inner.free.lock().unwrap().len(), MAX_FREE);
+        assert!(matches!(q.remove(&id).await, Err(QueueError::NotFound(_))), "and gone");
+    }
+
+    /// Messages up to `KEEP_IN_MEMORY` are kept in hand after the commit (no read back for the
+    /// first delivery); an envelope over a megabyte (far over one read) reads back.
+    #[tokio::test]
+    async fn medium_messages_stay_in_memory_and_megabyte_envelopes_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = FsQueue::open(dir.path()).unwrap();
+        let stored = q.enqueue(msg(), vec![b'm'; 100_000].into()).await.unwrap();
+        assert!(matches!(&stored.body, StoredBody::Memory(b) if b.len() == 100_000), "{:?}", stored.body);
+        let mut m = msg();
+        let long = ["l", "m", "n"].map(|c| c.repeat(60)).join(".");
+        m.recipients = (0..6000)
+            .map(|i| {
+                let p = SPath::parse(&format!("<r{i}@{long}.test>")).unwrap();
+                RcptRecord::new(ForwardPath::Path(p), Default::default())
+            })
+            .collect();
+        let id = q.enqueue(m, "body".into()).await.unwrap().id;
+        assert!(fs::metadata(dir.path().join("msg").join(&id)).unwrap().len() > 1_200_000);
+        assert_eq!(q.load(&id).await.unwrap().recipients.len(), 6000);
+    }
+
     /// `tern queue` reads a running server's spool through a view that never writes.
     #[tokio::test]
     async fn a_read_only_view_reads_and_never_writes() {
