@@ -844,6 +844,13 @@ mod tests {
         assert_eq!(env.unwrap().from.to_string(), "<s@here.test>");
         assert!(why.contains("header says 10"), "{why}");
         assert_eq!(read(&q.body(&id).await.unwrap()).await, b"whole");
+        // Only names inside corrupt/ are read: no way out of it to a queued message.
+        fs::write(dir.path().join("corrupt").join("x".repeat(81)), b"junk").unwrap();
+        for outside in [format!("../msg/{id}"), String::new(), "x".repeat(81)] {
+            assert!(matches!(q.inspect_corrupt(&outside), Err(QueueError::NotFound(_))), "{outside:?}");
+        }
+        fs::write(dir.path().join("corrupt").join("x".repeat(80)), b"junk").unwrap();
+        assert!(q.inspect_corrupt(&"x".repeat(80)).is_ok(), "80 characters is a name");
     }
 
     /// ENOSPC on a real, tiny filesystem (tmpfs; the tests run as root, as CI does).
