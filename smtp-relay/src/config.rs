@@ -49,6 +49,11 @@ pub struct RelayConfig {
     pub outbound_tls: TlsMode,
     /// CA file to verify `required` TLS destinations against (web PKI roots when `None`).
     pub outbound_ca: Option<PathBuf>,
+    /// Apply recipient domains' MTA-STS policies (RFC 8461); policies are cached in
+    /// `DATA_DIR/mta-sts/`.
+    pub mta_sts: bool,
+    /// The HTTPS port MTA-STS policies are fetched from (443; another only for tests).
+    pub mta_sts_port: u16,
     /// Per-domain TLS overrides.
     pub tls_per_domain: HashMap<String, TlsMode>,
     /// Most deliveries at once.
@@ -88,6 +93,8 @@ impl RelayConfig {
             delay_warning: None,
             outbound_tls: TlsMode::Opportunistic,
             outbound_ca: None,
+            mta_sts: true,
+            mta_sts_port: 443,
             tls_per_domain: HashMap::new(),
             max_deliveries: 20,
             max_per_destination: 5,

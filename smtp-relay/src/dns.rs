@@ -31,6 +31,12 @@ pub trait MxResolver: Send + Sync + 'static {
     async fn mx(&self, domain: &str) -> Result<MxAnswer, DnsError>;
     /// The addresses of `host`.
     async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError>;
+    /// The TXT records at `name`, each one's strings joined; empty when there are none. The
+    /// default knows no TXT records (a resolver for tests that only routes mail).
+    async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        let _ = name;
+        Ok(Vec::new())
+    }
 }
 
 /// Orders MX records: by preference, shuffled among equal preferences (RFC 5321 5.1).
@@ -103,6 +109,17 @@ impl MxResolver for HickoryMx {
         }
         match self.resolver.lookup_ip(fqdn(host)).await {
             Ok(l) => Ok(l.iter().collect()),
+            Err(e) if is_nx(&e) || e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(DnsError(e.to_string())),
+        }
+    }
+
+    async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        match self.resolver.txt_lookup(fqdn(name)).await {
+            Ok(l) => Ok(l
+                .iter()
+                .map(|t| t.txt_data().iter().map(|s| String::from_utf8_lossy(s)).collect::<String>())
+                .collect()),
             Err(e) if is_nx(&e) || e.is_no_records_found() => Ok(Vec::new()),
             Err(e) => Err(DnsError(e.to_string())),
         }

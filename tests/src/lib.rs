@@ -3,6 +3,9 @@
 //! crate's doc tests (below).
 #![doc = include_str!("../../README.md")]
 
+pub mod dns;
+pub mod https;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,13 @@
-//! MTA-STS (RFC 8461), the parts that need no network: the `_mta-sts` TXT record, the policy
-//! file, and matching MX host names against a policy. Fetching (HTTPS) and caching build on
-//! these.
+//! MTA-STS (RFC 8461), sending side: the `_mta-sts` TXT record, the policy file, matching MX
+//! host names against a policy ([`mod@self`]); fetching the policy over HTTPS ([`fetch`]); and the
+//! policy cache that decides when to fetch ([`cache`]). Delivery applies the result
+//! (`deliver::remote`).
+
+pub mod cache;
+pub mod fetch;
+
+pub use cache::{Cached, Found, StsCache};
+pub use fetch::{FetchError, Fetcher};
 
 /// Why a TXT record or a policy file was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
