@@ -41,6 +41,11 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     pub outbound_tls: Option<String>,
     pub route_tls: Option<Vec<String>>,
+    pub outbound_ca: Option<PathBuf>,
+    pub dns_server: Option<String>,
+    /// `false` turns MTA-STS off (`--no-mta-sts`).
+    pub mta_sts: Option<bool>,
+    pub mta_sts_port: Option<u16>,
     /// AUTH users: name = "password" (only offered under TLS).
     pub auth_users: Option<HashMap<String, String>>,
 }

@@ -114,6 +114,20 @@ pub struct ServeArgs {
     /// Outbound TLS for one destination domain, DOMAIN=opportunistic|required|none (repeatable).
     #[arg(long)]
     pub route_tls: Vec<String>,
+    /// CA certificates (PEM) that verified outbound TLS and MTA-STS policy hosts are checked
+    /// against, instead of the web PKI roots.
+    #[arg(long)]
+    pub outbound_ca: Option<PathBuf>,
+    /// The DNS server for MX, address and policy look-ups, HOST:PORT. Default: the system's
+    /// (/etc/resolv.conf).
+    #[arg(long)]
+    pub dns_server: Option<String>,
+    /// Do not apply recipient domains' MTA-STS policies (RFC 8461; on by default).
+    #[arg(long)]
+    pub no_mta_sts: bool,
+    /// The HTTPS port MTA-STS policies are fetched from. For tests only. Default 443.
+    #[arg(long, hide = true)]
+    pub mta_sts_port: Option<u16>,
 }
 
 /// The resolved settings: the libraries' defaults with the file and the flags applied.
@@ -225,6 +239,19 @@ pub fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
     for r in many(args.route_tls, file.route_tls) {
         let (d, m) = r.split_once('=').ok_or_else(|| err("route_tls", format!("{r:?} is not DOMAIN=MODE")))?;
         relay.tls_per_domain.insert(d.to_lowercase(), tls_mode("route_tls", m)?);
+    }
+    if let Some(ca) = pick(args.outbound_ca, file.outbound_ca) {
+        relay.outbound_ca = Some(ca);
+    }
+    if let Some(d) = pick(args.dns_server, file.dns_server) {
+        let addr = d.parse().map_err(|_| err("dns_server", format!("{d:?} is not an address and port (HOST:PORT)")))?;
+        relay.dns_server = Some(addr);
+    }
+    if args.no_mta_sts || file.mta_sts == Some(false) {
+        relay.mta_sts = false;
+    }
+    if let Some(p) = pick(args.mta_sts_port, file.mta_sts_port) {
+        relay.mta_sts_port = p;
     }
     if let Some(n) = pick(args.max_deliveries, file.max_deliveries) {
         relay.max_deliveries = n.max(1);
@@ -406,6 +433,34 @@ mod tests {
         assert_eq!(settings_for(&[]).server.transaction_deadline, Duration::from_secs(600));
         let s = settings_for(&["--transaction-deadline", "30"]);
         assert_eq!(s.server.transaction_deadline, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn transport_policy_flags_and_keys() {
+        let s = settings_for(&[]);
+        assert!(s.relay.mta_sts && s.relay.mta_sts_port == 443 && s.relay.dns_server.is_none());
+        let s = settings_for(&[
+            "--dns-server",
+            "127.0.0.1:5353",
+            "--outbound-ca",
+            "/etc/ca.pem",
+            "--no-mta-sts",
+            "--mta-sts-port",
+            "8443",
+        ]);
+        assert_eq!(s.relay.dns_server, Some("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(s.relay.outbound_ca.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+        assert!(!s.relay.mta_sts);
+        assert_eq!(s.relay.mta_sts_port, 8443);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tern.toml");
+        std::fs::write(&file, "dns_server = \"[::1]:53\"\nmta_sts = false\noutbound_ca = \"/ca.pem\"\n").unwrap();
+        let s = settings_for(&["--config", file.to_str().unwrap()]);
+        assert_eq!((s.relay.dns_server, s.relay.mta_sts), (Some("[::1]:53".parse().unwrap()), false));
+        let data = dir.path().join("data");
+        let argv = ["tern", "--data-dir", data.to_str().unwrap(), "--dns-server", "localhost"];
+        let e = settings(Cli::parse_from(argv).serve).err().unwrap();
+        assert!(e.to_string().contains("key `dns_server`: \"localhost\" is not an address and port"), "{e}");
     }
 
     #[test]
