@@ -968,6 +968,19 @@ mod tests {
         assert_eq!(q.load(&id).await.unwrap().recipients.len(), 6000);
     }
 
+    /// A state file that exists but cannot be read is an error, never "no state yet": reading
+    /// the message without it would deliver again to recipients already done.
+    #[tokio::test]
+    async fn an_unreadable_state_file_is_an_error_not_a_fresh_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = FsQueue::open(dir.path()).unwrap();
+        let id = q.enqueue(msg(), "body".into()).await.unwrap().id;
+        assert!(q.load(&id).await.is_ok(), "no state file: the envelope's state");
+        std::fs::create_dir(dir.path().join("msg").join(format!("{id}.st"))).unwrap();
+        let e = q.load(&id).await.unwrap_err();
+        assert!(matches!(&e, QueueError::Io(io) if io.raw_os_error() == Some(21)), "EISDIR: {e:?}");
+    }
+
     /// `tern queue` reads a running server's spool through a view that never writes.
     #[tokio::test]
     async fn a_read_only_view_reads_and_never_writes() {
