@@ -34,12 +34,14 @@
 //! ```
 
 mod conn;
+pub mod dane;
 pub mod error;
 pub mod message;
 pub mod service;
 pub mod tls;
 
 pub use conn::{ClientOptions, Connection, SendOutcome, SmtpClient, Timeouts, TlsInfo};
+pub use dane::Tlsa;
 pub use error::{Error, Phase};
 pub use message::Body;
 pub use smtp_proto::{Envelope, Recipient};

@@ -35,6 +35,8 @@ pub enum CertVerify {
     CaFile(PathBuf),
     /// Not at all: encryption without authentication. Only for tests and opportunistic TLS.
     Insecure,
+    /// By DANE TLSA records (RFC 7672), found with DNSSEC for the server's name.
+    Dane(Arc<[crate::dane::Tlsa]>),
 }
 
 /// Builds a rustls client configuration: TLS 1.3 preferred, TLS 1.2 with AEAD suites only, an
@@ -70,6 +72,10 @@ pub fn client_config(verify: &CertVerify) -> Result<Arc<ClientConfig>, Error> {
                 .transpose()
                 .map_err(|e| bad(&e))?;
             let verifier = CaFileVerifier { inner, pins, signatures: NoVerify(provider()) };
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
+        }
+        CertVerify::Dane(records) => {
+            let verifier = crate::dane::DaneVerifier::new(records.clone());
             builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
         }
         CertVerify::Insecure => {

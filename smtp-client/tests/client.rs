@@ -535,3 +535,82 @@ async fn envelope_then_streamed_data_or_bdat() {
         assert_eq!(got.data.len(), "Subject: stream\r\n\r\n".len() + 200_000 + "\r\n.leading dot\r\nend\r\n".len());
     }
 }
+
+/// DANE (RFC 7672) in a real handshake: DANE-EE matches the server's own certificate or key
+/// whatever its name or expiry; DANE-TA makes a CA in the presented chain the anchor and still
+/// checks the name; anything else, and the PKIX usages, fail the handshake.
+#[tokio::test]
+async fn dane_records_authenticate_the_server_inside_the_handshake() {
+    use smtp_client::Tlsa;
+    let dir = tempfile::tempdir().unwrap();
+    // A private CA, and a server certificate it issued for mx.test, expired last year.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Test DANE CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["mx.test".to_string()]).unwrap();
+    let mut expired = params.clone();
+    params.not_after = rcgen::date_time_ymd(2040, 1, 1);
+    expired.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    expired.not_after = rcgen::date_time_ymd(2025, 1, 1);
+    let leaf = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let old = expired.signed_by(&key, &ca, &ca_key).unwrap();
+    let start = |leaf: &rcgen::Certificate, tag: &str| {
+        let (c, k) = (dir.path().join(format!("{tag}.pem")), dir.path().join(format!("{tag}.key")));
+        std::fs::write(&c, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        let config = tls::from_pem_files(&c, &k).unwrap();
+        async move {
+            let server = Server::builder("mx.test")
+                .listen("127.0.0.1:0".parse().unwrap())
+                .tls(config)
+                .bind(
+                    smtp_server::AcceptAll,
+                    tower::service_fn(|_tx: Transaction| async { Ok::<_, std::convert::Infallible>(codes::ok()) }),
+                )
+                .await
+                .unwrap();
+            let addr = server.local_addrs()[0];
+            tokio::spawn(server.run());
+            addr
+        }
+    };
+    let (fresh, stale) = (start(&leaf, "fresh").await, start(&old, "stale").await);
+    let sha256 = |d: &[u8]| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, d).as_ref().to_vec();
+    let client = |records: Vec<Tlsa>| {
+        let mut o = ClientOptions::new(Domain::parse("client.test").unwrap());
+        o.tls = TlsMode::Required;
+        o.verify = CertVerify::Dane(records.into());
+        SmtpClient::new(o).unwrap()
+    };
+    let ee_key = Tlsa { usage: 3, selector: 1, matching: 1, data: sha256(&key.public_key_der()) };
+    let ee_cert = Tlsa { usage: 3, selector: 0, matching: 1, data: sha256(leaf.der()) };
+    let ta = Tlsa { usage: 2, selector: 0, matching: 1, data: sha256(ca.der()) };
+    let pkix = Tlsa { usage: 1, selector: 1, matching: 1, data: sha256(&key.public_key_der()) };
+    let wrong = Tlsa { usage: 3, selector: 1, matching: 1, data: sha256(&ca_key.public_key_der()) };
+
+    // DANE-EE: no name check, no expiry check.
+    for (records, addr, name) in [
+        (vec![ee_key.clone()], stale, "other.test"),
+        (vec![wrong.clone(), ee_cert.clone()], fresh, "mx.test"),
+        (vec![ta.clone()], fresh, "mx.test"),
+    ] {
+        let conn = client(records.clone()).connect_addr(addr, name).await;
+        let conn = conn.unwrap_or_else(|e| panic!("{records:?} at {name}: {e}"));
+        assert!(conn.tls_info().is_some());
+        conn.quit().await.unwrap();
+    }
+    // DANE-TA checks the name and the dates; wrong keys and PKIX usages fail.
+    for (records, addr, name) in [
+        (vec![ta.clone()], fresh, "other.test"),
+        (vec![ta.clone()], stale, "mx.test"),
+        (vec![wrong.clone()], fresh, "mx.test"),
+        (vec![pkix.clone()], fresh, "mx.test"),
+        (vec![], fresh, "mx.test"),
+    ] {
+        let e = client(records.clone()).connect_addr(addr, name).await.err();
+        assert!(matches!(e, Some(smtp_client::Error::Handshake(_))), "{records:?} at {name}: {e:?}");
+    }
+}
