@@ -221,6 +221,8 @@ pub struct SendOutcome {
     /// Whether the server offered DSN (RFC 3461), so NOTIFY, ORCPT, RET and ENVID went with
     /// the message and the notices are the server's to send.
     pub dsn: bool,
+    /// The TLS session the message went over (`None`: plaintext).
+    pub tls: Option<TlsInfo>,
 }
 
 impl SendOutcome {
@@ -460,8 +462,13 @@ impl Connection {
                 Bytes::from(v)
             }
         };
-        let mut all =
-            SendOutcome { recipients: Vec::new(), reply: None, data: Vec::new(), dsn: self.capabilities().dsn };
+        let mut all = SendOutcome {
+            recipients: Vec::new(),
+            reply: None,
+            data: Vec::new(),
+            dsn: self.capabilities().dsn,
+            tls: self.tls_info.clone(),
+        };
         for (n, group) in env.recipients.chunks(max).enumerate() {
             let part = Envelope { recipients: group.to_vec(), ..env.clone() };
             let result = match self.can_send() {
@@ -526,7 +533,7 @@ impl Connection {
             (false, false) => None,
         };
         let data = recipients.iter().map(|(_, r)| if r.is_positive() { reply.clone() } else { None }).collect();
-        Ok(SendOutcome { recipients, reply, data, dsn: self.capabilities().dsn })
+        Ok(SendOutcome { recipients, reply, data, dsn: self.capabilities().dsn, tls: self.tls_info.clone() })
     }
 
     async fn simple(&mut self, cmd: Command) -> Result<Reply, Error> {

@@ -49,6 +49,12 @@ pub struct RelayConfig {
     pub outbound_tls: TlsMode,
     /// CA file to verify `required` TLS destinations against (web PKI roots when `None`).
     pub outbound_ca: Option<PathBuf>,
+    /// DANE (RFC 7672): validate MX and TLSA records with DNSSEC and authenticate next hops
+    /// by their TLSA records. Needs a resolver that passes DNSSEC records on.
+    pub dane: bool,
+    /// DNSKEY records (zone-file lines) to trust instead of the root's key: for a private or
+    /// test zone.
+    pub dnssec_trust_anchor: Option<PathBuf>,
     /// Apply recipient domains' MTA-STS policies (RFC 8461); policies are cached in
     /// `DATA_DIR/mta-sts/`.
     pub mta_sts: bool,
@@ -93,6 +99,8 @@ impl RelayConfig {
             delay_warning: None,
             outbound_tls: TlsMode::Opportunistic,
             outbound_ca: None,
+            dane: true,
+            dnssec_trust_anchor: None,
             mta_sts: true,
             mta_sts_port: 443,
             tls_per_domain: HashMap::new(),
@@ -100,6 +108,16 @@ impl RelayConfig {
             max_per_destination: 5,
             delivery_deadline: Duration::from_secs(600),
             deliver_on_receipt: true,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// The DNSSEC validation DANE needs, as configured.
+    pub fn dnssec(&self) -> crate::dns::Dnssec {
+        match self.dane {
+            true => crate::dns::Dnssec::On(self.dnssec_trust_anchor.clone()),
+            false => crate::dns::Dnssec::Off,
         }
     }
 }

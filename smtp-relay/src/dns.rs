@@ -1,12 +1,18 @@
 //! Finding the next hop for a domain: MX records (RFC 5321 5.1), null MX (RFC 7505), and the
-//! address fallback — behind a trait so tests can answer without a DNS server.
+//! address fallback; TXT records for policies; and, validated with DNSSEC, the MX records and
+//! TLSA records DANE needs (RFC 7672) — behind a trait so tests can answer without a DNS server.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
 
+use hickory_proto::dnssec::{Proof, TrustAnchors};
+use hickory_proto::rr::{RData, RecordType};
 use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::{ResolveError, Resolver};
 use rand::seq::SliceRandom;
+use smtp_client::Tlsa;
 
 /// The answer for one domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +43,27 @@ pub trait MxResolver: Send + Sync + 'static {
         let _ = name;
         Ok(Vec::new())
     }
+    /// [`MxResolver::mx`] validated with DNSSEC: the answer and whether it is secure. A bogus
+    /// answer is an error (RFC 7672 2.2.1: such mail is deferred). The default validates
+    /// nothing: every answer is insecure.
+    async fn mx_dnssec(&self, domain: &str) -> Result<(MxAnswer, bool), DnsError> {
+        Ok((self.mx(domain).await?, false))
+    }
+    /// The TLSA records of `_PORT._tcp.HOST` (RFC 7672 2.2.2), validated with DNSSEC. A bogus
+    /// answer or a failed look-up is an error. The default: insecure.
+    async fn tlsa(&self, host: &str, port: u16) -> Result<TlsaAnswer, DnsError> {
+        let _ = (host, port);
+        Ok(TlsaAnswer::Insecure)
+    }
+}
+
+/// What DNSSEC says about a host's TLSA records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsaAnswer {
+    /// Validated: these records (none, when their absence is proven).
+    Secure(Vec<Tlsa>),
+    /// Not signed: DANE does not apply.
+    Insecure,
 }
 
 /// Orders MX records: by preference, shuffled among equal preferences (RFC 5321 5.1).
@@ -46,26 +73,81 @@ pub fn order_mx(mut records: Vec<(u16, String)>) -> Vec<String> {
     records.into_iter().map(|(_, h)| h).collect()
 }
 
-/// hickory-resolver, with the system configuration or a given DNS server.
+/// DNSSEC validation for [`HickoryMx`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dnssec {
+    /// No validation: DANE is off.
+    Off,
+    /// Validate from the root's trust anchor (built into hickory), or from the DNSKEY records
+    /// in a file (zone-file lines, for a private or test zone).
+    On(Option<std::path::PathBuf>),
+}
+
+/// hickory-resolver, with the system configuration or a given DNS server; a second,
+/// validating resolver for DANE's look-ups.
 pub struct HickoryMx {
     resolver: Resolver<TokioConnectionProvider>,
+    secure: Option<Resolver<TokioConnectionProvider>>,
 }
 
 impl HickoryMx {
-    /// Uses `server` (e.g. a local test DNS server), or the system's resolv.conf when `None`.
+    /// Uses `server` (e.g. a local test DNS server), or the system's resolv.conf when `None`;
+    /// no DNSSEC validation.
     pub fn new(server: Option<SocketAddr>) -> Result<HickoryMx, DnsError> {
-        let builder = match server {
-            Some(addr) => {
-                let group = NameServerConfigGroup::from_ips_clear(&[addr.ip()], addr.port(), true);
-                Resolver::builder_with_config(
-                    ResolverConfig::from_parts(None, vec![], group),
-                    TokioConnectionProvider::default(),
-                )
-            }
-            None => Resolver::builder_tokio().map_err(|e| DnsError(e.to_string()))?,
-        };
-        Ok(HickoryMx { resolver: builder.build() })
+        Self::with_dnssec(server, &Dnssec::Off)
     }
+
+    /// [`HickoryMx::new`] with DNSSEC validation as `dnssec` says.
+    pub fn with_dnssec(server: Option<SocketAddr>, dnssec: &Dnssec) -> Result<HickoryMx, DnsError> {
+        let builder = || -> Result<_, DnsError> {
+            Ok(match server {
+                Some(addr) => {
+                    let group = NameServerConfigGroup::from_ips_clear(&[addr.ip()], addr.port(), true);
+                    Resolver::builder_with_config(
+                        ResolverConfig::from_parts(None, vec![], group),
+                        TokioConnectionProvider::default(),
+                    )
+                }
+                None => Resolver::builder_tokio().map_err(|e| DnsError(e.to_string()))?,
+            })
+        };
+        let secure = match dnssec {
+            Dnssec::Off => None,
+            Dnssec::On(anchor) => {
+                let mut b = builder()?;
+                b.options_mut().validate = true;
+                if let Some(path) = anchor {
+                    b = b.with_trust_anchor(Arc::new(trust_anchors(path)?));
+                }
+                Some(b.build())
+            }
+        };
+        Ok(HickoryMx { resolver: builder()?.build(), secure })
+    }
+}
+
+/// Reads DNSKEY records (zone-file lines) to trust.
+fn trust_anchors(path: &Path) -> Result<TrustAnchors, DnsError> {
+    let anchors = TrustAnchors::from_file(path).map_err(|e| DnsError(format!("{}: {e}", path.display())))?;
+    if anchors.is_empty() {
+        return Err(DnsError(format!("{}: no DNSKEY record", path.display())));
+    }
+    Ok(anchors)
+}
+
+/// Secure when every record is; an error when any is bogus.
+fn proven<'a>(proofs: impl Iterator<Item = Proof> + 'a, what: &str) -> Result<bool, DnsError> {
+    let mut secure = true;
+    for p in proofs {
+        match p {
+            Proof::Secure => {}
+            Proof::Insecure => secure = false,
+            Proof::Bogus | Proof::Indeterminate => {
+                return Err(DnsError(format!("{what}: DNSSEC validation failed ({p})")))
+            }
+        }
+    }
+    Ok(secure)
 }
 
 fn fqdn(domain: &str) -> String {
@@ -111,6 +193,61 @@ impl MxResolver for HickoryMx {
             Ok(l) => Ok(l.iter().collect()),
             Err(e) if is_nx(&e) || e.is_no_records_found() => Ok(Vec::new()),
             Err(e) => Err(DnsError(e.to_string())),
+        }
+    }
+
+    async fn mx_dnssec(&self, domain: &str) -> Result<(MxAnswer, bool), DnsError> {
+        let Some(secure) = &self.secure else { return Ok((self.mx(domain).await?, false)) };
+        match secure.lookup(fqdn(domain), RecordType::MX).await {
+            Ok(lookup) => {
+                let sec = proven(lookup.dnssec_iter().map(|r| r.proof()), &format!("MX of {domain}"))?;
+                let records: Vec<(u16, String)> = lookup
+                    .iter()
+                    .filter_map(|r| match r {
+                        RData::MX(mx) => {
+                            Some((mx.preference(), mx.exchange().to_utf8().trim_end_matches('.').to_string()))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                if records.len() == 1 && records[0].1.is_empty() {
+                    return Ok((MxAnswer::NullMx, sec));
+                }
+                let hosts = order_mx(records.into_iter().filter(|(_, h)| !h.is_empty()).collect());
+                Ok((MxAnswer::Hosts(hosts), sec))
+            }
+            Err(e) if is_nx(&e) => Ok((MxAnswer::NoSuchDomain, false)),
+            Err(e) if e.is_no_records_found() => Ok((MxAnswer::Hosts(vec![domain.to_string()]), false)),
+            Err(e) => Err(DnsError(format!("MX of {domain}: {e}"))),
+        }
+    }
+
+    async fn tlsa(&self, host: &str, port: u16) -> Result<TlsaAnswer, DnsError> {
+        let Some(secure) = &self.secure else { return Ok(TlsaAnswer::Insecure) };
+        let name = format!("_{port}._tcp.{}", fqdn(host));
+        match secure.lookup(name.clone(), RecordType::TLSA).await {
+            Ok(lookup) => {
+                if !proven(lookup.dnssec_iter().map(|r| r.proof()), &name)? {
+                    return Ok(TlsaAnswer::Insecure);
+                }
+                let records = lookup
+                    .iter()
+                    .filter_map(|r| match r {
+                        RData::TLSA(t) => Some(Tlsa {
+                            usage: t.cert_usage().into(),
+                            selector: t.selector().into(),
+                            matching: t.matching().into(),
+                            data: t.cert_data().to_vec(),
+                        }),
+                        _ => None,
+                    })
+                    .collect();
+                Ok(TlsaAnswer::Secure(records))
+            }
+            // A validated negative answer (hickory checks the NSEC proof, else it is an error
+            // below): securely no TLSA records.
+            Err(e) if is_nx(&e) || e.is_no_records_found() => Ok(TlsaAnswer::Secure(Vec::new())),
+            Err(e) => Err(DnsError(format!("{name}: {e}"))),
         }
     }
 

@@ -231,7 +231,7 @@ impl Scheduler {
         let cfg = self.config.clone();
         let resolver: Arc<dyn MxResolver> = match self.resolver.take() {
             Some(r) => r,
-            None => match HickoryMx::new(cfg.dns_server) {
+            None => match HickoryMx::with_dnssec(cfg.dns_server, &cfg.dnssec()) {
                 Ok(r) => Arc::new(r),
                 Err(e) => {
                     tracing::error!(error = %e, "no DNS resolver; MX deliveries will be retried");

@@ -104,6 +104,7 @@ impl World {
         c.dns_server = Some(self.dns.addr);
         c.smtp_port = self.port;
         c.mta_sts_port = self.https.addr.port();
+        c.dane = false;
         c.outbound_ca = Some(self.ca.clone());
         c
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use smtp_client::{CertVerify, ClientOptions, Envelope, SmtpClient, TlsMode};
 use smtp_proto::command::Ret;
 use smtp_proto::Domain;
+use smtp_relay::dns::{DnsError, MxAnswer, MxResolver};
 use smtp_relay::{Directory, RelayConfig};
 use smtp_server::{tls, AcceptAll, Server, Transaction};
 use tests::{maildir_files, wait_until, InProcess, Raw};
@@ -41,6 +42,19 @@ async fn next_hop(requiretls: bool, tls_dir: &Path) -> (SocketAddr, PathBuf, See
     let addr = server.local_addrs()[0];
     tokio::spawn(server.run());
     (addr, tls_dir.join("cert.pem"), seen)
+}
+
+/// DNS without DNSSEC: every domain has one MX, `mx.DOMAIN`, at 127.0.0.1.
+struct UnsignedDns;
+
+#[async_trait::async_trait]
+impl MxResolver for UnsignedDns {
+    async fn mx(&self, domain: &str) -> Result<MxAnswer, DnsError> {
+        Ok(MxAnswer::Hosts(vec![format!("mx.{domain}")]))
+    }
+    async fn addresses(&self, _: &str) -> Result<Vec<std::net::IpAddr>, DnsError> {
+        Ok(vec![[127, 0, 0, 1].into()])
+    }
 }
 
 fn relay(dir: &Path) -> RelayConfig {
@@ -95,7 +109,7 @@ async fn delivered_only_over_a_secure_route_and_passed_on() {
     // d.test: verified TLS, but the hop does not offer REQUIRETLS.
     cfg.routes.insert("d.test".into(), ("127.0.0.1".into(), plain.port()));
     cfg.tls_per_domain.insert("d.test".into(), TlsMode::Required);
-    let a = InProcess::start(cfg, None).await;
+    let a = InProcess::start(cfg, Some(Arc::new(UnsignedDns))).await;
 
     let out = submit(a.addr, "bob@b.test").await;
     assert!(out.all_accepted(), "{out:?}");
@@ -105,8 +119,8 @@ async fn delivered_only_over_a_secure_route_and_passed_on() {
     assert!(flag, "REQUIRETLS passed on to the next hop");
     assert!(String::from_utf8_lossy(&data).contains("secret body"));
 
-    // e.test has no static route: its MX look-up (no resolver here: it would fail and be
-    // retried) is never made; the policy refuses first.
+    // e.test has no static route and its MX records are not DNSSEC-signed: no DANE, no
+    // secure route.
     for to in ["carol@c.test", "dave@d.test", "erin@e.test"] {
         assert!(submit(a.addr, to).await.all_accepted());
     }

@@ -7,14 +7,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use smtp_client::service::{Destination as Dest, SendRequest, SmtpService};
-use smtp_client::{Body, CertVerify, ClientOptions, SmtpClient, TlsMode};
+use smtp_client::{Body, CertVerify, ClientOptions, SmtpClient, TlsMode, Tlsa};
 use smtp_proto::{Domain, MailVerb};
 use smtp_proto::{Envelope, Recipient};
 use tokio::sync::Semaphore;
 
 use super::{local_reply, Outcome};
 use crate::config::RelayConfig;
-use crate::dns::{MxAnswer, MxResolver};
+use crate::dns::{MxAnswer, MxResolver, TlsaAnswer};
 use crate::mta_sts::{Cached, Fetcher, Mode, Policy, StsCache};
 use crate::queue::{QueuedMessage, RemoteHost, StoredBody};
 
@@ -28,6 +28,9 @@ enum TlsPolicy {
     /// The domain publishes an MTA-STS policy (RFC 8461) in enforce or testing mode: TLS
     /// valid for the MX name is tried first.
     Sts(Arc<Cached>),
+    /// The message demands REQUIRETLS and the hop has no other secure route: only MX hosts
+    /// with usable DANE records (RFC 7672) will do.
+    RequireDane,
     /// `--route-tls DOMAIN=MODE`.
     Route(TlsMode),
     /// `--outbound-tls`.
@@ -38,13 +41,14 @@ impl TlsPolicy {
     fn mode(&self) -> TlsMode {
         match self {
             TlsPolicy::RequireTls(m) | TlsPolicy::Route(m) | TlsPolicy::Default(m) => *m,
-            TlsPolicy::Sts(_) => TlsMode::Required,
+            TlsPolicy::Sts(_) | TlsPolicy::RequireDane => TlsMode::Required,
         }
     }
 
     fn name(&self) -> &'static str {
         match self {
             TlsPolicy::RequireTls(_) => "requiretls",
+            TlsPolicy::RequireDane => "requiretls-dane",
             TlsPolicy::Sts(c) if c.policy.mode == Mode::Enforce => "mta-sts-enforce",
             TlsPolicy::Sts(_) => "mta-sts-testing",
             TlsPolicy::Route(_) => "route-tls",
@@ -86,6 +90,32 @@ fn tls_optional(head: &[u8]) -> bool {
     })
 }
 
+/// What DANE (RFC 7672) says about one MX host.
+#[derive(Debug, Clone)]
+enum Dane {
+    /// Not applicable: the MX records or the host's TLSA records are not DNSSEC-signed, there
+    /// are none, or DANE is off.
+    None,
+    /// Usable TLSA records: STARTTLS required, the server authenticated by them.
+    Usable(Arc<[Tlsa]>),
+    /// Signed TLSA records, none usable: STARTTLS required, without authentication.
+    Unusable,
+    /// The TLSA look-up failed or was bogus: the host is not tried.
+    Failed(String),
+}
+
+/// A DANE-authenticating client and the records it checks.
+type DaneClient = (Arc<[Tlsa]>, SmtpService);
+
+/// One host to try for a next hop.
+#[derive(Debug, Clone)]
+struct Target {
+    host: String,
+    addr: Option<SocketAddr>,
+    port: u16,
+    dane: Dane,
+}
+
 /// Sends to next hops.
 pub struct RemoteDelivery {
     config: Arc<RelayConfig>,
@@ -95,32 +125,41 @@ pub struct RemoteDelivery {
     per_host: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// MTA-STS policies (`None` when turned off).
     sts: Option<StsCache>,
+    /// Mandatory STARTTLS without authentication (DANE records all unusable).
+    encrypt_only: Option<SmtpService>,
+    /// One client per DANE-authenticated host, while its records stay the same (so TLS
+    /// sessions resume).
+    dane: Mutex<HashMap<String, DaneClient>>,
 }
 
 impl RemoteDelivery {
     /// Clients for every TLS mode, as `config` says.
     pub fn new(config: Arc<RelayConfig>, resolver: Arc<dyn MxResolver>) -> RemoteDelivery {
-        let ehlo = Domain::parse(&config.hostname).unwrap_or(Domain::Name("localhost".into()));
         let mut services = HashMap::new();
         for mode in [TlsMode::None, TlsMode::Opportunistic, TlsMode::Required, TlsMode::Implicit] {
-            let mut o = ClientOptions::new(ehlo.clone());
-            o.tls = mode;
-            o.verify = match (mode, &config.outbound_ca) {
+            let verify = match (mode, &config.outbound_ca) {
                 // RFC 7435: opportunistic TLS encrypts without insisting on authentication.
                 (TlsMode::Opportunistic, _) => CertVerify::Insecure,
                 (_, Some(ca)) => CertVerify::CaFile(ca.clone()),
                 _ => CertVerify::WebPki,
             };
-            match SmtpClient::new(o) {
-                Ok(c) => {
-                    services.insert(mode, SmtpService::new(c, config.max_per_destination.max(1)));
-                }
-                Err(e) => tracing::error!(error = %e, ?mode, "cannot build SMTP client"),
+            if let Some(s) = client(&config, mode, verify) {
+                services.insert(mode, s);
             }
         }
         let global = Semaphore::new(config.max_deliveries.max(1));
         let sts = config.mta_sts.then(|| sts_cache(&config)).flatten();
-        RemoteDelivery { config, resolver, services, global, per_host: Mutex::default(), sts }
+        let encrypt_only = client(&config, TlsMode::Required, CertVerify::Insecure);
+        RemoteDelivery {
+            config,
+            resolver,
+            services,
+            global,
+            per_host: Mutex::default(),
+            sts,
+            encrypt_only,
+            dane: Mutex::default(),
+        }
     }
 
     /// (full, resumed) outbound TLS handshakes so far.
@@ -128,52 +167,92 @@ impl RemoteDelivery {
         self.services.values().map(|s| s.client().handshakes()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     }
 
-    /// The hosts to try for a next hop: static route, smarthost, address literal, or MX. Under
-    /// an MTA-STS policy in enforce mode only MX hosts it names are kept (RFC 8461 4.1).
-    async fn hosts_for(
-        &self,
-        hop: &Domain,
-        policy: &TlsPolicy,
-    ) -> Result<Vec<(String, Option<SocketAddr>, u16)>, Outcome> {
+    /// The hosts to try for a next hop: static route, smarthost, address literal, or MX, each
+    /// with what DANE says about it. Under an MTA-STS policy in enforce mode only MX hosts it
+    /// names are kept (RFC 8461 4.1), unless DANE applies to them (DANE wins, RFC 8461 2); a
+    /// REQUIRETLS message keeps only hosts it may go to.
+    async fn hosts_for(&self, hop: &Domain, policy: &TlsPolicy, requiretls: bool) -> Result<Vec<Target>, Outcome> {
         let cfg = &self.config;
         let key = hop.canonical();
+        let target = |host: String, addr, port| Target { host, addr, port, dane: Dane::None };
         if let Some((h, p)) = cfg.routes.get(&key).or(cfg.relay_host.as_ref()) {
-            return Ok(vec![(h.clone(), None, *p)]);
+            return Ok(vec![target(h.clone(), None, *p)]);
         }
         let port = cfg.smtp_port;
         let name = match hop {
-            Domain::Ipv4(ip) => return Ok(vec![(ip.to_string(), Some(SocketAddr::new((*ip).into(), port)), port)]),
-            Domain::Ipv6(ip) => return Ok(vec![(ip.to_string(), Some(SocketAddr::new((*ip).into(), port)), port)]),
+            Domain::Ipv4(ip) => {
+                return Ok(vec![target(ip.to_string(), Some(SocketAddr::new((*ip).into(), port)), port)])
+            }
+            Domain::Ipv6(ip) => {
+                return Ok(vec![target(ip.to_string(), Some(SocketAddr::new((*ip).into(), port)), port)])
+            }
             Domain::Name(n) => n.clone(),
         };
-        let mut hosts = match self.resolver.mx(&name).await {
-            Ok(MxAnswer::Hosts(h)) => h,
-            Ok(MxAnswer::NullMx) => {
+        let looked_up = match cfg.dane {
+            true => self.resolver.mx_dnssec(&name).await,
+            false => self.resolver.mx(&name).await.map(|a| (a, false)),
+        };
+        let (mut hosts, secure) = match looked_up {
+            Ok((MxAnswer::Hosts(h), secure)) => (h, secure),
+            Ok((MxAnswer::NullMx, _)) => {
                 let text = format!("{name} accepts no mail (null MX, RFC 7505)");
                 return Err(Outcome::Failed(local_reply(556, (5, 1, 10), &text), None));
             }
-            Ok(MxAnswer::NoSuchDomain) => {
+            Ok((MxAnswer::NoSuchDomain, _)) => {
                 let text = format!("Domain {name} does not exist");
                 return Err(Outcome::Failed(local_reply(550, (5, 1, 2), &text), None));
             }
             Err(e) => return Err(Outcome::Retry(local_reply(451, (4, 4, 3), &e.to_string()), None)),
         };
+        // RFC 7672 2.2: TLSA records count only behind a DNSSEC-secure MX answer.
+        let mut dane = Vec::with_capacity(hosts.len());
+        for h in &hosts {
+            dane.push(match secure {
+                false => Dane::None,
+                true => match self.resolver.tlsa(h, port).await {
+                    Ok(TlsaAnswer::Secure(records)) if records.iter().any(Tlsa::usable) => {
+                        Dane::Usable(records.into_iter().filter(Tlsa::usable).collect())
+                    }
+                    Ok(TlsaAnswer::Secure(records)) if !records.is_empty() => Dane::Unusable,
+                    Ok(_) => Dane::None,
+                    Err(e) => Dane::Failed(e.to_string()),
+                },
+            });
+        }
+        let mut kept: Vec<(String, Dane)> = hosts.drain(..).zip(dane).collect();
         if let TlsPolicy::Sts(c) = policy {
-            for h in hosts.iter().filter(|h| !c.policy.allows(h)) {
+            let unnamed = |(h, d): &(String, Dane)| matches!(d, Dane::None) && !c.policy.allows(h);
+            for (h, _) in kept.iter().filter(|t| unnamed(t)) {
                 tracing::warn!(domain = %name, mx = %h, policy = policy.name(), "MX host not named by the MTA-STS policy");
             }
             if policy.enforced().is_some() {
-                hosts.retain(|h| c.policy.allows(h));
-                if hosts.is_empty() {
+                kept.retain(|t| !unnamed(t));
+                if kept.is_empty() {
                     let text = format!("No mail exchanger of {name} matches its MTA-STS policy");
                     return Err(Outcome::Retry(local_reply(451, (4, 7, 5), &text), None));
                 }
             }
         }
+        if requiretls {
+            // Validated TLS only: DANE-authenticated hosts, or the hop's secure policy.
+            let policy_secure = !matches!(policy, TlsPolicy::RequireDane);
+            kept.retain(|(_, d)| {
+                matches!(d, Dane::Usable(_) | Dane::Failed(_)) || (policy_secure && matches!(d, Dane::None))
+            });
+            if kept.is_empty() {
+                let text = format!("REQUIRETLS: no secure route to {hop} (no MX host with usable DANE records, no MTA-STS policy in enforce mode, no static route with verified TLS)");
+                return Err(Outcome::Failed(local_reply(550, (5, 7, 30), &text), None));
+            }
+        }
         let mut out = Vec::new();
-        for h in hosts {
+        for (h, dane) in kept {
             match self.resolver.addresses(&h).await {
-                Ok(addrs) => out.extend(addrs.into_iter().map(|ip| (h.clone(), Some(SocketAddr::new(ip, port)), port))),
+                Ok(addrs) => out.extend(addrs.into_iter().map(|ip| Target {
+                    host: h.clone(),
+                    addr: Some(SocketAddr::new(ip, port)),
+                    port,
+                    dane: dane.clone(),
+                })),
                 Err(e) => tracing::info!(host = %h, error = %e, "MX host does not resolve"),
             }
         }
@@ -209,8 +288,10 @@ impl RemoteDelivery {
             // MTA-STS in enforce mode (above), or a static route or smarthost configured with
             // verified TLS (--route-tls DOMAIN=required).
             let mode = configured.unwrap_or(cfg.outbound_tls);
+            let dane = cfg.dane && !routed && matches!(hop, Domain::Name(_));
             return match (routed, mode, unavailable) {
                 (true, TlsMode::Required | TlsMode::Implicit, _) => Ok(TlsPolicy::RequireTls(mode)),
+                _ if dane => Ok(TlsPolicy::RequireDane),
                 (_, _, Some(e)) => {
                     let text = format!("REQUIRETLS: the TLS policy of {hop} is unavailable: {e}");
                     Err(Outcome::Retry(local_reply(451, (4, 7, 5), &text), None))
@@ -251,7 +332,7 @@ impl RemoteDelivery {
                 return all(o);
             }
         };
-        let hosts = match self.hosts_for(hop, &policy).await {
+        let hosts = match self.hosts_for(hop, &policy, msg.params.requiretls).await {
             Ok(h) => h,
             Err(o) => return all(o),
         };
@@ -268,7 +349,20 @@ impl RemoteDelivery {
         let requiretls = msg.params.requiretls;
         let mode = policy.mode();
         let mut last = local_reply(451, (4, 4, 1), "No host could be reached");
-        for (host, addr, port) in hosts {
+        for Target { host, addr, port, dane } in hosts {
+            // Per host: DANE when it applies (it wins over MTA-STS, RFC 8461 2), else the
+            // hop's policy. `strict`: a TLS failure defers rather than downgrades.
+            let (service, strict, name) = match &dane {
+                Dane::Failed(e) => {
+                    tracing::warn!(id = %msg.id, destination = %host, error = %e, "DANE: TLSA look-up failed; host skipped");
+                    last = local_reply(451, (4, 7, 5), &format!("{host}: DANE TLSA look-up failed: {e}"));
+                    continue;
+                }
+                Dane::Usable(records) => (self.dane_service(&host, records), true, "dane"),
+                Dane::Unusable => (self.encrypt_only.clone(), true, "dane-encrypt-only"),
+                Dane::None => (self.services.get(&mode).cloned(), policy.enforced().is_some(), policy.name()),
+            };
+            let testing = matches!((&policy, &dane), (TlsPolicy::Sts(_), Dane::None)) && !strict;
             // The destination's slot first, then a global one: deliveries waiting for a slow
             // destination hold no global slot, so they cannot starve other destinations.
             let slot = self.host_slot(&format!("{host}:{port}"));
@@ -277,29 +371,30 @@ impl RemoteDelivery {
             let dest = Dest { host: host.clone(), port, addr };
             let mta = Some(RemoteHost { name: host.clone() });
             let attempt = async {
-                let mut result = self.send(mode, &dest, &envelope, body).await;
-                let fallback = match (&policy, &result) {
-                    (TlsPolicy::Sts(_), Err(e)) if tls_failure(e) && !requiretls => {
-                        if policy.enforced().is_none() {
-                            tracing::warn!(id = %msg.id, destination = %host, policy = policy.name(), error = %e, "MTA-STS testing mode: TLS not validated; delivering anyway (downgrade)");
-                            true
-                        } else if self.sender_waives_tls(body).await {
-                            tracing::warn!(id = %msg.id, destination = %host, policy = policy.name(), error = %e, "TLS-Required: No: the policy's TLS check failed; delivering anyway (downgrade)");
+                let mut result = self.send(service.as_ref(), &dest, &envelope, body).await;
+                let fallback = match &result {
+                    Err(e) if tls_failure(e) && !requiretls && strict => {
+                        if self.sender_waives_tls(body).await {
+                            tracing::warn!(id = %msg.id, destination = %host, policy = name, error = %e, "TLS-Required: No: the policy's TLS check failed; delivering anyway (downgrade)");
                             true
                         } else {
-                            tracing::warn!(id = %msg.id, destination = %host, policy = policy.name(), error = %e, "MTA-STS enforce: TLS not validated; deferred");
+                            tracing::warn!(id = %msg.id, destination = %host, policy = name, error = %e, "TLS not validated as the policy requires; deferred");
                             false
                         }
+                    }
+                    Err(e) if tls_failure(e) && !requiretls && testing => {
+                        tracing::warn!(id = %msg.id, destination = %host, policy = name, error = %e, "MTA-STS testing mode: TLS not validated; delivering anyway (downgrade)");
+                        true
                     }
                     _ => false,
                 };
                 if fallback {
-                    result = self.send(TlsMode::Opportunistic, &dest, &envelope, body).await;
+                    result = self.send(self.services.get(&TlsMode::Opportunistic), &dest, &envelope, body).await;
                 }
-                let opportunistic = mode == TlsMode::Opportunistic || fallback;
+                let opportunistic = (mode == TlsMode::Opportunistic && matches!(dane, Dane::None)) || fallback;
                 if let (true, Err(smtp_client::Error::Handshake(e))) = (opportunistic, &result) {
-                    tracing::warn!(destination = %host, port, policy = policy.name(), error = %e, "STARTTLS failed; retrying once without TLS (downgrade)");
-                    result = self.send(TlsMode::None, &dest, &envelope, body).await;
+                    tracing::warn!(destination = %host, port, policy = name, error = %e, "STARTTLS failed; retrying once without TLS (downgrade)");
+                    result = self.send(self.services.get(&TlsMode::None), &dest, &envelope, body).await;
                 }
                 result
             };
@@ -315,7 +410,7 @@ impl RemoteDelivery {
             };
             match result {
                 Ok(out) => {
-                    tracing::info!(id = %msg.id, destination = %host, port, policy = policy.name(), ?mode, "sent to the next hop");
+                    tracing::info!(id = %msg.id, destination = %host, port, policy = name, tls = out.tls.as_ref().map_or("none", |t| &t.version), validated = strict && out.tls.is_some(), "sent to the next hop");
                     let dsn = out.dsn;
                     // Each recipient by its own transaction's end-of-data reply (RCPTMAX may
                     // have split the envelope): a later transaction's failure never turns an
@@ -347,9 +442,11 @@ impl RemoteDelivery {
                     let r = local_reply(550, (5, 7, 30), &format!("REQUIRETLS: {host}: {e}"));
                     return all(Outcome::Failed(r, mta));
                 }
-                // MTA-STS enforce: a host without valid TLS is passed over, and the message waits.
-                Err(e) if policy.enforced().is_some() && tls_failure(&e) => {
-                    last = local_reply(451, (4, 7, 5), &format!("{host}: MTA-STS policy requires valid TLS: {e}"));
+                // DANE or MTA-STS enforce: a host without valid TLS is passed over, and the
+                // message waits.
+                Err(e) if strict && tls_failure(&e) => {
+                    let rule = if matches!(dane, Dane::None) { "the MTA-STS policy" } else { "DANE" };
+                    last = local_reply(451, (4, 7, 5), &format!("{host}: {rule} requires valid TLS: {e}"));
                 }
                 Err(e) if e.is_permanent() => {
                     let r = e.reply().cloned().unwrap_or_else(|| local_reply(554, (5, 0, 0), &e.to_string()));
@@ -357,7 +454,7 @@ impl RemoteDelivery {
                 }
                 Err(e) => {
                     last = e.reply().cloned().unwrap_or_else(|| local_reply(451, (4, 4, 1), &format!("{host}: {e}")));
-                    tracing::info!(destination = %host, port, policy = policy.name(), error = %e, "delivery attempt failed");
+                    tracing::info!(destination = %host, port, policy = name, error = %e, "delivery attempt failed");
                 }
             }
         }
@@ -369,14 +466,27 @@ impl RemoteDelivery {
         body.head(64 * 1024).await.is_ok_and(|h| tls_optional(&h))
     }
 
+    /// The client for a DANE-authenticated host, kept while its records stay the same.
+    fn dane_service(&self, host: &str, records: &Arc<[Tlsa]>) -> Option<SmtpService> {
+        let mut map = self.dane.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((r, s)) = map.get(host) {
+            if r == records {
+                return Some(s.clone());
+            }
+        }
+        let s = client(&self.config, TlsMode::Required, CertVerify::Dane(records.clone()))?;
+        map.insert(host.to_string(), (records.clone(), s.clone()));
+        Some(s)
+    }
+
     async fn send(
         &self,
-        mode: TlsMode,
+        service: Option<&SmtpService>,
         dest: &Dest,
         envelope: &Envelope,
         body: &StoredBody,
     ) -> Result<smtp_client::SendOutcome, smtp_client::Error> {
-        let Some(service) = self.services.get(&mode) else {
+        let Some(service) = service else {
             return Err(smtp_client::Error::Refused("no SMTP client for this TLS mode"));
         };
         let body = match body {
@@ -398,4 +508,19 @@ fn sts_cache(config: &RelayConfig) -> Option<StsCache> {
         .map_err(|e| e.to_string())
         .and_then(|f| StsCache::new(Some(config.data_dir.join("mta-sts")), f).map_err(|e| e.to_string()));
     built.map_err(|e| tracing::error!(error = %e, "MTA-STS is off: cannot set it up")).ok()
+}
+
+/// A pooled client for `mode` and `verify`, or `None` with the error logged.
+fn client(config: &RelayConfig, mode: TlsMode, verify: CertVerify) -> Option<SmtpService> {
+    let ehlo = Domain::parse(&config.hostname).unwrap_or(Domain::Name("localhost".into()));
+    let mut o = ClientOptions::new(ehlo);
+    o.tls = mode;
+    o.verify = verify;
+    match SmtpClient::new(o) {
+        Ok(c) => Some(SmtpService::new(c, config.max_per_destination.max(1))),
+        Err(e) => {
+            tracing::error!(error = %e, ?mode, "cannot build SMTP client");
+            None
+        }
+    }
 }
