@@ -4,6 +4,7 @@
 #![doc = include_str!("../../README.md")]
 
 pub mod dns;
+pub mod hop;
 pub mod https;
 
 use std::io::{BufRead, BufReader};

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use smtp_client::{CertVerify, ClientOptions, Envelope, SmtpClient, TlsMode};
@@ -12,50 +12,18 @@ use smtp_proto::Domain;
 use smtp_relay::dns::HickoryMx;
 use smtp_relay::mta_sts::{FetchError, Fetcher, Mode, StsCache};
 use smtp_relay::{Directory, RelayConfig};
-use smtp_server::{AcceptAll, Server, Transaction};
 use tests::dns::{Rr, TestDns};
+use tests::hop::{next_hop, Seen};
 use tests::https::TestHttps;
 use tests::{wait_until, InProcess};
-
-/// What a next hop saw: REQUIRETLS flag, whether the session was encrypted, the data.
-type Seen = Arc<Mutex<Vec<(bool, bool, String)>>>;
 
 /// The names every certificate here carries.
 const NAMES: [&str; 7] =
     ["mx.b.test", "mx.c.test", "mx.d.test", "mta-sts.b.test", "mta-sts.c.test", "mta-sts.d.test", "other.d.test"];
 
-/// A self-signed certificate for [`NAMES`]: its PEM file and a server configuration.
 fn certificate(dir: &Path, tag: &str) -> (PathBuf, Arc<rustls::ServerConfig>) {
-    let ck = rcgen::generate_simple_self_signed(NAMES.map(String::from).to_vec()).unwrap();
-    let (cert, key) = (dir.join(format!("{tag}.pem")), dir.join(format!("{tag}.key")));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
-    let config = smtp_server::tls::from_pem_files(&cert, &key).unwrap();
+    let (cert, config, _) = tests::hop::certificate(dir, tag, &NAMES);
     (cert, config)
-}
-
-async fn next_hop(listen: SocketAddr, tls: Arc<rustls::ServerConfig>) -> (SocketAddr, Seen) {
-    let seen: Seen = Arc::default();
-    let seen2 = seen.clone();
-    let mail = tower::service_fn(move |mut tx: Transaction| {
-        let seen = seen2.clone();
-        async move {
-            let data = tx.body.collect(1 << 20).await?;
-            let text = String::from_utf8_lossy(&data).into_owned();
-            seen.lock().unwrap().push((tx.envelope.params.requiretls, tx.session.tls.is_some(), text));
-            Ok::<_, smtp_server::BodyError>(smtp_proto::codes::message_accepted())
-        }
-    });
-    let server = Server::builder("hop.test")
-        .listen(listen)
-        .tls(tls)
-        .options(|o| o.session.requiretls = true)
-        .bind(AcceptAll, mail)
-        .await
-        .unwrap();
-    let addr = server.local_addrs()[0];
-    tokio::spawn(server.run());
-    (addr, seen)
 }
 
 /// DNS, the policy host, a trusted next hop on 127.0.0.1 and a man in the middle on 127.0.0.2
@@ -163,9 +131,9 @@ async fn enforce_delivers_over_validated_tls_and_defers_a_man_in_the_middle() {
     let good = w.good.clone();
     wait_until("two deliveries to mx.b.test", move || good.lock().unwrap().len() == 2).await;
     let mut seen = w.good.lock().unwrap().clone();
-    seen.sort_by_key(|s| s.2.contains("sealed"));
-    assert!(seen.iter().all(|s| s.1), "over TLS: {seen:?}");
-    assert_eq!((seen[0].0, seen[1].0), (false, true), "REQUIRETLS passed on only for the sealed one");
+    seen.sort_by_key(|s| s.data.contains("sealed"));
+    assert!(seen.iter().all(|s| s.tls), "over TLS: {seen:?}");
+    assert_eq!((seen[0].requiretls, seen[1].requiretls), (false, true), "REQUIRETLS passed on only for the sealed one");
 
     // A man in the middle for mx.c.test: refused, the message waits.
     submit(a.addr, "carol@c.test", "Subject: three\r\n\r\nkept back\r\n", false).await;
@@ -184,7 +152,7 @@ async fn enforce_delivers_over_validated_tls_and_defers_a_man_in_the_middle() {
     wait_until("the waived message at the man in the middle", move || !mitm.lock().unwrap().is_empty()).await;
     let got = w.mitm.lock().unwrap().clone();
     assert_eq!(got.len(), 1, "only the waived message: {got:?}");
-    assert!(got[0].2.contains("waived") && got[0].1, "{got:?}");
+    assert!(got[0].data.contains("waived") && got[0].tls, "{got:?}");
     assert_eq!(w.https.count(), 3, "one policy fetch per domain, then the cache: {:?}", w.https.requests());
     assert!(w.https.requests()[0].starts_with("GET /.well-known/mta-sts.txt HTTP/1.1\r\n"));
     a.stop().await;
