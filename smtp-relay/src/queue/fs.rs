@@ -40,8 +40,6 @@ use crate::commit::{append_blocking, create_dir_durable, GroupCommit, Op};
 
 /// Data buffered per message before it is written out: the memory one incoming message holds.
 pub const WRITE_BLOCK: usize = 128 * 1024;
-/// Bodies up to this size stay in memory for their first delivery (no re-read).
-const KEEP_IN_MEMORY: usize = 256 * 1024;
 /// Envelope bytes read per attempt when scanning (most envelopes are far smaller).
 const HEAD_READ: usize = 4096;
 /// An envelope larger than this is damaged.
@@ -491,7 +489,8 @@ impl MessageWriter for FsWriter {
         let off = self.header.len() as u64;
         let body = match self.file.take() {
             None => {
-                // Small: one buffer, written by the committer; kept for the first delivery.
+                // Small (never spilled: at most WRITE_BLOCK): one buffer, written by the
+                // committer, and kept in memory for the first delivery (no re-read).
                 let at = self.len_at;
                 self.header[at..at + digits.len()].copy_from_slice(digits.as_bytes());
                 let mut data = std::mem::take(&mut self.header);
@@ -499,11 +498,7 @@ impl MessageWriter for FsWriter {
                 let whole = Bytes::from(data);
                 let op = Op::Write { tmp: self.tmp.clone(), dest: dest.clone(), data: whole.clone(), reuse: true };
                 commit.run(op).await?;
-                if whole.len() - off as usize <= KEEP_IN_MEMORY {
-                    StoredBody::Memory(whole.slice(off as usize..))
-                } else {
-                    StoredBody::File { path: dest, offset: off, len: self.body_len }
-                }
+                StoredBody::Memory(whole.slice(off as usize..))
             }
             Some(file) => {
                 let rest = self.buf.split().freeze();
@@ -947,7 +942,7 @@ mod tests {
         assert!(matches!(q.remove(&id).await, Err(QueueError::NotFound(_))), "and gone");
     }
 
-    /// Messages up to `KEEP_IN_MEMORY` are kept in hand after the commit (no read back for the
+    /// Messages that never spilled (up to `WRITE_BLOCK`) are kept in hand after the commit (no read back for the
     /// first delivery); an envelope over a megabyte (far over one read) reads back.
     #[tokio::test]
     async fn medium_messages_stay_in_memory_and_megabyte_envelopes_read_back() {
