@@ -46,6 +46,9 @@ pub struct FileConfig {
     /// `false` turns MTA-STS off (`--no-mta-sts`).
     pub mta_sts: Option<bool>,
     pub mta_sts_port: Option<u16>,
+    /// `false` turns DANE off (`--no-dane`).
+    pub dane: Option<bool>,
+    pub dnssec_trust_anchor: Option<PathBuf>,
     /// AUTH users: name = "password" (only offered under TLS).
     pub auth_users: Option<HashMap<String, String>>,
 }

@@ -126,8 +126,8 @@ impl HickoryMx {
     }
 }
 
-/// Reads DNSKEY records (zone-file lines) to trust.
-fn trust_anchors(path: &Path) -> Result<TrustAnchors, DnsError> {
+/// Reads DNSKEY records (zone-file lines) to trust; an error names the file.
+pub fn trust_anchors(path: &Path) -> Result<TrustAnchors, DnsError> {
     let anchors = TrustAnchors::from_file(path).map_err(|e| DnsError(format!("{}: {e}", path.display())))?;
     if anchors.is_empty() {
         return Err(DnsError(format!("{}: no DNSKEY record", path.display())));

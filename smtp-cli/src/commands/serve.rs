@@ -125,6 +125,14 @@ pub struct ServeArgs {
     /// Do not apply recipient domains' MTA-STS policies (RFC 8461; on by default).
     #[arg(long)]
     pub no_mta_sts: bool,
+    /// Do not use DANE (RFC 7672; on by default: MX and TLSA records are validated with
+    /// DNSSEC, which needs a DNS server that passes DNSSEC records on).
+    #[arg(long)]
+    pub no_dane: bool,
+    /// DNSKEY records (zone-file lines) to trust for DNSSEC instead of the root's key: for a
+    /// private or test zone.
+    #[arg(long)]
+    pub dnssec_trust_anchor: Option<PathBuf>,
     /// The HTTPS port MTA-STS policies are fetched from. For tests only. Default 443.
     #[arg(long, hide = true)]
     pub mta_sts_port: Option<u16>,
@@ -249,6 +257,13 @@ pub fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
     }
     if args.no_mta_sts || file.mta_sts == Some(false) {
         relay.mta_sts = false;
+    }
+    if args.no_dane || file.dane == Some(false) {
+        relay.dane = false;
+    }
+    if let Some(f) = pick(args.dnssec_trust_anchor, file.dnssec_trust_anchor) {
+        smtp_relay::dns::trust_anchors(&f).map_err(|e| err("dnssec_trust_anchor", e.to_string()))?;
+        relay.dnssec_trust_anchor = Some(f);
     }
     if let Some(p) = pick(args.mta_sts_port, file.mta_sts_port) {
         relay.mta_sts_port = p;
@@ -439,6 +454,7 @@ mod tests {
     fn transport_policy_flags_and_keys() {
         let s = settings_for(&[]);
         assert!(s.relay.mta_sts && s.relay.mta_sts_port == 443 && s.relay.dns_server.is_none());
+        assert!(s.relay.dane && s.relay.dnssec_trust_anchor.is_none());
         let s = settings_for(&[
             "--dns-server",
             "127.0.0.1:5353",
@@ -447,7 +463,9 @@ mod tests {
             "--no-mta-sts",
             "--mta-sts-port",
             "8443",
+            "--no-dane",
         ]);
+        assert!(!s.relay.dane);
         assert_eq!(s.relay.dns_server, Some("127.0.0.1:5353".parse().unwrap()));
         assert_eq!(s.relay.outbound_ca.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
         assert!(!s.relay.mta_sts);
@@ -461,6 +479,13 @@ mod tests {
         let argv = ["tern", "--data-dir", data.to_str().unwrap(), "--dns-server", "localhost"];
         let e = settings(Cli::parse_from(argv).serve).err().unwrap();
         assert!(e.to_string().contains("key `dns_server`: \"localhost\" is not an address and port"), "{e}");
+        let anchor = dir.path().join("anchor.key");
+        std::fs::write(&anchor, "test. 3600 IN DNSKEY 257 3 13 not-base64\n").unwrap();
+        let argv = ["tern", "--data-dir", data.to_str().unwrap(), "--dnssec-trust-anchor", anchor.to_str().unwrap()];
+        let e = settings(Cli::parse_from(argv).serve).err().unwrap();
+        assert!(e.to_string().contains("key `dnssec_trust_anchor`") && e.to_string().contains("anchor.key"), "{e}");
+        std::fs::write(&file, "dane = false\n").unwrap();
+        assert!(!settings_for(&["--config", file.to_str().unwrap()]).relay.dane);
     }
 
     #[test]
