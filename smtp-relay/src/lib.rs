@@ -43,6 +43,7 @@ pub mod deliver;
 pub mod directory;
 pub mod dns;
 pub mod dsn;
+pub mod https;
 pub mod mta_sts;
 pub mod password;
 pub mod queue;

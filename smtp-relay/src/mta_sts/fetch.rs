@@ -2,19 +2,13 @@
 //! a WebPKI-valid certificate for that name, status 200 only (no redirects followed), a
 //! `text/plain` body of at most 64 KB, all within a time limit.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::header::{CONNECTION, CONTENT_TYPE, HOST};
-use hyper_util::rt::TokioIo;
 use smtp_client::CertVerify;
-use tokio_rustls::TlsConnector;
 
 use super::{parse_policy, Policy, StsError};
 use crate::dns::MxResolver;
+use crate::https::{HttpsClient, HttpsError};
 
 /// The largest policy file read (RFC 8461 3.3 suggests 64 KB).
 pub const MAX_POLICY: usize = 64 * 1024;
@@ -61,94 +55,42 @@ impl FetchError {
 }
 
 /// Fetches policy files.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Fetcher {
-    tls: TlsConnector,
+    https: HttpsClient,
     port: u16,
-    timeout: Duration,
-}
-
-impl std::fmt::Debug for Fetcher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fetcher").field("port", &self.port).field("timeout", &self.timeout).finish()
-    }
 }
 
 impl Fetcher {
     /// Verifies policy hosts as `verify` says (the web PKI in production), connects to `port`
     /// (443; another only in tests), and gives a whole fetch `timeout`.
     pub fn new(verify: &CertVerify, port: u16, timeout: Duration) -> Result<Fetcher, smtp_client::Error> {
-        let mut config = (*smtp_client::tls::client_config(verify)?).clone();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Fetcher { tls: TlsConnector::from(Arc::new(config)), port, timeout })
+        Ok(Fetcher { https: HttpsClient::new(verify, timeout)?, port })
     }
 
     /// Fetches and parses the policy of `domain`; returns it with its text (for the cache).
     pub async fn fetch(&self, resolver: &dyn MxResolver, domain: &str) -> Result<(Policy, String), FetchError> {
         let host = format!("mta-sts.{}", domain.trim_end_matches('.'));
-        let text = match tokio::time::timeout(self.timeout, self.get(resolver, &host)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(fetch_error(&host, format!("no answer within {:?}", self.timeout))),
-        };
-        let policy = parse_policy(&text).map_err(|error| FetchError::Invalid { host, error })?;
-        Ok((policy, text))
-    }
-
-    async fn get(&self, resolver: &dyn MxResolver, host: &str) -> Result<String, FetchError> {
-        let addrs = resolver.addresses(host).await.map_err(|e| fetch_error(host, e.to_string()))?;
-        let mut tcp = Err(fetch_error(host, "no address".to_string()));
-        for ip in addrs {
-            match tokio::net::TcpStream::connect(SocketAddr::new(ip, self.port)).await {
-                Ok(s) => {
-                    tcp = Ok(s);
-                    break;
+        let fetch_error = |reason: String| FetchError::Fetch { host: host.clone(), reason };
+        let response =
+            self.https.get(resolver, &host, self.port, "/.well-known/mta-sts.txt", MAX_POLICY).await.map_err(|e| {
+                match e {
+                    HttpsError::Certificate(reason) => FetchError::WebPki { host: host.clone(), reason },
+                    HttpsError::Failed(reason) => fetch_error(reason),
                 }
-                Err(e) => tcp = Err(fetch_error(host, format!("{ip} port {}: {e}", self.port))),
-            }
-        }
-        let name = rustls::pki_types::ServerName::try_from(host.to_string())
-            .map_err(|_| fetch_error(host, "not a valid host name".to_string()))?;
-        let tls = self.tls.connect(name, tcp?).await.map_err(|e| match certificate_error(&e) {
-            Some(reason) => FetchError::WebPki { host: host.to_string(), reason },
-            None => fetch_error(host, format!("TLS: {e}")),
-        })?;
-        let http = |e: hyper::Error| fetch_error(host, format!("HTTP: {e}"));
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(http)?;
-        let _conn = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(conn));
-        let request = hyper::Request::get("/.well-known/mta-sts.txt")
-            .header(HOST, host)
-            .header(CONNECTION, "close")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| fetch_error(host, e.to_string()))?;
-        let response = sender.send_request(request).await.map_err(http)?;
+            })?;
         // RFC 8461 3.3: only 200 counts; redirects are not followed.
-        if response.status() != hyper::StatusCode::OK {
-            return Err(fetch_error(host, format!("HTTP status {} (only 200 is accepted)", response.status())));
+        if response.status != 200 {
+            return Err(fetch_error(format!("HTTP status {} (only 200 is accepted)", response.status)));
         }
-        let media = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if !media.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("text/plain") {
-            return Err(fetch_error(host, format!("media type {media:?}, not text/plain")));
+        let media = response.content_type.split(';').next().unwrap_or("").trim();
+        if !media.eq_ignore_ascii_case("text/plain") {
+            return Err(fetch_error(format!("media type {:?}, not text/plain", response.content_type)));
         }
-        let body = Limited::new(response.into_body(), MAX_POLICY)
-            .collect()
-            .await
-            .map_err(|e| fetch_error(host, format!("body: {e} (at most {MAX_POLICY} octets)")))?
-            .to_bytes();
-        String::from_utf8(body.to_vec()).map_err(|_| FetchError::Invalid {
-            host: host.to_string(),
-            error: StsError::Policy { line: None, reason: "not UTF-8 text" },
-        })
-    }
-}
-
-fn fetch_error(host: &str, reason: String) -> FetchError {
-    FetchError::Fetch { host: host.to_string(), reason }
-}
-
-/// The verifier's complaint when a handshake failed on the peer's certificate.
-fn certificate_error(e: &std::io::Error) -> Option<String> {
-    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
-        e @ (rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) => Some(e.to_string()),
-        _ => None,
+        let invalid = |error| FetchError::Invalid { host: host.clone(), error };
+        let text = String::from_utf8(response.body.to_vec())
+            .map_err(|_| invalid(StsError::Policy { line: None, reason: "not UTF-8 text" }))?;
+        let policy = parse_policy(&text).map_err(invalid)?;
+        Ok((policy, text))
     }
 }
