@@ -50,6 +50,7 @@ pub mod queue;
 pub mod relay;
 pub mod route;
 pub mod schedule;
+pub mod tls_rpt;
 
 pub use directory::Directory;
 pub use queue::{FsQueue, MessageWriter, Queue, QueueError, QueueId, QueuedMessage, ScanEntry, Stored, StoredBody};
