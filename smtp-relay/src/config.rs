@@ -55,6 +55,11 @@ pub struct RelayConfig {
     /// DNSKEY records (zone-file lines) to trust instead of the root's key: for a private or
     /// test zone.
     pub dnssec_trust_anchor: Option<PathBuf>,
+    /// Count sessions held to MTA-STS and DANE policies and send the daily TLS reports
+    /// (RFC 8460) to domains that ask for them.
+    pub tls_reports: bool,
+    /// How often finished days' TLS reports are looked for (an hour).
+    pub tls_report_interval: Duration,
     /// Apply recipient domains' MTA-STS policies (RFC 8461); policies are cached in
     /// `DATA_DIR/mta-sts/`.
     pub mta_sts: bool,
@@ -101,6 +106,8 @@ impl RelayConfig {
             outbound_ca: None,
             dane: true,
             dnssec_trust_anchor: None,
+            tls_reports: true,
+            tls_report_interval: Duration::from_secs(3600),
             mta_sts: true,
             mta_sts_port: 443,
             tls_per_domain: HashMap::new(),

@@ -20,6 +20,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use smtp_client::CertVerify;
 use smtp_proto::{EnhancedCode, Reply};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,7 @@ use crate::dns::{HickoryMx, MxAnswer, MxResolver};
 use crate::dsn::{self, Action};
 use crate::queue::{millis, Queue, QueueError, QueueId, QueuedMessage, RcptStatus, ScanEntry, StoredBody};
 use crate::route::{route_of, Route};
+use crate::tls_rpt::Reporter;
 
 /// Longest sleep of the queue loop when nothing is due (the clock may jump).
 const MAX_SLEEP: Duration = Duration::from_secs(5);
@@ -183,6 +185,7 @@ struct Ctx {
     queue: Arc<dyn Queue>,
     local: Arc<LocalDelivery>,
     remote: RemoteDelivery,
+    resolver: Arc<dyn MxResolver>,
     handoff: Handoff,
     /// State that could not be stored yet, with the number of failed stores: it wins over
     /// what the queue holds.
@@ -243,7 +246,8 @@ impl Scheduler {
             config: cfg.clone(),
             queue: self.queue.clone(),
             local: self.local.clone(),
-            remote: RemoteDelivery::new(cfg.clone(), resolver),
+            remote: RemoteDelivery::new(cfg.clone(), resolver.clone()),
+            resolver,
             handoff: self.handoff.clone(),
             unsaved: Mutex::default(),
         });
@@ -256,6 +260,23 @@ impl Scheduler {
             tokio::spawn(async move {
                 if let Err(e) = queue.scan(&cancel, scan_tx).await {
                     tracing::error!(error = %e, "queue scan failed");
+                }
+            });
+        }
+        if cfg.tls_reports {
+            let (ctx, cancel) = (ctx.clone(), cancel.clone());
+            tokio::spawn(async move {
+                let verify = ctx.config.outbound_ca.clone().map_or(CertVerify::WebPki, CertVerify::CaFile);
+                let reporter = match Reporter::new(&ctx.config.hostname, &verify) {
+                    Ok(r) => r,
+                    Err(e) => return tracing::error!(error = %e, "TLS reports will not be sent"),
+                };
+                let mut tick = tokio::time::interval(ctx.config.tls_report_interval);
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tick.tick() => ctx.send_tls_reports(&reporter).await,
+                    }
                 }
             });
         }
@@ -576,6 +597,41 @@ impl Ctx {
                 self.handoff.accepted(crate::schedule::Accepted { msg: env, routes, body: stored.body });
             }
             Err(e) => tracing::error!(id = %msg.id, error = %e, ?action, "cannot queue notification"),
+        }
+    }
+
+    /// Sends the TLS reports of finished days: HTTPS posts directly, mail through the queue.
+    async fn send_tls_reports(&self, reporter: &Reporter) {
+        let Some(reports) = self.remote.reports() else { return };
+        for report in reporter.send_due(reports, self.resolver.as_ref(), std::time::SystemTime::now()).await {
+            let (Ok(to), Ok(from)) = (
+                smtp_proto::Path::parse(&format!("<{}>", report.to)),
+                smtp_proto::Path::parse(&format!("<postmaster@{}>", self.config.hostname)),
+            ) else {
+                tracing::info!(to = %report.to, "TLS report address not usable");
+                continue;
+            };
+            let mut env = QueuedMessage {
+                id: String::new(),
+                verb: smtp_proto::MailVerb::Mail,
+                from: smtp_proto::ReversePath::Path(from),
+                params: Default::default(),
+                arrival: QueuedMessage::now(),
+                client: None,
+                helo: None,
+                recipients: vec![crate::queue::RcptRecord::new(smtp_proto::ForwardPath::Path(to), Default::default())],
+                delay_warned: false,
+                trusted: false,
+            };
+            match self.queue.enqueue(env.clone(), report.message.into()).await {
+                Ok(stored) => {
+                    tracing::info!(id = %stored.id, to = %report.to, "TLS report queued");
+                    env.id = stored.id;
+                    let routes = self.routes(&env);
+                    self.handoff.accepted(crate::schedule::Accepted { msg: env, routes, body: stored.body });
+                }
+                Err(e) => tracing::error!(to = %report.to, error = %e, "cannot queue TLS report"),
+            }
         }
     }
 

@@ -12,7 +12,7 @@ pub struct TestHttps {
     /// Where it listens.
     pub addr: SocketAddr,
     response: Arc<Mutex<Vec<u8>>>,
-    requests: Arc<Mutex<Vec<String>>>,
+    requests: Arc<Mutex<Vec<Vec<u8>>>>,
     _task: tokio_util::task::AbortOnDropHandle<()>,
 }
 
@@ -22,7 +22,7 @@ impl TestHttps {
         let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind test HTTPS");
         let addr = listener.local_addr().unwrap();
         let response: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+        let requests: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
         let (resp, reqs) = (response.clone(), requests.clone());
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let task = tokio::spawn(async move {
@@ -39,7 +39,22 @@ impl TestHttps {
                             Ok(n) => head.extend_from_slice(&buf[..n]),
                         }
                     }
-                    reqs.lock().unwrap().push(String::from_utf8_lossy(&head).into_owned());
+                    // The body, by Content-Length (requests here are small).
+                    let end = head_end(&head);
+                    let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0)
+                        .min(1 << 20);
+                    while head.len() < end + len {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    reqs.lock().unwrap().push(head);
                     let out = resp.lock().unwrap().clone();
                     let _ = tls.write_all(&out).await;
                     let _ = tls.shutdown().await;
@@ -64,6 +79,11 @@ impl TestHttps {
 
     /// The requests' heads so far.
     pub fn requests(&self) -> Vec<String> {
+        self.raw_requests().iter().map(|r| String::from_utf8_lossy(&r[..head_end(r)]).into_owned()).collect()
+    }
+
+    /// The requests so far, whole (head and body).
+    pub fn raw_requests(&self) -> Vec<Vec<u8>> {
         self.requests.lock().unwrap().clone()
     }
 
@@ -71,4 +91,9 @@ impl TestHttps {
     pub fn count(&self) -> usize {
         self.requests.lock().unwrap().len()
     }
+}
+
+/// Where a request's head ends (after its blank line).
+pub fn head_end(request: &[u8]) -> usize {
+    request.windows(4).position(|w| w == b"\r\n\r\n").map_or(request.len(), |p| p + 4)
 }

@@ -200,7 +200,7 @@ async fn the_cached_policy_survives_a_failed_refresh_and_a_restart_until_it_expi
     let found = cache.policy(&resolver, "b.test", now + 20).await;
     assert_eq!(found.policy.map(|c| c.id.clone()), Some("1".to_string()));
     let e = found.failure.expect("reported");
-    assert_eq!(e.result_type(), "sts-policy-fetch-error", "{e}");
+    assert_eq!(e.result_type().as_str(), "sts-policy-fetch-error", "{e}");
     assert!(e.to_string().contains("HTTP status 500"), "{e}");
     assert_eq!(w.https.count(), 2);
 
@@ -250,7 +250,7 @@ async fn policy_hosts_that_answer_wrongly_are_refused_with_the_report_type() {
     for (raw, kind, text) in cases {
         w.https.respond_raw(raw);
         let e = fetcher.fetch(&resolver, "b.test").await.expect_err(text);
-        assert_eq!(e.result_type(), kind, "{e}");
+        assert_eq!(e.result_type().as_str(), kind, "{e}");
         assert!(e.to_string().contains(text), "{e}");
     }
     // Chunked transfer coding and media type parameters are fine.
@@ -269,8 +269,84 @@ async fn policy_hosts_that_answer_wrongly_are_refused_with_the_report_type() {
     let f = Fetcher::new(&CertVerify::CaFile(w.ca.clone()), fake.addr.port(), Duration::from_secs(10)).unwrap();
     let e = f.fetch(&resolver, "b.test").await.unwrap_err();
     assert!(matches!(e, FetchError::WebPki { .. }), "{e}");
-    assert_eq!(e.result_type(), "sts-webpki-invalid");
+    assert_eq!(e.result_type().as_str(), "sts-webpki-invalid");
     // No address for the policy host.
     let e = f.fetch(&resolver, "nowhere.test").await.unwrap_err();
-    assert_eq!(e.result_type(), "sts-policy-fetch-error", "{e}");
+    assert_eq!(e.result_type().as_str(), "sts-policy-fetch-error", "{e}");
+}
+
+/// The report part of a TLS report mail: base64 of gzipped JSON.
+fn report_of_mail(mail: &str) -> serde_json::Value {
+    use base64::Engine;
+    let part = mail.split("Content-Type: application/tlsrpt+gzip").nth(1).expect("a report part");
+    let b64: String = part.split("\n\n").nth(1).unwrap().split("--").next().unwrap().split_whitespace().collect();
+    gunzip_json(&base64::engine::general_purpose::STANDARD.decode(b64).unwrap())
+}
+
+fn gunzip_json(gz: &[u8]) -> serde_json::Value {
+    use std::io::Read;
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(gz).read_to_string(&mut json).unwrap();
+    serde_json::from_str(&json).unwrap()
+}
+
+/// TLS-RPT (RFC 8460): sessions under a policy are counted per domain and day; once the day is
+/// over, each domain's report goes to its `rua`: by mail through the queue, and by HTTPS POST.
+#[tokio::test]
+async fn finished_days_are_reported_by_mail_and_by_https() {
+    let w = World::new().await;
+    w.policy("enforce");
+    w.domain("b.test", "1", "mx.b.test", [127, 0, 0, 1]);
+    w.domain("c.test", "1", "mx.c.test", [127, 0, 0, 2]);
+    w.dns.set("_smtp._tls.b.test", vec![Rr::Txt("v=TLSRPTv1; rua=mailto:reports@a.test".into())]);
+    let post = format!("https://mta-sts.c.test:{}/tlsrpt", w.https.addr.port());
+    w.dns.set("_smtp._tls.c.test", vec![Rr::Txt(format!("v=TLSRPTv1; rua={post}"))]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = w.relay(dir.path());
+    cfg.tls_report_interval = Duration::from_millis(100);
+    let a = InProcess::start(cfg.clone(), None).await;
+    submit(a.addr, "bob@b.test", "Subject: ok\r\n\r\nfine\r\n", false).await;
+    submit(a.addr, "carol@c.test", "Subject: no\r\n\r\nintercepted\r\n", false).await;
+    let good = w.good.clone();
+    wait_until("delivery to b.test", move || good.lock().unwrap().len() == 1).await;
+    assert!(deferred(&a, "carol@c.test").await.starts_with("451 4.7.5"));
+    a.stop().await;
+
+    // Today's counts, as `tern tls-report` shows them; then the day is over.
+    let now = std::time::SystemTime::now();
+    let counts = dir.path().join("tls-rpt").join(format!("{}.json", smtp_relay::tls_rpt::utc_date(now)));
+    let today = smtp_relay::tls_rpt::read_day(&counts).unwrap();
+    assert_eq!(today["b.test"][0].success, 1);
+    assert_eq!(today["c.test"][0].failures[0].result_type, "certificate-not-trusted");
+    let yesterday = smtp_relay::tls_rpt::utc_date(now - Duration::from_secs(86_400));
+    std::fs::rename(&counts, counts.with_file_name(format!("{yesterday}.json"))).unwrap();
+
+    let a = InProcess::start(cfg, None).await;
+    let d = dir.path().to_path_buf();
+    wait_until("the mailed report", move || tests::maildir_files(&d, "reports").len() == 1).await;
+    // Maildir keeps lines with LF endings.
+    let mail = std::fs::read_to_string(&tests::maildir_files(dir.path(), "reports")[0]).unwrap();
+    assert!(mail.contains("TLS-Report-Domain: b.test\n") && mail.contains("report-type=\"tlsrpt\""), "{mail}");
+    let report = report_of_mail(&mail);
+    assert_eq!(report["date-range"]["start-datetime"], format!("{yesterday}T00:00:00Z"));
+    let policy = &report["policies"][0];
+    assert_eq!(policy["policy"]["policy-type"], "sts");
+    assert_eq!(policy["policy"]["policy-domain"], "b.test");
+    assert_eq!(policy["summary"]["total-successful-session-count"], 1);
+    assert_eq!(policy["summary"]["total-failure-session-count"], 0);
+
+    let https = &w.https;
+    wait_until("the posted report", || https.requests().iter().any(|r| r.starts_with("POST /tlsrpt "))).await;
+    let posted = https.raw_requests().into_iter().find(|r| r.starts_with(b"POST /tlsrpt ")).unwrap();
+    let head = String::from_utf8_lossy(&posted[..tests::https::head_end(&posted)]).to_ascii_lowercase();
+    assert!(head.contains("content-type: application/tlsrpt+gzip"), "{head}");
+    let report = gunzip_json(&posted[tests::https::head_end(&posted)..]);
+    let failure = &report["policies"][0]["failure-details"][0];
+    assert_eq!(failure["result-type"], "certificate-not-trusted");
+    assert_eq!(failure["receiving-mx-hostname"], "mx.c.test");
+    assert_eq!(failure["receiving-ip"], "127.0.0.2");
+    assert!(failure["failed-session-count"].as_u64().unwrap() >= 1);
+    let sent = dir.path().join("tls-rpt").join(format!("{yesterday}.json.sent"));
+    wait_until("the day marked sent", || sent.exists()).await;
+    a.stop().await;
 }

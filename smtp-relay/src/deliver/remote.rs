@@ -3,7 +3,7 @@
 //! the outbound TLS mode.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use smtp_client::service::{Destination as Dest, SendRequest, SmtpService};
@@ -17,6 +17,7 @@ use crate::config::RelayConfig;
 use crate::dns::{MxAnswer, MxResolver, TlsaAnswer};
 use crate::mta_sts::{Cached, Fetcher, Mode, Policy, StsCache};
 use crate::queue::{QueuedMessage, RemoteHost, StoredBody};
+use crate::tls_rpt::{PolicyDesc, ResultType, TlsReports};
 
 /// Which rule chose a delivery's TLS mode (logged with each delivery), in the order of
 /// precedence: REQUIRETLS, MTA-STS, `--route-tls`, `--outbound-tls`.
@@ -130,6 +131,8 @@ pub struct RemoteDelivery {
     /// One client per DANE-authenticated host, while its records stay the same (so TLS
     /// sessions resume).
     dane: Mutex<HashMap<String, DaneClient>>,
+    /// TLS report counts (`None` when reports are off).
+    reports: Option<TlsReports>,
 }
 
 impl RemoteDelivery {
@@ -150,6 +153,7 @@ impl RemoteDelivery {
         let global = Semaphore::new(config.max_deliveries.max(1));
         let sts = config.mta_sts.then(|| sts_cache(&config)).flatten();
         let encrypt_only = client(&config, TlsMode::Required, CertVerify::Insecure);
+        let reports = config.tls_reports.then(|| tls_reports(&config)).flatten();
         RemoteDelivery {
             config,
             resolver,
@@ -159,7 +163,13 @@ impl RemoteDelivery {
             sts,
             encrypt_only,
             dane: Mutex::default(),
+            reports,
         }
+    }
+
+    /// The TLS report counts (`None` when reports are off).
+    pub fn reports(&self) -> Option<&TlsReports> {
+        self.reports.as_ref()
     }
 
     /// (full, resumed) outbound TLS handshakes so far.
@@ -226,6 +236,9 @@ impl RemoteDelivery {
                 tracing::warn!(domain = %name, mx = %h, policy = policy.name(), "MX host not named by the MTA-STS policy");
             }
             if policy.enforced().is_some() {
+                for (h, _) in kept.iter().filter(|t| unnamed(t)) {
+                    self.count(&name, &PolicyDesc::sts(&c.policy), Some(h), None, Some(ResultType::ValidationFailure));
+                }
                 kept.retain(|t| !unnamed(t));
                 if kept.is_empty() {
                     let text = format!("No mail exchanger of {name} matches its MTA-STS policy");
@@ -276,7 +289,9 @@ impl RemoteDelivery {
         if let (false, Some(sts), Domain::Name(name)) = (routed, &self.sts, hop) {
             let found = sts.policy(self.resolver.as_ref(), name, QueuedMessage::now()).await;
             if let Some(e) = &found.failure {
-                tracing::warn!(domain = %name, error = %e, result_type = e.result_type(), cached = found.policy.is_some(), "MTA-STS policy unavailable");
+                tracing::warn!(domain = %name, error = %e, result_type = e.result_type().as_str(), cached = found.policy.is_some(), "MTA-STS policy unavailable");
+                let desc = found.policy.as_ref().map_or_else(PolicyDesc::none, |c| PolicyDesc::sts(&c.policy));
+                self.count(name, &desc, None, None, Some(e.result_type()));
             }
             match found.policy {
                 Some(c) if !requiretls || c.policy.mode == Mode::Enforce => return Ok(TlsPolicy::Sts(c)),
@@ -354,6 +369,13 @@ impl RemoteDelivery {
             // hop's policy. `strict`: a TLS failure defers rather than downgrades.
             let (service, strict, name) = match &dane {
                 Dane::Failed(e) => {
+                    self.count(
+                        &hop.to_string(),
+                        &PolicyDesc::tlsa(&host, &[]),
+                        Some(&host),
+                        None,
+                        Some(ResultType::DnssecInvalid),
+                    );
                     tracing::warn!(id = %msg.id, destination = %host, error = %e, "DANE: TLSA look-up failed; host skipped");
                     last = local_reply(451, (4, 7, 5), &format!("{host}: DANE TLSA look-up failed: {e}"));
                     continue;
@@ -363,6 +385,12 @@ impl RemoteDelivery {
                 Dane::None => (self.services.get(&mode).cloned(), policy.enforced().is_some(), policy.name()),
             };
             let testing = matches!((&policy, &dane), (TlsPolicy::Sts(_), Dane::None)) && !strict;
+            // Sessions held to a published policy are counted for TLS reports (RFC 8460).
+            let reported = match (&dane, &policy) {
+                (Dane::Usable(records), _) => Some(PolicyDesc::tlsa(&host, records)),
+                (Dane::None, TlsPolicy::Sts(c)) => Some(PolicyDesc::sts(&c.policy)),
+                _ => None,
+            };
             // The destination's slot first, then a global one: deliveries waiting for a slow
             // destination hold no global slot, so they cannot starve other destinations.
             let slot = self.host_slot(&format!("{host}:{port}"));
@@ -372,6 +400,15 @@ impl RemoteDelivery {
             let mta = Some(RemoteHost { name: host.clone() });
             let attempt = async {
                 let mut result = self.send(service.as_ref(), &dest, &envelope, body).await;
+                if let Some(desc) = &reported {
+                    let failure = match &result {
+                        Err(e) if tls_failure(e) => Some(ResultType::of(e, matches!(dane, Dane::Usable(_)))),
+                        _ => None,
+                    };
+                    if failure.is_some() || result.as_ref().is_ok_and(|o| o.tls.is_some()) {
+                        self.count(&hop.to_string(), desc, Some(&host), addr.map(|a| a.ip()), failure);
+                    }
+                }
                 let fallback = match &result {
                     Err(e) if tls_failure(e) && !requiretls && strict => {
                         if self.sender_waives_tls(body).await {
@@ -461,6 +498,20 @@ impl RemoteDelivery {
         all(Outcome::Retry(last, None))
     }
 
+    /// Counts a session for the TLS reports of `domain` (when reports are on).
+    fn count(
+        &self,
+        domain: &str,
+        desc: &PolicyDesc,
+        mx: Option<&str>,
+        ip: Option<IpAddr>,
+        failure: Option<ResultType>,
+    ) {
+        if let Some(r) = &self.reports {
+            r.record(domain, desc, mx, ip, failure, std::time::SystemTime::now());
+        }
+    }
+
     /// Whether the message carries `TLS-Required: No` (read from its head only when needed).
     async fn sender_waives_tls(&self, body: &StoredBody) -> bool {
         body.head(64 * 1024).await.is_ok_and(|h| tls_optional(&h))
@@ -523,4 +574,11 @@ fn client(config: &RelayConfig, mode: TlsMode, verify: CertVerify) -> Option<Smt
             None
         }
     }
+}
+
+/// The TLS report counter in `DATA_DIR/tls-rpt`, or `None` with the error logged.
+fn tls_reports(config: &RelayConfig) -> Option<TlsReports> {
+    TlsReports::open(config.data_dir.join("tls-rpt"))
+        .map_err(|e| tracing::error!(error = %e, "TLS reports are off: cannot keep counts"))
+        .ok()
 }

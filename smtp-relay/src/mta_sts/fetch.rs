@@ -9,6 +9,7 @@ use smtp_client::CertVerify;
 use super::{parse_policy, Policy, StsError};
 use crate::dns::MxResolver;
 use crate::https::{HttpsClient, HttpsError};
+use crate::tls_rpt::ResultType;
 
 /// The largest policy file read (RFC 8461 3.3 suggests 64 KB).
 pub const MAX_POLICY: usize = 64 * 1024;
@@ -45,11 +46,11 @@ pub enum FetchError {
 
 impl FetchError {
     /// The RFC 8460 4.3 result type to report.
-    pub fn result_type(&self) -> &'static str {
+    pub fn result_type(&self) -> ResultType {
         match self {
-            FetchError::Fetch { .. } => "sts-policy-fetch-error",
-            FetchError::WebPki { .. } => "sts-webpki-invalid",
-            FetchError::Invalid { .. } => "sts-policy-invalid",
+            FetchError::Fetch { .. } => ResultType::StsPolicyFetchError,
+            FetchError::WebPki { .. } => ResultType::StsWebpkiInvalid,
+            FetchError::Invalid { .. } => ResultType::StsPolicyInvalid,
         }
     }
 }
