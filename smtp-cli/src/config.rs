@@ -46,6 +46,8 @@ pub struct FileConfig {
     /// `false` turns MTA-STS off (`--no-mta-sts`).
     pub mta_sts: Option<bool>,
     pub mta_sts_port: Option<u16>,
+    /// `false` turns TLS reports off (`--no-tls-reports`).
+    pub tls_reports: Option<bool>,
     /// `false` turns DANE off (`--no-dane`).
     pub dane: Option<bool>,
     pub dnssec_trust_anchor: Option<PathBuf>,

@@ -42,6 +42,8 @@ enum Command {
     Watch(commands::watch::WatchArgs),
     /// Print an argon2id hash of a password (for auth_users in the config).
     Passwd(commands::passwd::PasswdArgs),
+    /// Show the day's TLS report counts (RFC 8460).
+    TlsReport(commands::tls_report::TlsReportArgs),
 }
 
 fn init_logging(format: Option<&str>, level: &str) -> Result<(), String> {
@@ -100,6 +102,7 @@ fn main() -> ExitCode {
             Err(Command::Bench(a)) => commands::bench::exec(a).await.map(|()| ExitCode::SUCCESS),
             Err(Command::Watch(a)) => commands::watch::exec(a).await.map(|()| ExitCode::SUCCESS),
             Err(Command::Passwd(a)) => commands::passwd::exec(a).map(|()| ExitCode::SUCCESS),
+            Err(Command::TlsReport(a)) => commands::tls_report::exec(a).map(|()| ExitCode::SUCCESS),
             Err(Command::Serve(_)) => Ok(ExitCode::from(70)),
         }
     });

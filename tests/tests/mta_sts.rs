@@ -168,6 +168,12 @@ async fn testing_mode_delivers_despite_a_failed_check() {
     submit(a.addr, "carol@c.test", "Subject: t\r\n\r\ntesting\r\n", false).await;
     let mitm = w.mitm.clone();
     wait_until("delivery in testing mode", move || mitm.lock().unwrap().len() == 1).await;
+    // ...and the failed check is counted for the domain's TLS report.
+    let day = smtp_relay::tls_rpt::utc_date(std::time::SystemTime::now());
+    let counts = smtp_relay::tls_rpt::read_day(&dir.path().join("tls-rpt").join(format!("{day}.json"))).unwrap();
+    let c = &counts["c.test"][0];
+    assert!(c.policy.strings.contains(&"mode: testing".to_string()), "{c:?}");
+    assert_eq!((c.success, c.failures[0].result_type.as_str(), c.failures[0].count), (0, "certificate-not-trusted", 1));
     // REQUIRETLS needs a policy in enforce mode: testing is not a secure route.
     submit(a.addr, "carol@c.test", "Subject: t\r\n\r\nsealed\r\n", true).await;
     let d = dir.path().to_path_buf();
@@ -318,6 +324,19 @@ async fn finished_days_are_reported_by_mail_and_by_https() {
     let today = smtp_relay::tls_rpt::read_day(&counts).unwrap();
     assert_eq!(today["b.test"][0].success, 1);
     assert_eq!(today["c.test"][0].failures[0].result_type, "certificate-not-trusted");
+    let tern = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(tests::tern_bin());
+        cmd.arg("tls-report").arg("--data-dir").arg(dir.path()).args(args);
+        tests::run_bounded(&mut cmd, b"")
+    };
+    let (code, out, err) = tern(&["--json"]);
+    assert_eq!(code, 0, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["b.test"][0]["success"], 1, "{out}");
+    let (code, out, _) = tern(&[]);
+    assert!(code == 0 && out.contains("certificate-not-trusted") && out.contains("mx.c.test"), "{out}");
+    let (code, _, err) = tern(&["--date", "../../etc"]);
+    assert_eq!((code, err.trim()), (1, "tern: --date must be YYYY-MM-DD, got \"../../etc\""));
     let yesterday = smtp_relay::tls_rpt::utc_date(now - Duration::from_secs(86_400));
     std::fs::rename(&counts, counts.with_file_name(format!("{yesterday}.json"))).unwrap();
 

@@ -6,6 +6,7 @@ pub mod queue;
 pub mod send;
 pub mod serve;
 pub mod sink;
+pub mod tls_report;
 pub mod watch;
 
 /// Splits `HOST:PORT` (IPv6 hosts in brackets).

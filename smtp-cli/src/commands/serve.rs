@@ -125,6 +125,9 @@ pub struct ServeArgs {
     /// Do not apply recipient domains' MTA-STS policies (RFC 8461; on by default).
     #[arg(long)]
     pub no_mta_sts: bool,
+    /// Do not count TLS sessions or send daily TLS reports (RFC 8460; on by default).
+    #[arg(long)]
+    pub no_tls_reports: bool,
     /// Do not use DANE (RFC 7672; on by default: MX and TLSA records are validated with
     /// DNSSEC, which needs a DNS server that passes DNSSEC records on).
     #[arg(long)]
@@ -257,6 +260,9 @@ pub fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
     }
     if args.no_mta_sts || file.mta_sts == Some(false) {
         relay.mta_sts = false;
+    }
+    if args.no_tls_reports || file.tls_reports == Some(false) {
+        relay.tls_reports = false;
     }
     if args.no_dane || file.dane == Some(false) {
         relay.dane = false;
@@ -464,8 +470,9 @@ mod tests {
             "--mta-sts-port",
             "8443",
             "--no-dane",
+            "--no-tls-reports",
         ]);
-        assert!(!s.relay.dane);
+        assert!(!s.relay.dane && !s.relay.tls_reports);
         assert_eq!(s.relay.dns_server, Some("127.0.0.1:5353".parse().unwrap()));
         assert_eq!(s.relay.outbound_ca.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
         assert!(!s.relay.mta_sts);
