@@ -174,7 +174,9 @@ impl RemoteDelivery {
 
     /// (full, resumed) outbound TLS handshakes so far.
     pub fn handshakes(&self) -> (u64, u64) {
-        self.services.values().map(|s| s.client().handshakes()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        let dane = self.dane.lock().unwrap_or_else(|e| e.into_inner());
+        let all = self.services.values().chain(&self.encrypt_only).chain(dane.values().map(|(_, s)| s));
+        all.map(|s| s.client().handshakes()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     }
 
     /// The hosts to try for a next hop: static route, smarthost, address literal, or MX, each
