@@ -337,10 +337,13 @@ pub fn count_received(body: &[u8]) -> usize {
     c.count()
 }
 
-/// `452 4.3.1` (storage full) or `451 4.3.0` for a queue failure.
+/// `452 4.3.1` (storage full), `552 5.3.4` (an envelope too large to queue) or `451 4.3.0` for
+/// a queue failure.
 fn queue_error_reply(e: &crate::queue::QueueError) -> Reply {
     if e.is_storage_full() {
         reply(452, (4, 3, 1), "Insufficient system storage, try again later")
+    } else if let crate::queue::QueueError::EnvelopeTooLarge { .. } = e {
+        reply(552, (5, 3, 4), "Too many recipients for one message; send it in parts")
     } else {
         codes::local_error()
     }
@@ -569,6 +572,16 @@ impl tower::Service<Transaction> for RelayMail {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_errors_become_replies_that_say_what_to_do() {
+        use crate::queue::QueueError;
+        let full = QueueError::Io(std::io::Error::from_raw_os_error(28));
+        assert_eq!(queue_error_reply(&full).to_string(), "452 4.3.1 Insufficient system storage, try again later");
+        let big = QueueError::EnvelopeTooLarge { size: 5, limit: 4 };
+        assert!(queue_error_reply(&big).to_string().starts_with("552 5.3.4 Too many recipients"));
+        assert!(queue_error_reply(&QueueError::Closed).to_string().starts_with("451 4.3.0"));
+    }
 
     #[test]
     fn auth_failure_delays_grow_to_a_cap() {

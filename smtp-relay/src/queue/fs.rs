@@ -526,6 +526,11 @@ impl Queue for FsQueue {
         self.commit()?;
         msg.id = self.new_id();
         let (header, len_at) = encode_header(&msg, 0);
+        // A header the reader would stop at is refused here: never a 250 for a record that
+        // cannot be read back.
+        if header.len() > MAX_HEADER - 64 {
+            return Err(QueueError::EnvelopeTooLarge { size: header.len(), limit: MAX_HEADER - 64 });
+        }
         let recycled = self.inner.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let tmp = recycled.unwrap_or_else(|| self.inner.dir.join("tmp").join(&msg.id));
         Ok(Box::new(FsWriter {
@@ -974,6 +979,40 @@ mod tests {
         std::fs::create_dir(dir.path().join("msg").join(format!("{id}.st"))).unwrap();
         let e = q.load(&id).await.unwrap_err();
         assert!(matches!(&e, QueueError::Io(io) if io.raw_os_error() == Some(21)), "EISDIR: {e:?}");
+    }
+
+    /// An envelope the reader could not read back whole is refused when the message is
+    /// created; one just under the limit is stored and read back. (A read stops at
+    /// `MAX_HEADER`, never running on past it.)
+    #[tokio::test]
+    async fn envelopes_over_the_record_limit_are_refused_not_stored_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = FsQueue::open(dir.path()).unwrap();
+        let long = ["l", "m", "n"].map(|c| c.repeat(60)).join(".");
+        let with = |n: usize| {
+            let mut m = msg();
+            m.recipients = (0..n)
+                .map(|i| {
+                    let p = SPath::parse(&format!("<r{i:05}@{long}.test>")).unwrap();
+                    RcptRecord::new(ForwardPath::Path(p), Default::default())
+                })
+                .collect();
+            m
+        };
+        let per = encode_header(&with(2), 0).0.len() - encode_header(&with(1), 0).0.len();
+        let fits = (MAX_HEADER - 64 - encode_header(&with(0), 0).0.len()) / per;
+        let id = q.enqueue(with(fits), "body".into()).await.unwrap().id;
+        assert!(fs::metadata(dir.path().join("msg").join(&id)).unwrap().len() > (MAX_HEADER - 4096) as u64);
+        assert_eq!(q.load(&id).await.unwrap().recipients.len(), fits, "read back whole, just under the limit");
+        let e = q.create(with(fits + 1)).await.err().expect("refused");
+        assert!(matches!(e, QueueError::EnvelopeTooLarge { limit, .. } if limit == MAX_HEADER - 64), "{e}");
+        assert!(names(&dir.path().join("tmp")).is_empty());
+        // A record whose header runs on past the limit is damaged, and says so at once.
+        let mut huge = b"TERN-SPOOL 1\nid BIG1\n".to_vec();
+        huge.resize(MAX_HEADER + 100_000, b'x');
+        fs::write(dir.path().join("msg").join("BIG1"), huge).unwrap();
+        let e = q.load("BIG1").await.unwrap_err();
+        assert!(matches!(&e, QueueError::Corrupt { .. }), "{e}");
     }
 
     /// `tern queue` reads a running server's spool through a view that never writes.

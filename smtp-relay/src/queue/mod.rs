@@ -213,6 +213,15 @@ pub enum QueueError {
     /// The queue is shutting down, or is a read-only view.
     #[error("queue closed")]
     Closed,
+    /// The envelope (mostly its recipients) is larger than a queue record can hold: refused
+    /// before anything is accepted, never stored unreadable.
+    #[error("envelope of {size} octets is over the queue's limit of {limit}")]
+    EnvelopeTooLarge {
+        /// The encoded envelope's size.
+        size: usize,
+        /// The most a record's envelope may take.
+        limit: usize,
+    },
 }
 
 impl QueueError {
