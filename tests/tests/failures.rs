@@ -236,3 +236,50 @@ async fn full_disk_answers_452_4_3_1() {
     wait_until("delivered", || maildir_files(&mnt, "alice").len() == 1).await;
     relay.stop().await;
 }
+
+/// A crash after a queued message's Maildir delivery was renamed into place but before the
+/// queue recorded it: on restart the delivery is looked for — also in `cur/`, where a reader
+/// may already have moved it — and not made a second time.
+#[tokio::test]
+async fn a_delivery_made_just_before_a_crash_is_not_made_again() {
+    use smtp_proto::{ForwardPath, Path as SPath, ReversePath};
+    let dir = tempfile::tempdir().unwrap();
+    let q = smtp_relay::FsQueue::open(dir.path().join("queue")).unwrap();
+    let path = |s: &str| SPath::parse(s).unwrap();
+    let msg = QueuedMessage {
+        id: String::new(),
+        verb: Default::default(),
+        from: ReversePath::Path(path("<s@origin.test>")),
+        params: Default::default(),
+        arrival: QueuedMessage::now(),
+        client: None,
+        helo: None,
+        recipients: vec![smtp_relay::queue::RcptRecord::new(
+            ForwardPath::Path(path("<alice@local.test>")),
+            Default::default(),
+        )],
+        delay_warned: false,
+        trusted: false,
+    };
+    let stored = q.enqueue(msg.clone(), "Subject: once\r\n\r\nonly once\r\n".into()).await.unwrap();
+    drop(q);
+    // The copy the crashed run wrote, already moved to cur/ and flagged seen by a reader.
+    let mailbox = dir.path().join("mail/alice");
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(mailbox.join(sub)).unwrap();
+    }
+    let name = format!("{}.T{}R0.mx.local.test:2,S", msg.arrival, stored.id);
+    std::fs::write(mailbox.join("cur").join(&name), "Subject: once\n\nonly once\n").unwrap();
+    let relay = InProcess::start(cfg(dir.path()), None).await;
+    let queue = relay.relay.queue();
+    tokio::time::timeout(tests::WAIT, async {
+        while !queue.list().await.unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the queue drains");
+    assert!(maildir_files(dir.path(), "alice").is_empty(), "no second copy in new/");
+    assert_eq!(std::fs::read_dir(mailbox.join("cur")).unwrap().count(), 1);
+    relay.stop().await;
+}
