@@ -614,3 +614,25 @@ async fn dane_records_authenticate_the_server_inside_the_handshake() {
         assert!(matches!(e, Some(smtp_client::Error::Handshake(_))), "{records:?} at {name}: {e:?}");
     }
 }
+
+/// Accepted recipients but a refused DATA: the refusal is the error and no body is sent (the
+/// server would read it as commands).
+#[tokio::test]
+async fn a_refused_data_after_accepted_recipients_is_the_error_and_sends_no_body() {
+    let addr = scripted(vec![
+        (false, vec!["220 x\r\n"]),
+        (true, vec!["250 x\r\n"]),
+        (true, vec!["250 2.1.0 ok\r\n"]),
+        (true, vec!["250 2.1.5 ok\r\n"]),
+        (true, vec!["554 5.5.1 not today\r\n"]),
+        (true, vec!["500 5.5.2 a body line was read as a command\r\n"]),
+    ])
+    .await;
+    let mut conn = plain_client().connect("127.0.0.1", addr.port()).await.unwrap();
+    let env = Envelope::from_str_addr("a@client.test").unwrap().to_str_addr("b@x.test").unwrap();
+    let e = conn.send(&env, bytes::Bytes::from_static(b"Subject: s\r\n\r\nbody\r\n").into()).await.unwrap_err();
+    match e {
+        Error::Rejected { reply, .. } => assert_eq!(reply.to_string(), "554 5.5.1 not today"),
+        other => panic!("{other:?}"),
+    }
+}
