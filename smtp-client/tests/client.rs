@@ -636,3 +636,44 @@ async fn a_refused_data_after_accepted_recipients_is_the_error_and_sends_no_body
         other => panic!("{other:?}"),
     }
 }
+
+/// RCPTMAX splits a message into transactions; its overall reply is the first failure, or
+/// else the last success, and each recipient keeps its own transaction's reply.
+#[tokio::test]
+async fn split_transactions_report_the_first_failure_or_the_last_success() {
+    let script = |ends: [&'static str; 3]| {
+        let mut steps = vec![(false, vec!["220 x\r\n"]), (true, vec!["250-x\r\n250 LIMITS RCPTMAX=1\r\n"])];
+        for end in ends {
+            steps.extend([
+                (true, vec!["250 2.1.0 ok\r\n"]),
+                (true, vec!["250 2.1.5 ok\r\n"]),
+                (true, vec!["354 go\r\n"]),
+                (true, vec![]),
+                (true, vec![]),
+                (true, vec![]),
+                (true, vec![end]),
+            ]);
+        }
+        scripted(steps)
+    };
+    let env = Envelope::from_str_addr("a@client.test")
+        .unwrap()
+        .to_str_addr("b1@x.test")
+        .unwrap()
+        .to_str_addr("b2@x.test")
+        .unwrap()
+        .to_str_addr("b3@x.test")
+        .unwrap();
+    let send = |addr: SocketAddr, env: Envelope| async move {
+        let mut conn = plain_client().connect("127.0.0.1", addr.port()).await.unwrap();
+        conn.send(&env, bytes::Bytes::from_static(b"Subject: s\r\n\r\nbody\r\n").into()).await.unwrap()
+    };
+    let text = |r: &Option<smtp_proto::Reply>| r.as_ref().map(|r| r.to_string()).unwrap_or_default();
+    let addr = script(["250 2.0.0 first\r\n", "451 4.3.0 second\r\n", "250 2.0.0 third\r\n"]).await;
+    let out = send(addr, env.clone()).await;
+    assert_eq!(text(&out.reply), "451 4.3.0 second");
+    let each: Vec<String> = out.data.iter().map(text).collect();
+    assert_eq!(each, ["250 2.0.0 first", "451 4.3.0 second", "250 2.0.0 third"]);
+    let addr = script(["250 2.0.0 first\r\n", "250 2.0.0 second\r\n", "250 2.0.0 third\r\n"]).await;
+    assert_eq!(text(&send(addr, env).await.reply), "250 2.0.0 third");
+}
