@@ -79,8 +79,8 @@ fn delivery(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let certs = tempfile::tempdir().unwrap();
     let (_, tls, key) = certificate(certs.path(), "hop", &["mx.b.test", "mx.c.test"]);
-    let (dns, hop) =
-        rt.block_on(async { (TestDns::signed("test").await, next_hop("127.0.0.1:0".parse().unwrap(), tls).await) });
+    let (dns, hop) = rt
+        .block_on(async { (TestDns::signed("test").await, next_hop("127.0.0.1:0".parse().unwrap(), tls, true).await) });
     let (port, seen) = (hop.0.port(), hop.1);
     for d in ["b", "c"] {
         dns.set(&format!("{d}.test"), vec![Rr::Mx(10, format!("mx.{d}.test"))]);

@@ -5,7 +5,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
+use smtp_client::{CertVerify, ClientOptions, Envelope, SendOutcome, SmtpClient, TlsMode};
+use smtp_proto::command::Ret;
+use smtp_proto::Domain;
 use smtp_server::{AcceptAll, Server, Transaction};
+
+use crate::InProcess;
 
 /// One message as a next hop received it.
 #[derive(Debug, Clone)]
@@ -32,8 +39,9 @@ pub fn certificate(dir: &Path, tag: &str, names: &[&str]) -> (PathBuf, Arc<rustl
     (cert, config, ck.key_pair)
 }
 
-/// An SMTP server on `listen` with STARTTLS (`tls`) and REQUIRETLS, accepting everything.
-pub async fn next_hop(listen: SocketAddr, tls: Arc<rustls::ServerConfig>) -> (SocketAddr, Seen) {
+/// An SMTP server on `listen` with STARTTLS (`tls`), offering REQUIRETLS or not, accepting
+/// everything.
+pub async fn next_hop(listen: SocketAddr, tls: Arc<rustls::ServerConfig>, requiretls: bool) -> (SocketAddr, Seen) {
     let seen: Seen = Arc::default();
     let seen2 = seen.clone();
     let mail = tower::service_fn(move |mut tx: Transaction| {
@@ -51,11 +59,49 @@ pub async fn next_hop(listen: SocketAddr, tls: Arc<rustls::ServerConfig>) -> (So
     let server = Server::builder("hop.test")
         .listen(listen)
         .tls(tls)
-        .options(|o| o.session.requiretls = true)
+        .options(|o| o.session.requiretls = requiretls)
         .bind(AcceptAll, mail)
         .await
         .unwrap();
     let addr = server.local_addrs()[0];
     tokio::spawn(server.run());
     (addr, seen)
+}
+
+/// Submits one message from `alice@a.test` to `to` at `addr` over STARTTLS (the certificate is
+/// not checked). With `requiretls` the MAIL command carries REQUIRETLS (which must be offered)
+/// and RET=FULL, so a notice could carry the body if the relay forgot RFC 8689 5.
+pub async fn submit_tls(addr: SocketAddr, to: &str, body: &str, requiretls: bool) -> SendOutcome {
+    let mut o = ClientOptions::new(Domain::parse("client.test").unwrap());
+    o.tls = TlsMode::Required;
+    o.verify = CertVerify::Insecure;
+    let mut conn = SmtpClient::new(o).unwrap().connect_addr(addr, "127.0.0.1").await.unwrap();
+    let mut env = Envelope::from_str_addr("alice@a.test").unwrap().to_str_addr(to).unwrap();
+    if requiretls {
+        assert!(conn.capabilities().requiretls, "REQUIRETLS offered under TLS");
+        env.params.requiretls = true;
+        env.params.ret = Some(Ret::Full);
+    }
+    let out = conn.send(&env, bytes::Bytes::from(body.to_string()).into()).await.unwrap();
+    conn.quit().await.unwrap();
+    out
+}
+
+/// Waits until the queued message for `rcpt` has been tried and returns its last error.
+pub async fn last_error(a: &InProcess, rcpt: &str) -> String {
+    let q = a.relay.queue();
+    let found = tokio::time::timeout(crate::WAIT, async {
+        loop {
+            for id in q.list().await.unwrap() {
+                let Ok(m) = q.load(&id).await else { continue };
+                let r = &m.recipients[0];
+                if r.path.to_string().contains(rcpt) && r.attempts >= 1 {
+                    return r.last_error.as_ref().map(|e| e.to_string()).unwrap_or_default();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no attempt for {rcpt}"))
 }

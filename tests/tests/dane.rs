@@ -7,12 +7,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use smtp_client::{CertVerify, ClientOptions, Envelope, SmtpClient, TlsMode};
-use smtp_proto::Domain;
 use smtp_relay::dns::{Dnssec, HickoryMx, MxAnswer, MxResolver, TlsaAnswer};
 use smtp_relay::{Directory, RelayConfig};
 use tests::dns::{Rr, TestDns};
-use tests::hop::{certificate, next_hop, Seen};
+use tests::hop::{certificate, last_error, next_hop, submit_tls, Seen};
 use tests::{wait_until, InProcess};
 
 fn sha256(d: &[u8]) -> Vec<u8> {
@@ -37,8 +35,8 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let (_, good_tls, key) = certificate(dir.path(), "good", &["mx.example"]);
         let (_, bad_tls, _) = certificate(dir.path(), "mitm", &["mx.example"]);
-        let (addr, good) = next_hop("127.0.0.1:0".parse().unwrap(), good_tls).await;
-        let (_, mitm) = next_hop(SocketAddr::from(([127, 0, 0, 2], addr.port())), bad_tls).await;
+        let (addr, good) = next_hop("127.0.0.1:0".parse().unwrap(), good_tls, true).await;
+        let (_, mitm) = next_hop(SocketAddr::from(([127, 0, 0, 2], addr.port())), bad_tls, true).await;
         let dns = TestDns::signed("test").await;
         let anchor = dns.trust_anchor(dir.path());
         let tlsa = Rr::Tlsa(3, 1, 1, sha256(&key.public_key_der()));
@@ -68,37 +66,6 @@ impl World {
         c.mta_sts = false;
         c
     }
-}
-
-async fn submit(addr: SocketAddr, to: &str, body: &str, requiretls: bool) {
-    let mut o = ClientOptions::new(Domain::parse("client.test").unwrap());
-    o.tls = TlsMode::Required;
-    o.verify = CertVerify::Insecure;
-    let mut conn = SmtpClient::new(o).unwrap().connect_addr(addr, "127.0.0.1").await.unwrap();
-    let mut env = Envelope::from_str_addr("alice@a.test").unwrap().to_str_addr(to).unwrap();
-    env.params.requiretls = requiretls;
-    let out = conn.send(&env, bytes::Bytes::from(body.to_string()).into()).await.unwrap();
-    assert!(out.all_accepted(), "{out:?}");
-    conn.quit().await.unwrap();
-}
-
-/// The last error of the queued message for `rcpt`, once it has been tried.
-async fn deferred(a: &InProcess, rcpt: &str) -> String {
-    let q = a.relay.queue();
-    let found = tokio::time::timeout(tests::WAIT, async {
-        loop {
-            for id in q.list().await.unwrap() {
-                let Ok(m) = q.load(&id).await else { continue };
-                let r = &m.recipients[0];
-                if r.path.to_string().contains(rcpt) && r.attempts >= 1 {
-                    return r.last_error.as_ref().map(|e| e.to_string()).unwrap_or_default();
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    found.unwrap_or_else(|_| panic!("no attempt for {rcpt}"))
 }
 
 #[tokio::test]
@@ -143,8 +110,8 @@ async fn dane_delivers_to_the_named_key_and_defers_anyone_else() {
     let dir = tempfile::tempdir().unwrap();
     let a = InProcess::start(w.relay(dir.path()), None).await;
 
-    submit(a.addr, "bob@b.test", "Subject: 1\r\n\r\nto the true key\r\n", false).await;
-    submit(a.addr, "bob@b.test", "Subject: 2\r\n\r\nsealed\r\n", true).await;
+    assert!(submit_tls(a.addr, "bob@b.test", "Subject: 1\r\n\r\nto the true key\r\n", false).await.all_accepted());
+    assert!(submit_tls(a.addr, "bob@b.test", "Subject: 2\r\n\r\nsealed\r\n", true).await.all_accepted());
     let good = w.good.clone();
     wait_until("two DANE deliveries", move || good.lock().unwrap().len() == 2).await;
     let mut got = w.good.lock().unwrap().clone();
@@ -152,15 +119,15 @@ async fn dane_delivers_to_the_named_key_and_defers_anyone_else() {
     assert!(got.iter().all(|m| m.tls), "{got:?}");
     assert_eq!((got[0].requiretls, got[1].requiretls), (false, true), "REQUIRETLS went on over DANE");
 
-    submit(a.addr, "carol@c.test", "Subject: 3\r\n\r\nintercepted?\r\n", false).await;
-    let e = deferred(&a, "carol@c.test").await;
+    assert!(submit_tls(a.addr, "carol@c.test", "Subject: 3\r\n\r\nintercepted?\r\n", false).await.all_accepted());
+    let e = last_error(&a, "carol@c.test").await;
     assert!(e.starts_with("451 4.7.5") && e.contains("DANE requires valid TLS"), "{e}");
-    submit(a.addr, "dave@d.test", "Subject: 4\r\n\r\nbogus\r\n", false).await;
-    let e = deferred(&a, "dave@d.test").await;
+    assert!(submit_tls(a.addr, "dave@d.test", "Subject: 4\r\n\r\nbogus\r\n", false).await.all_accepted());
+    let e = last_error(&a, "dave@d.test").await;
     assert!(e.starts_with("451 4.7.5") && e.contains("DANE TLSA look-up failed"), "{e}");
 
-    submit(a.addr, "erin@e.test", "Subject: 5\r\n\r\nencrypt only\r\n", false).await;
-    submit(a.addr, "frank@f.test", "Subject: 6\r\n\r\nopportunistic\r\n", false).await;
+    assert!(submit_tls(a.addr, "erin@e.test", "Subject: 5\r\n\r\nencrypt only\r\n", false).await.all_accepted());
+    assert!(submit_tls(a.addr, "frank@f.test", "Subject: 6\r\n\r\nopportunistic\r\n", false).await.all_accepted());
     let mitm = w.mitm.clone();
     wait_until("two deliveries without DANE authentication", move || mitm.lock().unwrap().len() == 2).await;
     let got = w.mitm.lock().unwrap().clone();
@@ -176,11 +143,13 @@ async fn tls_required_no_overrides_a_failed_dane_check_but_requiretls_never_does
     w.domain("f.test", [127, 0, 0, 2], vec![]);
     let dir = tempfile::tempdir().unwrap();
     let a = InProcess::start(w.relay(dir.path()), None).await;
-    submit(a.addr, "carol@c.test", "TLS-Required: No\r\nSubject: w\r\n\r\nwaived\r\n", false).await;
+    assert!(submit_tls(a.addr, "carol@c.test", "TLS-Required: No\r\nSubject: w\r\n\r\nwaived\r\n", false)
+        .await
+        .all_accepted());
     let mitm = w.mitm.clone();
     wait_until("the waived message", move || mitm.lock().unwrap().len() == 1).await;
     // REQUIRETLS to a signed domain without TLSA records: no secure route, returned.
-    submit(a.addr, "frank@f.test", "Subject: r\r\n\r\nsealed\r\n", true).await;
+    assert!(submit_tls(a.addr, "frank@f.test", "Subject: r\r\n\r\nsealed\r\n", true).await.all_accepted());
     let d = dir.path().to_path_buf();
     wait_until("a 5.7.30 notice", move || tests::maildir_files(&d, "alice").len() == 1).await;
     let notice = std::fs::read_to_string(&tests::maildir_files(dir.path(), "alice")[0]).unwrap();

@@ -7,13 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use smtp_client::{CertVerify, ClientOptions, Envelope, SmtpClient, TlsMode};
-use smtp_proto::Domain;
+use smtp_client::CertVerify;
 use smtp_relay::dns::HickoryMx;
 use smtp_relay::mta_sts::{FetchError, Fetcher, Mode, StsCache};
 use smtp_relay::{Directory, RelayConfig};
 use tests::dns::{Rr, TestDns};
-use tests::hop::{next_hop, Seen};
+use tests::hop::{last_error, next_hop, submit_tls, Seen};
 use tests::https::TestHttps;
 use tests::{wait_until, InProcess};
 
@@ -43,8 +42,8 @@ impl World {
         let certs = tempfile::tempdir().unwrap();
         let (ca, good_tls) = certificate(certs.path(), "good");
         let (_, bad_tls) = certificate(certs.path(), "mitm");
-        let (good_addr, good) = next_hop("127.0.0.1:0".parse().unwrap(), good_tls.clone()).await;
-        let (_, mitm) = next_hop(SocketAddr::from(([127, 0, 0, 2], good_addr.port())), bad_tls).await;
+        let (good_addr, good) = next_hop("127.0.0.1:0".parse().unwrap(), good_tls.clone(), true).await;
+        let (_, mitm) = next_hop(SocketAddr::from(([127, 0, 0, 2], good_addr.port())), bad_tls, true).await;
         let https = TestHttps::start("127.0.0.1", good_tls).await;
         let dns = TestDns::start().await;
         World { dns, https, port: good_addr.port(), good, mitm, ca, _certs: certs }
@@ -82,38 +81,6 @@ impl World {
     }
 }
 
-/// Submits one message over STARTTLS; `requiretls` sets the MAIL parameter.
-async fn submit(addr: SocketAddr, to: &str, body: &str, requiretls: bool) {
-    let mut o = ClientOptions::new(Domain::parse("client.test").unwrap());
-    o.tls = TlsMode::Required;
-    o.verify = CertVerify::Insecure;
-    let mut conn = SmtpClient::new(o).unwrap().connect_addr(addr, "127.0.0.1").await.unwrap();
-    let mut env = Envelope::from_str_addr("alice@a.test").unwrap().to_str_addr(to).unwrap();
-    env.params.requiretls = requiretls;
-    let out = conn.send(&env, bytes::Bytes::from(body.to_string()).into()).await.unwrap();
-    assert!(out.all_accepted(), "{out:?}");
-    conn.quit().await.unwrap();
-}
-
-/// Waits until the queued message for `rcpt` has been tried and returns its last error.
-async fn deferred(a: &InProcess, rcpt: &str) -> String {
-    let q = a.relay.queue();
-    let found = tokio::time::timeout(tests::WAIT, async {
-        loop {
-            for id in q.list().await.unwrap() {
-                let Ok(m) = q.load(&id).await else { continue };
-                let r = &m.recipients[0];
-                if r.path.to_string().contains(rcpt) && r.attempts >= 1 {
-                    return r.last_error.as_ref().map(|e| e.to_string()).unwrap_or_default();
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    found.unwrap_or_else(|_| panic!("no attempt for {rcpt}"))
-}
-
 #[tokio::test]
 async fn enforce_delivers_over_validated_tls_and_defers_a_man_in_the_middle() {
     let w = World::new().await;
@@ -126,8 +93,8 @@ async fn enforce_delivers_over_validated_tls_and_defers_a_man_in_the_middle() {
 
     // The true MX with a trusted certificate: delivered, encrypted; REQUIRETLS is satisfied
     // by the policy and passed on.
-    submit(a.addr, "bob@b.test", "Subject: one\r\n\r\nfirst\r\n", false).await;
-    submit(a.addr, "bob@b.test", "Subject: two\r\n\r\nsealed\r\n", true).await;
+    assert!(submit_tls(a.addr, "bob@b.test", "Subject: one\r\n\r\nfirst\r\n", false).await.all_accepted());
+    assert!(submit_tls(a.addr, "bob@b.test", "Subject: two\r\n\r\nsealed\r\n", true).await.all_accepted());
     let good = w.good.clone();
     wait_until("two deliveries to mx.b.test", move || good.lock().unwrap().len() == 2).await;
     let mut seen = w.good.lock().unwrap().clone();
@@ -136,18 +103,20 @@ async fn enforce_delivers_over_validated_tls_and_defers_a_man_in_the_middle() {
     assert_eq!((seen[0].requiretls, seen[1].requiretls), (false, true), "REQUIRETLS passed on only for the sealed one");
 
     // A man in the middle for mx.c.test: refused, the message waits.
-    submit(a.addr, "carol@c.test", "Subject: three\r\n\r\nkept back\r\n", false).await;
-    let e = deferred(&a, "carol@c.test").await;
+    assert!(submit_tls(a.addr, "carol@c.test", "Subject: three\r\n\r\nkept back\r\n", false).await.all_accepted());
+    let e = last_error(&a, "carol@c.test").await;
     assert!(e.starts_with("451 4.7.5") && e.contains("MTA-STS policy requires valid TLS"), "{e}");
     // An MX the policy does not name: not tried at all.
-    submit(a.addr, "dave@d.test", "Subject: four\r\n\r\nnowhere\r\n", false).await;
-    let e = deferred(&a, "dave@d.test").await;
+    assert!(submit_tls(a.addr, "dave@d.test", "Subject: four\r\n\r\nnowhere\r\n", false).await.all_accepted());
+    let e = last_error(&a, "dave@d.test").await;
     assert!(e.starts_with("451 4.7.5") && e.contains("matches its MTA-STS policy"), "{e}");
     assert_eq!(w.good.lock().unwrap().len(), 2, "nothing for d.test went to other.d.test");
 
     // TLS-Required: No (RFC 8689 4.2.2): the sender prefers delivery; it goes, encrypted
     // without authentication.
-    submit(a.addr, "carol@c.test", "TLS-Required: No\r\nSubject: five\r\n\r\nwaived\r\n", false).await;
+    assert!(submit_tls(a.addr, "carol@c.test", "TLS-Required: No\r\nSubject: five\r\n\r\nwaived\r\n", false)
+        .await
+        .all_accepted());
     let mitm = w.mitm.clone();
     wait_until("the waived message at the man in the middle", move || !mitm.lock().unwrap().is_empty()).await;
     let got = w.mitm.lock().unwrap().clone();
@@ -165,7 +134,7 @@ async fn testing_mode_delivers_despite_a_failed_check() {
     w.domain("c.test", "1", "mx.c.test", [127, 0, 0, 2]);
     let dir = tempfile::tempdir().unwrap();
     let a = InProcess::start(w.relay(dir.path()), None).await;
-    submit(a.addr, "carol@c.test", "Subject: t\r\n\r\ntesting\r\n", false).await;
+    assert!(submit_tls(a.addr, "carol@c.test", "Subject: t\r\n\r\ntesting\r\n", false).await.all_accepted());
     let mitm = w.mitm.clone();
     wait_until("delivery in testing mode", move || mitm.lock().unwrap().len() == 1).await;
     // ...and the failed check is counted for the domain's TLS report.
@@ -175,7 +144,7 @@ async fn testing_mode_delivers_despite_a_failed_check() {
     assert!(c.policy.strings.contains(&"mode: testing".to_string()), "{c:?}");
     assert_eq!((c.success, c.failures[0].result_type.as_str(), c.failures[0].count), (0, "certificate-not-trusted", 1));
     // REQUIRETLS needs a policy in enforce mode: testing is not a secure route.
-    submit(a.addr, "carol@c.test", "Subject: t\r\n\r\nsealed\r\n", true).await;
+    assert!(submit_tls(a.addr, "carol@c.test", "Subject: t\r\n\r\nsealed\r\n", true).await.all_accepted());
     let d = dir.path().to_path_buf();
     wait_until("a 5.7.30 notice", move || tests::maildir_files(&d, "alice").len() == 1).await;
     let notice = std::fs::read_to_string(&tests::maildir_files(dir.path(), "alice")[0]).unwrap();
@@ -311,11 +280,11 @@ async fn finished_days_are_reported_by_mail_and_by_https() {
     let mut cfg = w.relay(dir.path());
     cfg.tls_report_interval = Duration::from_millis(100);
     let a = InProcess::start(cfg.clone(), None).await;
-    submit(a.addr, "bob@b.test", "Subject: ok\r\n\r\nfine\r\n", false).await;
-    submit(a.addr, "carol@c.test", "Subject: no\r\n\r\nintercepted\r\n", false).await;
+    assert!(submit_tls(a.addr, "bob@b.test", "Subject: ok\r\n\r\nfine\r\n", false).await.all_accepted());
+    assert!(submit_tls(a.addr, "carol@c.test", "Subject: no\r\n\r\nintercepted\r\n", false).await.all_accepted());
     let good = w.good.clone();
     wait_until("delivery to b.test", move || good.lock().unwrap().len() == 1).await;
-    assert!(deferred(&a, "carol@c.test").await.starts_with("451 4.7.5"));
+    assert!(last_error(&a, "carol@c.test").await.starts_with("451 4.7.5"));
     a.stop().await;
 
     // Today's counts, as `tern tls-report` shows them; then the day is over.

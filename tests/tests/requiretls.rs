@@ -2,47 +2,19 @@
 //! with validated TLS to a next hop that passes the flag on, and otherwise returned with 5.7.30
 //! and a notice that carries the header only.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use smtp_client::{CertVerify, ClientOptions, Envelope, SmtpClient, TlsMode};
-use smtp_proto::command::Ret;
-use smtp_proto::Domain;
+use smtp_client::TlsMode;
 use smtp_relay::dns::{DnsError, MxAnswer, MxResolver};
 use smtp_relay::{Directory, RelayConfig};
-use smtp_server::{tls, AcceptAll, Server, Transaction};
+use smtp_server::tls;
+use tests::hop::{next_hop, submit_tls};
 use tests::{maildir_files, wait_until, InProcess, Raw};
 
-/// What a next hop saw: the REQUIRETLS flag of each message and its data.
-type Seen = Arc<Mutex<Vec<(bool, Vec<u8>)>>>;
-
-/// A next hop with STARTTLS (the certificate for 127.0.0.1 kept in `tls_dir`), offering
-/// REQUIRETLS or not.
-async fn next_hop(requiretls: bool, tls_dir: &Path) -> (SocketAddr, PathBuf, Seen) {
-    let config = tls::self_signed(tls_dir, "hop.test").unwrap();
-    let seen: Seen = Arc::default();
-    let seen2 = seen.clone();
-    let mail = tower::service_fn(move |mut tx: Transaction| {
-        let seen = seen2.clone();
-        async move {
-            let data = tx.body.collect(1 << 20).await?;
-            seen.lock().unwrap().push((tx.envelope.params.requiretls, data.to_vec()));
-            Ok::<_, smtp_server::BodyError>(smtp_proto::codes::message_accepted())
-        }
-    });
-    let server = Server::builder("hop.test")
-        .listen("127.0.0.1:0".parse().unwrap())
-        .tls(config)
-        .options(|o| o.session.requiretls = requiretls)
-        .bind(AcceptAll, mail)
-        .await
-        .unwrap();
-    let addr = server.local_addrs()[0];
-    tokio::spawn(server.run());
-    (addr, tls_dir.join("cert.pem"), seen)
-}
+/// The message every test here submits with REQUIRETLS.
+const SEALED: &str = "Subject: sealed\r\n\r\nsecret body\r\n";
 
 /// DNS without DNSSEC: every domain has one MX, `mx.DOMAIN`, at 127.0.0.1.
 struct UnsignedDns;
@@ -65,21 +37,6 @@ fn relay(dir: &Path) -> RelayConfig {
     c
 }
 
-/// Submits over STARTTLS with REQUIRETLS (and RET=FULL, so a notice could carry the body).
-async fn submit(addr: SocketAddr, to: &str) -> smtp_client::SendOutcome {
-    let mut o = ClientOptions::new(Domain::parse("client.test").unwrap());
-    o.tls = TlsMode::Required;
-    o.verify = CertVerify::Insecure;
-    let mut conn = SmtpClient::new(o).unwrap().connect_addr(addr, "127.0.0.1").await.unwrap();
-    assert!(conn.capabilities().requiretls, "offered under TLS");
-    let mut env = Envelope::from_str_addr("alice@a.test").unwrap().to_str_addr(to).unwrap();
-    env.params.requiretls = true;
-    env.params.ret = Some(Ret::Full);
-    let out = conn.send(&env, "Subject: sealed\r\n\r\nsecret body\r\n".into()).await.unwrap();
-    conn.quit().await.unwrap();
-    out
-}
-
 #[tokio::test]
 async fn requiretls_over_plaintext_is_refused_with_5_7_10() {
     let dir = tempfile::tempdir().unwrap();
@@ -97,8 +54,10 @@ async fn delivered_only_over_a_secure_route_and_passed_on() {
     let dir = tempfile::tempdir().unwrap();
     // Both hops present the same certificate, which A's CA file pins: validated TLS to each.
     let hops = tempfile::tempdir().unwrap();
-    let (good, ca, good_seen) = next_hop(true, hops.path()).await;
-    let (plain, _, plain_seen) = next_hop(false, hops.path()).await;
+    let config = tls::self_signed(hops.path(), "hop.test").unwrap();
+    let ca = hops.path().join("cert.pem");
+    let (good, good_seen) = next_hop("127.0.0.1:0".parse().unwrap(), config.clone(), true).await;
+    let (plain, plain_seen) = next_hop("127.0.0.1:0".parse().unwrap(), config, false).await;
     let mut cfg = relay(dir.path());
     // b.test: static route, verified TLS (the hop's certificate pinned) and REQUIRETLS there.
     cfg.routes.insert("b.test".into(), ("127.0.0.1".into(), good.port()));
@@ -111,18 +70,18 @@ async fn delivered_only_over_a_secure_route_and_passed_on() {
     cfg.tls_per_domain.insert("d.test".into(), TlsMode::Required);
     let a = InProcess::start(cfg, Some(Arc::new(UnsignedDns))).await;
 
-    let out = submit(a.addr, "bob@b.test").await;
+    let out = submit_tls(a.addr, "bob@b.test", SEALED, true).await;
     assert!(out.all_accepted(), "{out:?}");
     let gs = good_seen.clone();
     wait_until("delivery at b.test", move || gs.lock().unwrap().len() == 1).await;
-    let (flag, data) = good_seen.lock().unwrap()[0].clone();
-    assert!(flag, "REQUIRETLS passed on to the next hop");
-    assert!(String::from_utf8_lossy(&data).contains("secret body"));
+    let got = good_seen.lock().unwrap()[0].clone();
+    assert!(got.requiretls, "REQUIRETLS passed on to the next hop");
+    assert!(got.tls && got.data.contains("secret body"), "{got:?}");
 
     // e.test has no static route and its MX records are not DNSSEC-signed: no DANE, no
     // secure route.
     for to in ["carol@c.test", "dave@d.test", "erin@e.test"] {
-        assert!(submit(a.addr, to).await.all_accepted());
+        assert!(submit_tls(a.addr, to, SEALED, true).await.all_accepted());
     }
     let d = dir.path().to_path_buf();
     wait_until("three notices to alice", move || maildir_files(&d, "alice").len() == 3).await;
