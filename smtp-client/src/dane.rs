@@ -14,6 +14,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use smtp_proto::tls_policy::provider;
 
+use crate::tls::NoVerify;
+
 /// One TLSA record: certificate usage, selector, matching type and association data.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Tlsa {
@@ -91,12 +93,13 @@ fn der(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 #[derive(Debug)]
 pub(crate) struct DaneVerifier {
     records: Arc<[Tlsa]>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
+    /// Handshake signatures, checked against the presented certificate's key.
+    signatures: NoVerify,
 }
 
 impl DaneVerifier {
     pub(crate) fn new(records: Arc<[Tlsa]>) -> DaneVerifier {
-        DaneVerifier { records, provider: provider() }
+        DaneVerifier { records, signatures: NoVerify(provider()) }
     }
 }
 
@@ -122,7 +125,7 @@ impl ServerCertVerifier for DaneVerifier {
                 continue;
             }
             let verifier =
-                rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.signatures.0.clone())
                     .build()
                     .map_err(|e| rustls::Error::General(e.to_string()))?;
             if let Ok(v) = verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
@@ -138,7 +141,7 @@ impl ServerCertVerifier for DaneVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        self.signatures.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -147,11 +150,11 @@ impl ServerCertVerifier for DaneVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        self.signatures.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.signatures.supported_verify_schemes()
     }
 }
 
