@@ -79,6 +79,17 @@ pub struct RelayConfig {
     /// disk work. Messages that need the queue (several or remote recipients, SEND/SOML/SAML,
     /// a success notification) always take it.
     pub deliver_on_receipt: bool,
+    /// DKIM keys by signing domain: mail from trusted or authenticated sessions whose `From`
+    /// domain has one is signed before it is stored.
+    pub dkim: Vec<crate::msgauth::DkimSpec>,
+    /// Check SPF, DKIM and DMARC on mail from other sessions and add `Authentication-Results`.
+    pub auth_verify: bool,
+    /// Act on DMARC policies: `p=reject` failures get `550 5.7.1`, `p=quarantine` failures a
+    /// header to filter on, DNS failures `451 4.7.0`.
+    pub dmarc_enforce: bool,
+    /// Largest message held in memory to sign or verify (10 MiB); a larger one streams to
+    /// disk unsigned, or with SPF checked only.
+    pub auth_max_size: usize,
 }
 
 impl RelayConfig {
@@ -115,6 +126,10 @@ impl RelayConfig {
             max_per_destination: 5,
             delivery_deadline: Duration::from_secs(600),
             deliver_on_receipt: true,
+            dkim: Vec::new(),
+            auth_verify: true,
+            dmarc_enforce: false,
+            auth_max_size: 10 * 1024 * 1024,
         }
     }
 }

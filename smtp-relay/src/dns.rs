@@ -124,6 +124,12 @@ impl HickoryMx {
         };
         Ok(HickoryMx { resolver: builder()?.build(), secure })
     }
+
+    /// SPF, DKIM and DMARC look-ups (`mail-auth`) through the same (non-validating) resolver
+    /// and its cache.
+    pub fn authenticator(&self) -> mail_auth::MessageAuthenticator {
+        mail_auth::MessageAuthenticator(self.resolver.clone())
+    }
 }
 
 /// Reads DNSKEY records (zone-file lines) to trust; an error names the file.

@@ -44,6 +44,7 @@ pub mod directory;
 pub mod dns;
 pub mod dsn;
 pub mod https;
+pub mod msgauth;
 pub mod mta_sts;
 pub mod password;
 pub mod queue;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use smtp_proto::command::{Orcpt, RcptParams, XText};
 use smtp_proto::{codes, EnhancedCode, ForwardPath, MailVerb, Mailbox, Path, Reply};
 use smtp_server::{Decision, PolicyKind, PolicyRequest, Transaction};
@@ -18,6 +19,7 @@ use crate::deliver::local::LocalDelivery;
 use crate::deliver::maildir::MaildirWriter;
 use crate::deliver::terminal::Terminals;
 use crate::directory::{Lookup, Target};
+use crate::msgauth::{MessageAuth, Origin};
 use crate::queue::{Queue, QueuedMessage, RcptRecord};
 use crate::route::{classify, prepend_route, strip_route, Destination, SourceRoutes};
 use crate::schedule::{Accepted, Handoff, Scheduler};
@@ -27,6 +29,7 @@ use crate::schedule::{Accepted, Handoff, Scheduler};
 #[derive(Clone)]
 pub struct Relay {
     failures: Arc<AuthFailures>,
+    msgauth: Arc<MessageAuth>,
     config: Arc<RelayConfig>,
     queue: Arc<dyn Queue>,
     terminals: Arc<Terminals>,
@@ -36,13 +39,24 @@ pub struct Relay {
 
 impl Relay {
     /// Builds the relay and its scheduler (run it with [`Scheduler::run`]) over one queue.
-    /// Fails only if the thread that commits local deliveries cannot start.
+    /// Fails if a DKIM key cannot be loaded, no resolver can be made for verification, or the
+    /// thread that commits local deliveries cannot start.
     pub fn new(config: RelayConfig, queue: Arc<dyn Queue>) -> std::io::Result<(Relay, Scheduler)> {
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        let verifier = match config.auth_verify {
+            true => {
+                Some(crate::dns::HickoryMx::new(config.dns_server).map_err(|e| invalid(e.to_string()))?.authenticator())
+            }
+            false => None,
+        };
+        let msgauth = MessageAuth::new(&config.hostname, &config.dkim, verifier, config.dmarc_enforce)
+            .map_err(|e| invalid(e.to_string()))?;
+        let msgauth = Arc::new(msgauth);
         let config = Arc::new(config);
         let terminals = Arc::<Terminals>::default();
         let (handoff, scheduler) = Scheduler::new(config.clone(), queue.clone(), terminals.clone())?;
         let local = scheduler.local();
-        Ok((Relay { failures: Arc::default(), config, queue, terminals, local, handoff }, scheduler))
+        Ok((Relay { failures: Arc::default(), msgauth, config, queue, terminals, local, handoff }, scheduler))
     }
 
     /// The policy service: MAIL, RCPT (relay rules, users, terminals), VRFY, EXPN, AUTH.
@@ -54,6 +68,7 @@ impl Relay {
     /// queue id; the scheduler gets the message in hand.
     pub fn mail(&self) -> RelayMail {
         RelayMail {
+            msgauth: self.msgauth.clone(),
             config: self.config.clone(),
             queue: self.queue.clone(),
             local: self.local.clone(),
@@ -277,6 +292,7 @@ impl tower::Service<PolicyRequest> for RelayPolicy {
 /// The relay's mail service.
 #[derive(Clone)]
 pub struct RelayMail {
+    msgauth: Arc<MessageAuth>,
     config: Arc<RelayConfig>,
     queue: Arc<dyn Queue>,
     local: Arc<LocalDelivery>,
@@ -476,6 +492,38 @@ impl RelayMail {
             while let Ok(Some(_)) = tx.body.chunk().await {}
             return reply(554, (5, 1, 1), "No deliverable recipients");
         }
+        // Data held for signing or verification and not yet written: the whole message, or
+        // the first part of one too large to hold.
+        let mut held: Option<Bytes> = None;
+        if self.msgauth.wants(msg.trusted) {
+            let mut data = BytesMut::new();
+            let mut complete = false;
+            while data.len() <= self.config.auth_max_size {
+                match tx.body.chunk().await {
+                    Ok(Some(c)) => data.extend_from_slice(&c),
+                    Ok(None) => {
+                        complete = true;
+                        break;
+                    }
+                    Err(e) => return reply(451, (4, 3, 0), &e.to_string()),
+                }
+            }
+            let mail_from = tx.envelope.from.mailbox().map(|m| m.to_string()).unwrap_or_default();
+            let helo = tx.session.helo.as_ref().map(|d| d.to_string()).unwrap_or_default();
+            let origin = Origin { ip: tx.session.peer.ip(), helo: &helo, mail_from: &mail_from, trusted: msg.trusted };
+            if complete {
+                match self.msgauth.check(origin, data.freeze()).await {
+                    Ok(checked) => {
+                        tx.received.push_str(&checked.prefix);
+                        held = Some(checked.message);
+                    }
+                    Err(refused) => return refused,
+                }
+            } else {
+                tx.received.push_str(&self.msgauth.too_large(origin).await);
+                held = Some(data.freeze());
+            }
+        }
         let mut counter = ReceivedCounter::default();
         counter.feed(tx.received.as_bytes());
         let direct = match self.on_receipt(&msg, &routes) {
@@ -504,7 +552,11 @@ impl RelayMail {
         let mut failed: Option<Reply> = sink.write(tx.received.as_bytes()).await.err();
         let mut size = 0u64;
         loop {
-            match tx.body.chunk().await {
+            let next = match held.take() {
+                Some(h) => Ok(Some(h)),
+                None => tx.body.chunk().await,
+            };
+            match next {
                 Ok(Some(chunk)) => {
                     size += chunk.len() as u64;
                     counter.feed(&chunk);
