@@ -51,6 +51,12 @@ pub struct FileConfig {
     /// `false` turns DANE off (`--no-dane`).
     pub dane: Option<bool>,
     pub dnssec_trust_anchor: Option<PathBuf>,
+    /// DKIM keys, "DOMAIN=SELECTOR:KEYFILE" (`--dkim`).
+    pub dkim: Option<Vec<String>>,
+    /// `false` turns SPF/DKIM/DMARC checks off (`--no-auth-verify`).
+    pub auth_verify: Option<bool>,
+    /// `true` acts on DMARC policies (`--dmarc-enforce`).
+    pub dmarc_enforce: Option<bool>,
     /// AUTH users: name = "password" (only offered under TLS).
     pub auth_users: Option<HashMap<String, String>>,
 }

@@ -44,6 +44,8 @@ enum Command {
     Passwd(commands::passwd::PasswdArgs),
     /// Show the day's TLS report counts (RFC 8460).
     TlsReport(commands::tls_report::TlsReportArgs),
+    /// DKIM keys: `tern dkim keygen`.
+    Dkim(commands::dkim::DkimArgs),
 }
 
 fn init_logging(format: Option<&str>, level: &str) -> Result<(), String> {
@@ -103,6 +105,7 @@ fn main() -> ExitCode {
             Err(Command::Watch(a)) => commands::watch::exec(a).await.map(|()| ExitCode::SUCCESS),
             Err(Command::Passwd(a)) => commands::passwd::exec(a).map(|()| ExitCode::SUCCESS),
             Err(Command::TlsReport(a)) => commands::tls_report::exec(a).map(|()| ExitCode::SUCCESS),
+            Err(Command::Dkim(a)) => commands::dkim::exec(a).map(|()| ExitCode::SUCCESS),
             Err(Command::Serve(_)) => Ok(ExitCode::from(70)),
         }
     });

@@ -14,7 +14,9 @@ use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 use mail_auth::dmarc::Policy;
-use mail_auth::{AuthenticatedMessage, AuthenticationResults, DmarcResult, MessageAuthenticator};
+use mail_auth::{
+    AuthenticatedMessage, AuthenticationResults, DmarcOutput, DmarcResult, MessageAuthenticator, SpfOutput, SpfResult,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
 use smtp_proto::{EnhancedCode, Reply};
@@ -309,12 +311,15 @@ impl MessageAuth {
         let host = self.hostname.as_str();
         let helo = if o.helo.is_empty() { "unknown" } else { o.helo };
         // SPF for MAIL FROM, or for the HELO name with the null reverse-path (RFC 7208 2.4).
-        let spf = if o.mail_from.is_empty() {
+        let mail_domain = o.mail_from.rsplit_once('@').map_or(helo, |(_, d)| d);
+        let mut spf = if o.mail_from.is_empty() {
             v.verify_spf(mail_auth::spf::verify::SpfParameters::verify_ehlo(o.ip, helo, host)).await
         } else {
             v.verify_spf(mail_auth::spf::verify::SpfParameters::verify_mail_from(o.ip, helo, host, o.mail_from)).await
         };
-        let mail_domain = o.mail_from.rsplit_once('@').map_or(helo, |(_, d)| d);
+        if spf.result() == SpfResult::None && dns_trouble(v, mail_domain).await {
+            spf = SpfOutput::new(mail_domain.to_string()).with_result(SpfResult::TempError);
+        }
         let mut ar = AuthenticationResults::new(host);
         ar = if o.mail_from.is_empty() {
             ar.with_spf_ehlo_result(&spf, o.ip, helo)
@@ -325,19 +330,35 @@ impl MessageAuth {
             Some(parsed) => {
                 let dkim = v.verify_dkim(&parsed).await;
                 let from = parsed.from.first().cloned().unwrap_or_default();
-                let dmarc = v
+                let mut dmarc = v
                     .verify_dmarc(
                         mail_auth::dmarc::verify::DmarcParameters::new(&parsed, &dkim, mail_domain, &spf)
                             .with_domain_suffix_fn(|d| psl::domain_str(d).unwrap_or(d)),
                     )
                     .await;
+                // mail-auth 0.7 leaves both results `None` when neither SPF nor DKIM passed,
+                // even with a record: under RFC 7489 6.6.2 that is a DMARC failure.
+                let unaligned = |r: &DmarcResult| matches!(r, DmarcResult::None);
+                if dmarc.dmarc_record().is_none() && !dmarc.domain().is_empty() {
+                    let d = dmarc.domain().to_string();
+                    if dns_trouble(v, &format!("_dmarc.{d}")).await {
+                        let e =
+                            || DmarcResult::TempError(mail_auth::Error::DnsError(format!("_dmarc.{d}: DNS failure")));
+                        dmarc = DmarcOutput::new(d.clone()).with_spf_result(e()).with_dkim_result(e());
+                    }
+                }
+                if dmarc.dmarc_record().is_some() && unaligned(dmarc.spf_result()) && unaligned(dmarc.dkim_result()) {
+                    dmarc = dmarc
+                        .with_spf_result(DmarcResult::Fail(mail_auth::Error::NotAligned))
+                        .with_dkim_result(DmarcResult::Fail(mail_auth::Error::NotAligned));
+                }
                 ar = ar.with_dkim_results(&dkim, &from).with_dmarc_result(&dmarc);
-                let failed = matches!(dmarc.dkim_result(), DmarcResult::Fail(_))
-                    && matches!(dmarc.spf_result(), DmarcResult::Fail(_));
-                let temp =
-                    [dmarc.dkim_result(), dmarc.spf_result()].iter().any(|r| matches!(r, DmarcResult::TempError(_)))
-                        && !matches!(dmarc.dkim_result(), DmarcResult::Pass)
-                        && !matches!(dmarc.spf_result(), DmarcResult::Pass);
+                // DMARC fails when neither identifier passes aligned and one of them failed
+                // (an absent DKIM signature is `None`, not `Fail`).
+                let results = [dmarc.dkim_result(), dmarc.spf_result()];
+                let pass = results.iter().any(|r| matches!(r, DmarcResult::Pass));
+                let temp = !pass && results.iter().any(|r| matches!(r, DmarcResult::TempError(_)));
+                let failed = !pass && !temp && results.iter().any(|r| matches!(r, DmarcResult::Fail(_)));
                 let action = match (failed, temp, dmarc.policy()) {
                     (true, _, Policy::Reject) => Action::Reject(dmarc.domain().to_string()),
                     (true, _, Policy::Quarantine) => Action::Quarantine(dmarc.domain().to_string()),
@@ -353,7 +374,13 @@ impl MessageAuth {
                     dmarc_spf = ?dmarc.spf_result(),
                     "message authentication"
                 );
-                (ar.to_header(), action)
+                // RFC 8601 2.7.1: a signature that was processed but did not verify is `fail`;
+                // mail-auth calls a body hash mismatch `neutral`.
+                (
+                    ar.to_header()
+                        .replace("dkim=neutral (body hash did not verify)", "dkim=fail (body hash did not verify)"),
+                    action,
+                )
             }
             // Too large, or no header section mail-auth can parse: SPF only.
             None => (ar.to_header(), Action::Accept),
@@ -379,6 +406,28 @@ impl MessageAuth {
             }
         }
         Ok((prefix, message.map(|m| strip_results(&m, host))))
+    }
+}
+
+/// Whether a TXT look-up of `name` fails for a reason other than the name or record not
+/// existing (SERVFAIL, REFUSED, a time-out). mail-auth 0.7 reads a SERVFAIL as "no record",
+/// which would turn a temporary failure into `none` (RFC 7208 4.4 and RFC 7489 6.6.3 want
+/// `temperror`); this tells them apart when a check found nothing.
+async fn dns_trouble(v: &MessageAuthenticator, name: &str) -> bool {
+    use mail_auth::hickory_resolver::proto::op::ResponseCode;
+    use mail_auth::hickory_resolver::proto::ProtoErrorKind;
+    use mail_auth::hickory_resolver::ResolveErrorKind;
+    match v.resolver().txt_lookup(format!("{}.", name.trim_end_matches('.'))).await {
+        Ok(_) => false,
+        Err(e) => match e.kind() {
+            ResolveErrorKind::Proto(p) => match p.kind() {
+                ProtoErrorKind::NoRecordsFound { response_code, .. } => {
+                    !matches!(*response_code, ResponseCode::NXDomain | ResponseCode::NoError)
+                }
+                _ => true,
+            },
+            _ => true,
+        },
     }
 }
 

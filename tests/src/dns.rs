@@ -182,7 +182,10 @@ fn answer(zone: &Zone, signer: Option<&Signer>, query: &[u8]) -> Option<Vec<u8>>
             (Rr::Mx(pref, host), RecordType::MX) => {
                 RData::MX(MX::new(*pref, Name::from_str(&format!("{host}.")).ok()?))
             }
-            (Rr::Txt(t), RecordType::TXT) => RData::TXT(TXT::new(vec![t.clone()])),
+            // One string holds at most 255 octets (RFC 1035 3.3.14); longer text is split.
+            (Rr::Txt(t), RecordType::TXT) => RData::TXT(TXT::new(
+                t.as_bytes().chunks(255).map(|c| String::from_utf8_lossy(c).into_owned()).collect(),
+            )),
             (Rr::Tlsa(u, s, m, d), RecordType::TLSA) => {
                 RData::TLSA(TLSA::new((*u).into(), (*s).into(), (*m).into(), d.clone()))
             }

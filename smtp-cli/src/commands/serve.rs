@@ -136,6 +136,18 @@ pub struct ServeArgs {
     /// private or test zone.
     #[arg(long)]
     pub dnssec_trust_anchor: Option<PathBuf>,
+    /// Sign mail from trusted and authenticated clients whose From domain is DOMAIN with DKIM,
+    /// DOMAIN=SELECTOR:KEYFILE (repeatable; make a key with `tern dkim keygen`).
+    #[arg(long, value_name = "DOMAIN=SELECTOR:KEYFILE")]
+    pub dkim: Vec<String>,
+    /// Do not check SPF, DKIM and DMARC on mail from other clients (on by default; the
+    /// result goes in an Authentication-Results header).
+    #[arg(long)]
+    pub no_auth_verify: bool,
+    /// Act on DMARC policies: refuse mail that fails DMARC at a p=reject domain (550 5.7.1),
+    /// mark p=quarantine failures (X-Tern-DMARC header), defer on DNS failures (451 4.7.0).
+    #[arg(long)]
+    pub dmarc_enforce: bool,
     /// The HTTPS port MTA-STS policies are fetched from. For tests only. Default 443.
     #[arg(long, hide = true)]
     pub mta_sts_port: Option<u16>,
@@ -273,6 +285,18 @@ pub fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
     }
     if let Some(p) = pick(args.mta_sts_port, file.mta_sts_port) {
         relay.mta_sts_port = p;
+    }
+    for d in many(args.dkim, file.dkim) {
+        relay.dkim.push(d.parse().map_err(|e: smtp_relay::msgauth::MsgAuthError| err("dkim", e.to_string()))?);
+    }
+    // Keys are loaded now, so a bad one stops the start with its file named.
+    smtp_relay::msgauth::MessageAuth::new(&hostname, &relay.dkim, None, false)
+        .map_err(|e| err("dkim", e.to_string()))?;
+    if args.no_auth_verify || file.auth_verify == Some(false) {
+        relay.auth_verify = false;
+    }
+    if args.dmarc_enforce || file.dmarc_enforce == Some(true) {
+        relay.dmarc_enforce = true;
     }
     if let Some(n) = pick(args.max_deliveries, file.max_deliveries) {
         relay.max_deliveries = n.max(1);
