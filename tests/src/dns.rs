@@ -34,6 +34,8 @@ pub enum Rr {
     Bogus,
     /// Answer SERVFAIL for this name, whatever is asked.
     ServFail,
+    /// The time to live of this name's answers in seconds (0 without it: nothing is cached).
+    Ttl(u32),
 }
 
 /// The table: lower-case names without the trailing dot.
@@ -193,7 +195,8 @@ fn answer(zone: &Zone, signer: Option<&Signer>, query: &[u8]) -> Option<Vec<u8>>
         };
         answers.push(data);
     }
-    let answers: Vec<Record> = answers.into_iter().map(|d| Record::from_rdata(qname.clone(), 0, d)).collect();
+    let ttl = records.iter().flatten().find_map(|r| if let Rr::Ttl(t) = r { Some(*t) } else { None }).unwrap_or(0);
+    let answers: Vec<Record> = answers.into_iter().map(|d| Record::from_rdata(qname.clone(), ttl, d)).collect();
     match signer {
         None => {
             for r in answers {

@@ -350,6 +350,44 @@ fn a_bad_aliases_file_names_its_line() {
     assert!(err.contains(&aliases.display().to_string()) && err.contains("line 2"), "{err}");
 }
 
+#[test]
+fn dkim_keygen_writes_a_private_key_and_serve_checks_keys_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("s1.pem");
+    let k = key.to_str().unwrap();
+    let (code, out, err) =
+        run(&["dkim", "keygen", "--domain", "a.test", "--selector", "s1", "--ed25519", "--out", k], b"");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("s1._domainkey.a.test. IN TXT ( \"v=DKIM1; k=ed25519; p="), "{out}");
+    assert!(out.contains(&format!("--dkim a.test=s1:{k}")), "{out}");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    // Never over an existing key.
+    let before = std::fs::read(&key).unwrap();
+    let (code, _, err) = run(&["dkim", "keygen", "--domain", "a.test", "--selector", "s1", "--out", k], b"");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("exists") && err.lines().count() == 1, "{err}");
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+    // RSA records are longer than one TXT string: split.
+    let rsa = dir.path().join("r.pem");
+    let (code, out, _) =
+        run(&["dkim", "keygen", "--domain", "a.test", "--selector", "r", "--out", rsa.to_str().unwrap()], b"");
+    assert_eq!(code, 0);
+    assert!(out.contains("k=rsa; p=") && out.matches('"').count() >= 4, "{out}");
+    // tern serve loads the keys before it listens: a good one starts, a bad one stops it.
+    let data = dir.path().join("data");
+    let tern = Tern::serve(&data, &["--dkim", &format!("a.test=s1:{k}")]);
+    assert!(tern.terminate().success());
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a key").unwrap();
+    for spec in [format!("a.test=s1:{}", junk.display()), "a.test".to_string()] {
+        let (code, _, err) =
+            run(&["serve", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap(), "--dkim", &spec], b"");
+        assert_eq!(code, 78, "{err}");
+        assert!(err.contains("dkim") && err.lines().count() == 1, "{err}");
+    }
+}
+
 /// Issue 18: SIGTERM while a transaction is in flight: it finishes (250, delivered), then the
 /// server says 421 and exits cleanly.
 #[tokio::test]

@@ -198,6 +198,31 @@ async fn a_forged_result_with_our_id_is_removed_and_others_kept() {
     w.b.stop().await;
 }
 
+#[tokio::test]
+async fn malformed_signatures_and_huge_headers_get_a_result_not_a_crash() {
+    let w = World::new().await;
+    let bad = [
+        "DKIM-Signature: v=1; a=rsa-sha256; d=a.test; s=rsa1; b=!!!notbase64; bh=; h=From\r\n",
+        "DKIM-Signature: v=9; a=rot13; d=; s=\r\n",
+        "DKIM-Signature: garbage without tags\r\n",
+        "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=nokey.test; s=x; h=From; bh=AAAA; b=AAAA\r\n",
+    ]
+    .concat();
+    let huge = format!("X-Long: {}\r\n", "y".repeat(200_000));
+    for (i, head) in [bad, huge].iter().enumerate() {
+        let data = format!("{head}{}", message("alice@a.test", &format!("bad{i}")));
+        let r = submit(w.b.addr, "alice@a.test", "bob@b.test", &data).await;
+        assert!(r.starts_with("250"), "SPF passes and aligns: {r}");
+        let ar = our_results(&w.received("bob", i + 1).await);
+        assert!(ar.contains("spf=pass") && ar.contains("dmarc=pass"), "{ar}");
+        if i == 0 {
+            assert!(!ar.contains("dkim=pass") && ar.contains("dkim="), "{ar}");
+        }
+    }
+    w.a.stop().await;
+    w.b.stop().await;
+}
+
 /// Verifies `message` with dkimpy, answering its key look-ups from `records`.
 fn dkimpy_verifies(dir: &Path, message: &str, records: &[(String, String)]) -> bool {
     let msg = dir.join("msg.eml");

@@ -520,6 +520,32 @@ mod tests {
     }
 
     #[test]
+    fn message_authentication_flags_and_keys() {
+        let s = settings_for(&[]);
+        assert!(s.relay.auth_verify && !s.relay.dmarc_enforce && s.relay.dkim.is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.pem");
+        std::fs::write(&key, smtp_relay::msgauth::generate_key(true).unwrap().0).unwrap();
+        let spec = format!("Example.org=s1:{}", key.display());
+        let s = settings_for(&["--dkim", &spec, "--no-auth-verify", "--dmarc-enforce"]);
+        assert!(!s.relay.auth_verify && s.relay.dmarc_enforce);
+        assert_eq!(
+            (s.relay.dkim[0].domain.as_str(), s.relay.dkim[0].key_file.as_path()),
+            ("example.org", key.as_path())
+        );
+        let file = dir.path().join("tern.toml");
+        let toml = format!("dkim = [\"a.test=s:{}\"]\nauth_verify = false\ndmarc_enforce = true\n", key.display());
+        std::fs::write(&file, toml).unwrap();
+        let s = settings_for(&["--config", file.to_str().unwrap()]);
+        assert!(!s.relay.auth_verify && s.relay.dmarc_enforce && s.relay.dkim[0].domain == "a.test");
+        let data = dir.path().join("data");
+        let missing = format!("a.test=s:{}", dir.path().join("missing.pem").display());
+        let argv = ["tern", "--data-dir", data.to_str().unwrap(), "--dkim", &missing];
+        let e = settings(Cli::parse_from(argv).serve).err().unwrap();
+        assert!(e.to_string().contains("key `dkim`") && e.to_string().contains("missing.pem"), "{e}");
+    }
+
+    #[test]
     fn command_and_data_timeouts_are_separate() {
         let s = settings_for(&["--idle-timeout", "400", "--data-timeout", "900"]);
         assert_eq!(
