@@ -62,6 +62,9 @@ pub enum MsgAuthError {
         /// Why.
         reason: String,
     },
+    /// The system could not make a key (no randomness).
+    #[error("cannot generate a DKIM key: {0}")]
+    Generate(String),
 }
 
 /// One signing domain, as configured: `DOMAIN=SELECTOR:KEYFILE`.
@@ -517,20 +520,26 @@ fn is_our_result(message: &[u8], start: usize, host: &str) -> bool {
 
 /// A new DKIM key for `tern dkim keygen`: the private key as PKCS#8 PEM and the DNS TXT record
 /// to publish at `SELECTOR._domainkey.DOMAIN`.
-pub fn generate_key(ed25519: bool) -> Result<(String, String), String> {
+pub fn generate_key(ed25519: bool) -> Result<(String, String), MsgAuthError> {
     use aws_lc_rs::encoding::AsDer;
     use aws_lc_rs::signature::KeyPair;
     let (der, record) = if ed25519 {
         let rng = aws_lc_rs::rand::SystemRandom::new();
-        let pkcs8 = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| e.to_string())?;
-        let pair = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|e| e.to_string())?;
+        let pkcs8 = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+            .map_err(|e| MsgAuthError::Generate(e.to_string()))?;
+        let pair = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+            .map_err(|e| MsgAuthError::Generate(e.to_string()))?;
         let public = pair.public_key().as_ref().to_vec();
         (pkcs8.as_ref().to_vec(), format!("v=DKIM1; k=ed25519; p={}", b64(&public)))
     } else {
-        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(|e| e.to_string())?;
-        let pkcs8: aws_lc_rs::encoding::Pkcs8V1Der = pair.as_der().map_err(|e| e.to_string())?;
-        let spki: aws_lc_rs::encoding::PublicKeyX509Der =
-            pair.public_key().as_der().map_err(|e: aws_lc_rs::error::Unspecified| e.to_string())?;
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+            .map_err(|e| MsgAuthError::Generate(e.to_string()))?;
+        let pkcs8: aws_lc_rs::encoding::Pkcs8V1Der =
+            pair.as_der().map_err(|e| MsgAuthError::Generate(e.to_string()))?;
+        let spki: aws_lc_rs::encoding::PublicKeyX509Der = pair
+            .public_key()
+            .as_der()
+            .map_err(|e: aws_lc_rs::error::Unspecified| MsgAuthError::Generate(e.to_string()))?;
         (pkcs8.as_ref().to_vec(), format!("v=DKIM1; k=rsa; p={}", b64(spki.as_ref())))
     };
     let body = b64(&der);

@@ -46,7 +46,7 @@ pub fn exec(args: DkimArgs) -> anyhow::Result<()> {
         .parse()
         .map_err(|_| anyhow::anyhow!("--domain {:?} and --selector {:?} must be domain names", a.domain, a.selector))?;
     let out = a.out.unwrap_or_else(|| PathBuf::from(format!("{}.{}.pem", spec.selector, spec.domain)));
-    let (pem, record) = smtp_relay::msgauth::generate_key(a.ed25519).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (pem, record) = smtp_relay::msgauth::generate_key(a.ed25519)?;
     let mut f = {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
