@@ -51,6 +51,8 @@ pub struct FileConfig {
     /// `false` turns DANE off (`--no-dane`).
     pub dane: Option<bool>,
     pub dnssec_trust_anchor: Option<PathBuf>,
+    /// Where `/metrics` and `/healthz` are served (`--metrics-listen`).
+    pub metrics_listen: Option<String>,
     /// DKIM keys, "DOMAIN=SELECTOR:KEYFILE" (`--dkim`).
     pub dkim: Option<Vec<String>>,
     /// `false` turns SPF/DKIM/DMARC checks off (`--no-auth-verify`).

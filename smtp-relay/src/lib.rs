@@ -46,6 +46,7 @@ pub mod dsn;
 pub mod https;
 pub mod msgauth;
 pub mod mta_sts;
+pub mod observe;
 pub mod password;
 pub mod queue;
 pub mod relay;

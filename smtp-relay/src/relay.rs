@@ -261,6 +261,7 @@ impl RelayPolicy {
             return Decision::Accept;
         }
         let n = self.failures.fail(ip);
+        metrics::counter!("tern_auth_failures_total").increment(1);
         tracing::warn!(peer = %req.session.peer, user = %credentials.username, failures = n, "AUTH failed");
         tokio::time::sleep(auth_failure_delay(n)).await;
         if n >= budget {
@@ -284,7 +285,15 @@ impl tower::Service<PolicyRequest> for RelayPolicy {
             let me = self.clone();
             return Box::pin(async move { Ok(me.auth(req).await) });
         }
+        let rcpt = matches!(req.kind, PolicyKind::Rcpt { .. });
         let d = self.decide(req);
+        if rcpt {
+            let result = match &d {
+                Decision::Respond(r) if r.code() >= 400 => "refused",
+                _ => "accepted",
+            };
+            metrics::counter!("tern_recipients_total", "result" => result).increment(1);
+        }
         Box::pin(std::future::ready(Ok(d)))
     }
 }
@@ -363,6 +372,13 @@ fn queue_error_reply(e: &crate::queue::QueueError) -> Reply {
     } else {
         codes::local_error()
     }
+}
+
+/// Counts an accepted message of `size` octets whose data ended at `data_end`.
+fn accepted(size: u64, data_end: std::time::Instant) {
+    metrics::counter!("tern_messages_accepted_total").increment(1);
+    metrics::counter!("tern_accepted_bytes_total").increment(size);
+    metrics::histogram!("tern_accept_duration_seconds").record(data_end.elapsed());
 }
 
 /// Where an incoming message is written as it arrives.
@@ -551,6 +567,7 @@ impl RelayMail {
         };
         let mut failed: Option<Reply> = sink.write(tx.received.as_bytes()).await.err();
         let mut size = 0u64;
+        let data_end: std::time::Instant;
         loop {
             let next = match held.take() {
                 Some(h) => Ok(Some(h)),
@@ -566,7 +583,10 @@ impl RelayMail {
                         failed = sink.write(&chunk).await.err();
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    data_end = std::time::Instant::now();
+                    break;
+                }
                 // Aborted: the sink is dropped and its temporary file removed.
                 Err(e) => return reply(451, (4, 3, 0), &e.to_string()),
             }
@@ -580,6 +600,9 @@ impl RelayMail {
         match sink {
             Sink::Mailbox(w) => match self.local.finish(w).await {
                 Ok(path) => {
+                    accepted(size, data_end);
+                    metrics::counter!("tern_deliveries_total", "outcome" => "delivered", "kind" => "local")
+                        .increment(1);
                     let id = &tx.id;
                     tracing::info!(%id, from = %tx.envelope.from, to = %msg.recipients[0].path, size, file = %path.display(), "delivered on receipt");
                     reply(250, (2, 0, 0), &format!("Ok: queued as {id}"))
@@ -591,6 +614,7 @@ impl RelayMail {
             },
             Sink::Queue(writer) => match writer.commit().await {
                 Ok(stored) => {
+                    accepted(size, data_end);
                     let id = stored.id.clone();
                     tracing::info!(%id, from = %tx.envelope.from, recipients = tx.envelope.recipients.len(), size, "queued");
                     msg.id = id.clone();

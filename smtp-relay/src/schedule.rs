@@ -121,7 +121,11 @@ pub fn next_due(msg: &QueuedMessage, config: &RelayConfig) -> Option<u64> {
 /// a transient failure is tried again after [`backoff`].
 fn apply(cfg: &RelayConfig, msg: &mut QueuedMessage, outcomes: Vec<(usize, Outcome)>, now: u64) {
     let id = &msg.id;
+    let residence = (now / 1000).saturating_sub(msg.arrival) as f64;
     for (i, o) in outcomes {
+        if !matches!(o, Outcome::Retry(..)) {
+            metrics::histogram!("tern_queue_residence_seconds").record(residence);
+        }
         let r = &mut msg.recipients[i];
         match o {
             Outcome::Delivered(mta) => {
@@ -151,6 +155,16 @@ fn apply(cfg: &RelayConfig, msg: &mut QueuedMessage, outcomes: Vec<(usize, Outco
             }
         }
     }
+}
+
+/// Counts one recipient's attempt (`tern_deliveries_total`).
+fn count_outcome(kind: &'static str, o: &Outcome) {
+    let outcome = match o {
+        Outcome::Delivered(_) | Outcome::Relayed(_) => "delivered",
+        Outcome::Retry(..) => "deferred",
+        Outcome::Failed(..) => "failed",
+    };
+    metrics::counter!("tern_deliveries_total", "outcome" => outcome, "kind" => kind).increment(1);
 }
 
 /// Delivers what the relay queued. Run it with [`Scheduler::run`].
@@ -284,16 +298,19 @@ impl Scheduler {
         let mut resumed = 0usize;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut index = Index::default();
+        let mut census = Census::default();
         let mut in_flight: HashSet<QueueId> = HashSet::new();
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
+            census.publish();
             let sleep = index.next_instant();
             tokio::select! {
                 _ = &mut shutdown => break,
                 e = scanned.recv(), if scan_pending => match e {
-                    Some(ScanEntry::Queued(m, _)) if !in_flight.contains(&m.id) => {
+                    Some(ScanEntry::Queued(m, size)) if !in_flight.contains(&m.id) => {
                         if let Some(due) = next_due(&m, &cfg) {
+                            census.add(&m.id, m.arrival, size);
                             index.insert(m.id.clone(), due);
                             resumed += 1;
                         }
@@ -310,6 +327,7 @@ impl Scheduler {
                 },
                 Some(a) = self.accepted.recv() => {
                     let id = a.msg.id.clone();
+                    census.add(&id, a.msg.arrival, a.body.len());
                     index.remove(&id);
                     if in_flight.insert(id.clone()) {
                         let job = if tasks.len() < MAX_IN_HAND { Job::Fresh(Box::new(a)) } else { Job::Due(id, false) };
@@ -318,8 +336,9 @@ impl Scheduler {
                 }
                 Some(d) = done_rx.recv() => {
                     in_flight.remove(&d.id);
-                    if let Some(due) = d.next {
-                        index.insert(d.id, due);
+                    match d.next {
+                        Some(due) => index.insert(d.id, due),
+                        None => census.remove(&d.id),
                     }
                 }
                 Some(cmd) = self.commands.recv() => match cmd {
@@ -332,6 +351,7 @@ impl Scheduler {
                     }
                     Command::Delete(id, reply) => {
                         index.remove(&id);
+                        census.remove(&id);
                         ctx.unsaved.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                         let r = self.queue.remove(&id).await.map_err(|e| e.to_string());
                         let _ = reply.send(r);
@@ -361,7 +381,9 @@ fn spawn(tasks: &mut tokio::task::JoinSet<()>, ctx: &Arc<Ctx>, done: &mpsc::Unbo
             Job::Fresh(a) => a.msg.id.clone(),
             Job::Due(id, _) => id.clone(),
         };
+        metrics::gauge!("tern_deliveries_in_flight").increment(1.0);
         let next = ctx.process(job).await;
+        metrics::gauge!("tern_deliveries_in_flight").decrement(1.0);
         let _ = done.send(Done { id, next });
     });
 }
@@ -413,6 +435,37 @@ impl Index {
             None => MAX_SLEEP,
         };
         tokio::time::Instant::now() + wait
+    }
+}
+
+/// What the queue holds, for the `tern_queue_*` gauges: each message's arrival and size.
+#[derive(Default)]
+struct Census {
+    by_id: HashMap<QueueId, (u64, u64)>,
+    by_age: BTreeSet<(u64, QueueId)>,
+    bytes: u64,
+}
+
+impl Census {
+    fn add(&mut self, id: &str, arrival: u64, bytes: u64) {
+        if self.by_id.insert(id.to_string(), (arrival, bytes)).is_none() {
+            self.by_age.insert((arrival, id.to_string()));
+            self.bytes += bytes;
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some((arrival, bytes)) = self.by_id.remove(id) {
+            self.by_age.remove(&(arrival, id.to_string()));
+            self.bytes -= bytes;
+        }
+    }
+
+    fn publish(&self) {
+        metrics::gauge!("tern_queue_messages").set(self.by_id.len() as f64);
+        metrics::gauge!("tern_queue_bytes").set(self.bytes as f64);
+        let oldest = self.by_age.first().map_or(0, |(arrival, _)| QueuedMessage::now().saturating_sub(*arrival));
+        metrics::gauge!("tern_queue_oldest_message_age_seconds").set(oldest as f64);
     }
 }
 
@@ -489,18 +542,33 @@ impl Ctx {
             match &routes[i] {
                 Route::Mailbox(user) => {
                     let thorough = !fresh || msg.recipients[i].attempts > 0;
-                    outcomes.push((i, self.local.deliver(&msg, i, user, &body, thorough).await));
+                    let start = std::time::Instant::now();
+                    let o = self.local.deliver(&msg, i, user, &body, thorough).await;
+                    metrics::histogram!("tern_delivery_duration_seconds", "kind" => "local").record(start.elapsed());
+                    count_outcome("local", &o);
+                    outcomes.push((i, o));
                 }
                 Route::Remote(hop) => match groups.iter_mut().find(|(h, _)| h.canonical() == hop.canonical()) {
                     Some((_, idx)) => idx.push(i),
                     None => groups.push((hop.clone(), vec![i])),
                 },
-                Route::Refused(r) => outcomes.push((i, Outcome::Failed(r.clone(), None))),
+                Route::Refused(r) => {
+                    let o = Outcome::Failed(r.clone(), None);
+                    count_outcome("remote", &o);
+                    outcomes.push((i, o));
+                }
             }
         }
-        let remote =
-            futures_util::future::join_all(groups.iter().map(|(hop, idx)| self.remote.deliver(&msg, &body, hop, idx)))
-                .await;
+        let remote = futures_util::future::join_all(groups.iter().map(|(hop, idx)| async {
+            let start = std::time::Instant::now();
+            let r = self.remote.deliver(&msg, &body, hop, idx).await;
+            metrics::histogram!("tern_delivery_duration_seconds", "kind" => "remote").record(start.elapsed());
+            for (_, o) in &r {
+                count_outcome("remote", o);
+            }
+            r
+        }))
+        .await;
         outcomes.extend(remote.into_iter().flatten());
         apply(&self.config, &mut msg, outcomes, now);
         if now >= msg.arrival_plus_ms(self.config.queue_lifetime) {
@@ -592,6 +660,7 @@ impl Ctx {
         match dsn::enqueue(self.queue.as_ref(), notice, body).await {
             Ok(stored) => {
                 tracing::info!(id = %msg.id, dsn = %stored.id, ?action, recipients = idx.len(), "notification queued");
+                metrics::counter!("tern_notifications_total").increment(1);
                 env.id = stored.id;
                 let routes = self.routes(&env);
                 self.handoff.accepted(crate::schedule::Accepted { msg: env, routes, body: stored.body });

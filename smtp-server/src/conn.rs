@@ -111,19 +111,27 @@ pub(crate) async fn serve<IO: Io, P: PolicyService, M: MailService>(
     ConnectionInfo { peer, local, implicit_tls: implicit }: ConnectionInfo,
 ) {
     let mut info = SessionInfo { peer, local, helo: None, extended: false, tls: None, authenticated: None };
+    metrics::counter!("tern_connections_accepted_total").increment(1);
+    let _open = OpenConnection::new();
     let cfg = shared.options.session.clone();
     let (transport, session) = if implicit {
         let Some(acceptor) = shared.acceptor.clone() else { return };
         match Box::pin(tokio::time::timeout(shared.options.tls_handshake_timeout, acceptor.accept(io))).await {
             Ok(Ok(tls)) => {
-                info.tls = Some(TlsInfo::from_rustls(tls.get_ref().1));
+                let tls_info = TlsInfo::from_rustls(tls.get_ref().1);
+                count_tls(&tls_info);
+                info.tls = Some(tls_info);
                 (Either::Right(Box::new(tls)), ServerSession::new_tls(cfg))
             }
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "implicit TLS handshake failed");
+                metrics::counter!("tern_connections_refused_total", "reason" => "tls_handshake").increment(1);
                 return;
             }
-            Err(_) => return,
+            Err(_) => {
+                metrics::counter!("tern_connections_refused_total", "reason" => "tls_handshake").increment(1);
+                return;
+            }
         }
     } else {
         (Either::Left(io), ServerSession::new(cfg))
@@ -139,6 +147,49 @@ pub(crate) async fn serve<IO: Io, P: PolicyService, M: MailService>(
     };
     let end = conn.run(transport).await;
     tracing::info!(%peer, messages = conn.messages, tls = conn.info.tls.is_some(), clean = matches!(end, End::Closed), "connection closed");
+}
+
+/// Counts an open connection (`tern_connections_open`) for as long as it lives.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> OpenConnection {
+        metrics::gauge!("tern_connections_open").increment(1.0);
+        OpenConnection
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("tern_connections_open").decrement(1.0);
+    }
+}
+
+fn count_tls(info: &TlsInfo) {
+    let handshake = if info.resumed { "resumed" } else { "full" };
+    metrics::counter!("tern_tls_sessions_total", "version" => info.version.clone(), "handshake" => handshake)
+        .increment(1);
+}
+
+/// Counts the 4xx and 5xx replies in a batch of output (the last line of each reply: code and
+/// a space).
+fn count_rejections(out: &[u8]) {
+    let (mut four, mut five) = (0u64, 0u64);
+    for line in out.split(|&b| b == b'\n') {
+        if line.len() >= 4 && line[3] == b' ' && line[1].is_ascii_digit() && line[2].is_ascii_digit() {
+            match line[0] {
+                b'4' => four += 1,
+                b'5' => five += 1,
+                _ => {}
+            }
+        }
+    }
+    if four > 0 {
+        metrics::counter!("tern_replies_rejected_total", "class" => "4xx").increment(four);
+    }
+    if five > 0 {
+        metrics::counter!("tern_replies_rejected_total", "class" => "5xx").increment(five);
+    }
 }
 
 impl<P: PolicyService, M: MailService> Conn<P, M> {
@@ -228,6 +279,7 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
     /// Writes pending output (one write per batch of replies: RFC 2920).
     async fn write_out<IO: Io>(&mut self, transport: &mut Transport<IO>) -> bool {
         let Some(out) = self.session.poll_output() else { return true };
+        count_rejections(&out);
         let wait = self.shared.options.command_timeout;
         let res = tokio::time::timeout(wait, async {
             transport.write_all(&out).await?;
@@ -244,6 +296,7 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
         match Box::pin(tokio::time::timeout(self.shared.options.tls_handshake_timeout, acceptor.accept(io))).await {
             Ok(Ok(tls)) => {
                 let info = TlsInfo::from_rustls(tls.get_ref().1);
+                count_tls(&info);
                 tracing::debug!(peer = %self.info.peer, version = %info.version, cipher = %info.cipher, resumed = info.resumed, "STARTTLS");
                 self.info.tls = Some(info);
                 self.info.helo = None;
@@ -253,6 +306,7 @@ impl<P: PolicyService, M: MailService> Conn<P, M> {
             }
             Ok(Err(e)) => {
                 tracing::info!(peer = %self.info.peer, error = %e, "STARTTLS handshake failed");
+                metrics::counter!("tern_connections_refused_total", "reason" => "tls_handshake").increment(1);
                 None
             }
             Err(_) => None,

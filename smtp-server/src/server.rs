@@ -350,6 +350,7 @@ async fn accept_loop<P: PolicyService, M: MailService>(
                 });
             }
             None => {
+                metrics::counter!("tern_connections_refused_total", "reason" => "limit").increment(1);
                 shared.tracker.spawn(refuse(tcp, codes::too_many_connections()));
             }
         }

@@ -148,6 +148,9 @@ pub struct ServeArgs {
     /// mark p=quarantine failures (X-Tern-DMARC header), defer on DNS failures (451 4.7.0).
     #[arg(long)]
     pub dmarc_enforce: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics and health at /healthz (off by default).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
     /// The HTTPS port MTA-STS policies are fetched from. For tests only. Default 443.
     #[arg(long, hide = true)]
     pub mta_sts_port: Option<u16>,
@@ -161,6 +164,8 @@ pub struct Settings {
     pub server: ServerOptions,
     /// Routing, queue and delivery (starts from `RelayConfig::new`).
     pub relay: RelayConfig,
+    /// Where `/metrics` and `/healthz` are served (off when `None`).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
@@ -331,7 +336,11 @@ pub fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
     if !relay.auth_users.is_empty() {
         server.session.auth_mechanisms = vec![AuthMechanism::Plain, AuthMechanism::Login];
     }
-    Ok(Settings { hostname, data_dir, server, relay })
+    let metrics_listen = match pick(args.metrics_listen, file.metrics_listen) {
+        Some(a) => Some(a.parse().map_err(|_| err("metrics_listen", format!("{a:?} is not an address and port")))?),
+        None => None,
+    };
+    Ok(Settings { hostname, data_dir, server, relay, metrics_listen })
 }
 
 /// Limits and timeouts: `ServerOptions::default()` with the file's values, then the flags'.
@@ -408,6 +417,28 @@ pub async fn exec(s: Settings) -> anyhow::Result<()> {
     if tokio::net::UnixStream::connect(&control).await.is_ok() {
         anyhow::bail!("{} is in use by another tern serve", s.data_dir.display());
     }
+    // The metrics listener first: a bad address stops the start before anything is served.
+    let metrics = match s.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("metrics listener {addr}: {e}"))?;
+            let handle = smtp_relay::observe::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+            Some((listener, handle))
+        }
+        None => None,
+    };
+    let health = smtp_relay::observe::Health::default();
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = metrics.map(|(listener, handle)| {
+        println!(
+            "tern serve: metrics on http://{}/metrics",
+            listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
+        );
+        tokio::spawn(smtp_relay::observe::serve(listener, handle, health.clone(), async move {
+            let _ = metrics_stopped.await;
+        }))
+    });
     let queue = Arc::new(FsQueue::open(s.data_dir.join("queue")).map_err(|e| anyhow::anyhow!("queue: {e}"))?);
     if let Some(w) = catch_all_warning(&s) {
         tracing::warn!("{w}");
@@ -442,13 +473,19 @@ pub async fn exec(s: Settings) -> anyhow::Result<()> {
         s.data_dir.display()
     );
     let run = tokio::spawn(server.run());
+    health.ready();
     signals.wait().await;
     tracing::info!("shutting down");
+    health.stopping();
     shutdown.shutdown(Duration::from_secs(10)).await;
     let _ = run.await;
     let _ = stop_tx.send(());
     let _ = scheduler_task.await;
     control_task.abort();
+    let _ = metrics_stop.send(());
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
     let _ = std::fs::remove_file(&control);
     println!("tern serve: stopped");
     Ok(())

@@ -431,15 +431,17 @@ impl RemoteDelivery {
                     result = self.send(self.services.get(&TlsMode::Opportunistic), &dest, &envelope, body).await;
                 }
                 let opportunistic = (mode == TlsMode::Opportunistic && matches!(dane, Dane::None)) || fallback;
+                let mut downgraded = fallback;
                 if let (true, Err(smtp_client::Error::Handshake(e))) = (opportunistic, &result) {
                     tracing::warn!(destination = %host, port, policy = name, error = %e, "STARTTLS failed; retrying once without TLS (downgrade)");
                     result = self.send(self.services.get(&TlsMode::None), &dest, &envelope, body).await;
+                    downgraded = true;
                 }
-                result
+                (result, downgraded)
             };
             // A whole attempt has a deadline: per-step timeouts alone let a host that answers
             // slowly hold a slot for many minutes.
-            let result = match tokio::time::timeout(self.config.delivery_deadline, attempt).await {
+            let (result, downgraded) = match tokio::time::timeout(self.config.delivery_deadline, attempt).await {
                 Ok(r) => r,
                 Err(_) => {
                     tracing::info!(destination = %host, port, "delivery attempt deadline passed");
@@ -449,7 +451,15 @@ impl RemoteDelivery {
             };
             match result {
                 Ok(out) => {
-                    tracing::info!(id = %msg.id, destination = %host, port, policy = name, tls = out.tls.as_ref().map_or("none", |t| &t.version), validated = strict && out.tls.is_some(), "sent to the next hop");
+                    let validated = strict && !downgraded && out.tls.is_some();
+                    tracing::info!(id = %msg.id, destination = %host, port, policy = name, tls = out.tls.as_ref().map_or("none", |t| &t.version), validated, "sent to the next hop");
+                    let tls_result = match (downgraded, &out.tls, validated) {
+                        (true, _, _) => "downgraded",
+                        (false, None, _) => "plaintext",
+                        (false, Some(_), true) => "validated",
+                        (false, Some(_), false) => "opportunistic",
+                    };
+                    metrics::counter!("tern_outbound_tls_total", "result" => tls_result).increment(1);
                     let dsn = out.dsn;
                     // Each recipient by its own transaction's end-of-data reply (RCPTMAX may
                     // have split the envelope): a later transaction's failure never turns an
