@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// Open a new connection for every message instead of reusing one.
     #[arg(long)]
     pub no_reuse: bool,
+    /// Also write the results as JSON to FILE: totals, percentiles and the latency
+    /// histogram's buckets, for plotting.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]
@@ -157,8 +161,31 @@ pub async fn exec(args: BenchArgs) -> anyhow::Result<()> {
             ms(h.value_at_quantile(0.99)),
             ms(h.max())
         );
+        print!("{}", bars(&buckets(h), 40));
     }
     let failed: u64 = t.failures.values().sum();
+    if let Some(path) = &args.json {
+        let v = serde_json::json!({
+            "server": args.server,
+            "connections": args.connections,
+            "size": args.size,
+            "recipients": args.recipients,
+            "tls": args.tls,
+            "sent": done.load(Ordering::Relaxed),
+            "accepted": ok,
+            "seconds": secs,
+            "messages_per_second": ok as f64 / secs,
+            "failures": t.failures,
+            "latency_ms": t.latency.as_ref().map(|h| serde_json::json!({
+                "p50": ms(h.value_at_quantile(0.5)),
+                "p90": ms(h.value_at_quantile(0.9)),
+                "p99": ms(h.value_at_quantile(0.99)),
+                "max": ms(h.max()),
+                "buckets": buckets(h).iter().map(|(le, n)| serde_json::json!({ "le_ms": le, "count": n })).collect::<Vec<_>>(),
+            })),
+        });
+        std::fs::write(path, format!("{v:#}\n")).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
     println!("  failures: {failed}");
     for (k, v) in &t.failures {
         println!("    {k}: {v}");
@@ -171,6 +198,31 @@ pub async fn exec(args: BenchArgs) -> anyhow::Result<()> {
         anyhow::bail!("{failed} messages failed");
     }
     Ok(())
+}
+
+/// The latency histogram in buckets whose upper bounds double from 0.1 ms: (bound in ms,
+/// messages in the bucket), from the first non-empty bucket to the last.
+fn buckets(h: &Histogram<u64>) -> Vec<(f64, u64)> {
+    let mut out = Vec::new();
+    let (mut lower, mut upper) = (0u64, 100u64);
+    while lower <= h.max() {
+        out.push((upper as f64 / 1000.0, h.count_between(lower, upper.saturating_sub(1))));
+        lower = upper;
+        upper = upper.saturating_mul(2);
+    }
+    let first = out.iter().position(|(_, n)| *n > 0).unwrap_or(0);
+    out.split_off(first)
+}
+
+/// Text bars for `buckets`, the longest `width` characters.
+fn bars(buckets: &[(f64, u64)], width: usize) -> String {
+    let most = buckets.iter().map(|(_, n)| *n).max().unwrap_or(0).max(1);
+    let mut out = String::new();
+    for (le, n) in buckets {
+        let len = ((*n as f64 / most as f64) * width as f64).ceil() as usize;
+        out.push_str(&format!("  < {le:>9.1} ms {n:>9} {}\n", "#".repeat(len)));
+    }
+    out
 }
 
 fn failure_key(e: &smtp_client::Error) -> String {
@@ -191,4 +243,24 @@ fn bench_body(size: usize) -> bytes::Bytes {
         v.extend_from_slice(b"\r\n");
     }
     v.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_double_and_bars_scale() {
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        for v in [150, 160, 170, 900, 5_000] {
+            h.record(v).unwrap();
+        }
+        let b = buckets(&h);
+        assert_eq!(b[0], (0.2, 3), "100-199 µs: {b:?}");
+        assert_eq!(b.iter().map(|(_, n)| n).sum::<u64>(), 5);
+        assert!(b.windows(2).all(|w| (w[1].0 - 2.0 * w[0].0).abs() < 1e-9), "{b:?}");
+        let text = bars(&b, 10);
+        assert!(text.lines().next().unwrap().ends_with(&"#".repeat(10)), "{text}");
+        assert!(text.contains("< 0.2 ms") || text.contains("<       0.2 ms"), "{text}");
+    }
 }

@@ -21,11 +21,25 @@ pub struct QueueArgs {
 #[derive(Debug, Subcommand)]
 pub enum QueueAction {
     /// List queued messages.
-    List,
+    List {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show one message's envelope, state and headers.
     Show {
         /// Queue id.
         id: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts: messages and recipients by state, pending recipients by destination domain,
+    /// bytes, the oldest message.
+    Stats {
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Retry every pending recipient now.
     Flush,
@@ -40,8 +54,16 @@ pub async fn exec(args: QueueArgs) -> anyhow::Result<()> {
     let spool = args.data_dir.join("queue");
     let control = args.data_dir.join("control.sock");
     match args.action {
-        QueueAction::List => list(&spool).await,
-        QueueAction::Show { id } => show(&spool, &id).await,
+        QueueAction::List { json: false } => list(&spool).await,
+        QueueAction::List { json: true } => {
+            let q = FsQueue::read_only(&spool)?;
+            let all: Vec<serde_json::Value> = q.scan_all().await?.iter().map(entry_json).collect();
+            println!("{}", serde_json::Value::Array(all));
+            Ok(())
+        }
+        QueueAction::Show { id, json: false } => show(&spool, &id).await,
+        QueueAction::Show { id, json: true } => show_json(&spool, &id).await,
+        QueueAction::Stats { json } => stats(&spool, json).await,
         QueueAction::Flush => match smtp_relay::control::command(&control, "FLUSH").await? {
             Some(r) if r == "OK" => {
                 println!("flush requested");
@@ -163,4 +185,143 @@ async fn show(spool: &Path, id: &str) -> anyhow::Result<()> {
 
 fn headers_end(b: &[u8]) -> usize {
     b.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(b.len())
+}
+
+/// A recipient's state as a word.
+fn rcpt_state(s: &RcptStatus) -> &'static str {
+    match s {
+        RcptStatus::Pending => "pending",
+        RcptStatus::Delivered => "delivered",
+        RcptStatus::Failed(_) => "failed",
+    }
+}
+
+/// One message (or damaged record) as JSON.
+fn message_json(m: &smtp_relay::QueuedMessage, size: u64) -> serde_json::Value {
+    let rcpts: Vec<serde_json::Value> = m
+        .recipients
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "to": r.path.to_string(),
+                "state": rcpt_state(&r.status),
+                "attempts": r.attempts,
+                "next_attempt_ms": r.next_attempt,
+                "last_error": r.last_error.as_ref().map(smtp_relay::dsn::one_line),
+                "failure": match &r.status { RcptStatus::Failed(why) => Some(smtp_relay::dsn::one_line(why)), _ => None },
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "id": m.id,
+        "state": "queued",
+        "size": size,
+        "verb": m.verb.to_string(),
+        "from": m.from.to_string(),
+        "arrival": m.arrival,
+        "client": m.client.map(|c| c.to_string()),
+        "helo": m.helo,
+        "recipients": rcpts,
+    })
+}
+
+fn entry_json(e: &ScanEntry) -> serde_json::Value {
+    match e {
+        ScanEntry::Queued(m, size) => message_json(m, *size),
+        ScanEntry::Corrupt { id, reason, .. } => serde_json::json!({ "id": id, "state": "corrupt", "reason": reason }),
+    }
+}
+
+async fn show_json(spool: &Path, id: &str) -> anyhow::Result<()> {
+    let q = FsQueue::read_only(spool)?;
+    let v = match q.load(id).await {
+        Ok(m) => {
+            let body = q.body(id).await?;
+            let head = body.head(64 * 1024).await?;
+            let mut v = message_json(&m, body.len());
+            v["headers"] = String::from_utf8_lossy(&head[..headers_end(&head)]).into_owned().into();
+            v
+        }
+        Err(QueueError::NotFound(_)) => {
+            let (envelope, why) = q.inspect_corrupt(id)?;
+            let mut v = serde_json::json!({ "id": id, "state": "corrupt", "reason": why });
+            if let Some(m) = envelope {
+                v["from"] = m.from.to_string().into();
+                v["recipients"] = m.recipients.iter().map(|r| serde_json::Value::from(r.path.to_string())).collect();
+            }
+            v
+        }
+        Err(e) => return Err(e.into()),
+    };
+    println!("{v}");
+    Ok(())
+}
+
+/// Queue counts for `tern queue stats`.
+async fn stats(spool: &Path, json: bool) -> anyhow::Result<()> {
+    let q = FsQueue::read_only(spool)?;
+    let (mut messages, mut corrupt, mut bytes) = (0u64, 0u64, 0u64);
+    let mut by_state: std::collections::BTreeMap<&str, u64> =
+        ["pending", "delivered", "failed"].into_iter().map(|s| (s, 0)).collect();
+    let mut by_destination: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut oldest: Option<(u64, String)> = None;
+    for e in q.scan_all().await? {
+        match e {
+            ScanEntry::Queued(m, size) => {
+                messages += 1;
+                bytes += size;
+                if oldest.as_ref().is_none_or(|(a, _)| m.arrival < *a) {
+                    oldest = Some((m.arrival, m.id.clone()));
+                }
+                for r in &m.recipients {
+                    *by_state.entry(rcpt_state(&r.status)).or_default() += 1;
+                    if r.status == RcptStatus::Pending {
+                        let dest = match &r.path {
+                            smtp_proto::ForwardPath::Path(p) => p.mailbox.domain().to_string().to_ascii_lowercase(),
+                            smtp_proto::ForwardPath::Postmaster => "postmaster".to_string(),
+                        };
+                        *by_destination.entry(dest).or_default() += 1;
+                    }
+                }
+            }
+            ScanEntry::Corrupt { .. } => corrupt += 1,
+        }
+    }
+    let mut dests: Vec<(String, u64)> = by_destination.into_iter().collect();
+    dests.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let now = smtp_relay::QueuedMessage::now();
+    let oldest = oldest.map(|(a, id)| (now.saturating_sub(a), id));
+    if json {
+        let v = serde_json::json!({
+            "messages": messages,
+            "corrupt": corrupt,
+            "bytes": bytes,
+            "recipients": by_state,
+            "pending_by_destination": dests.iter().map(|(d, n)| serde_json::json!({ "destination": d, "recipients": n })).collect::<Vec<_>>(),
+            "oldest": oldest.as_ref().map(|(age, id)| serde_json::json!({ "id": id, "age_seconds": age })),
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "messages:   {messages} ({bytes} bytes){}",
+        if corrupt > 0 { format!(", {corrupt} damaged") } else { String::new() }
+    );
+    println!(
+        "recipients: {} pending, {} delivered, {} failed",
+        by_state["pending"], by_state["delivered"], by_state["failed"]
+    );
+    if let Some((age, id)) = &oldest {
+        println!("oldest:     {id}, {age} s old");
+    }
+    if !dests.is_empty() {
+        println!("pending by destination:");
+        for (d, n) in dests.iter().take(20) {
+            println!("  {n:>8}  {d}");
+        }
+        if dests.len() > 20 {
+            println!("  ({} more destinations)", dests.len() - 20);
+        }
+    }
+    Ok(())
 }
