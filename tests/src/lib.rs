@@ -101,6 +101,8 @@ pub struct Tern {
     pub data_dir: PathBuf,
     /// Its stdout lines after startup, gathered by a thread.
     pub stdout: std::sync::mpsc::Receiver<String>,
+    /// Where it serves metrics (`--metrics-listen`), if it does.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Tern {
@@ -133,15 +135,19 @@ impl Tern {
             }
         });
         let start = Instant::now();
+        let mut metrics = None;
         let addr = loop {
             let line = rx
                 .recv_timeout(WAIT.saturating_sub(start.elapsed()))
                 .unwrap_or_else(|_| panic!("tern serve did not start"));
+            if let Some(rest) = line.strip_prefix("tern serve: metrics on http://") {
+                metrics = rest.split('/').next().and_then(|a| a.parse().ok());
+            }
             if let Some(rest) = line.strip_prefix("tern serve: listening on ") {
                 break rest.split(' ').next().and_then(|a| a.parse().ok()).expect("address in startup line");
             }
         };
-        Tern { child, addr, data_dir: data_dir.to_path_buf(), stdout: rx }
+        Tern { child, addr, data_dir: data_dir.to_path_buf(), stdout: rx, metrics }
     }
 
     /// Sends SIGTERM and waits for the exit status.

@@ -128,8 +128,13 @@ fn bench_against_sink_reports() {
     let mut lines = std::io::BufReader::new(sink.0.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     let addr = first.strip_prefix("tern sink listening on ").expect(&first).to_string();
-    let (code, out, err) =
-        run(&["bench", "--server", &addr, "--connections", "4", "--messages", "200", "--size", "2048"], b"");
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let j = json.to_str().unwrap();
+    let (code, out, err) = run(
+        &["bench", "--server", &addr, "--connections", "4", "--messages", "200", "--size", "2048", "--json", j],
+        b"",
+    );
     let _ = Command::new("kill").arg("-TERM").arg(sink.0.id().to_string()).status();
     let start = std::time::Instant::now();
     while sink.0.try_wait().unwrap().is_none() {
@@ -141,6 +146,13 @@ fn bench_against_sink_reports() {
     assert!(out.contains("200 sent, 200 accepted"), "{out}");
     assert!(out.contains("messages/s") && out.contains("latency ms: p50"), "{out}");
     assert!(summary.iter().any(|l| l.starts_with("tern sink: 200 messages")), "{summary:?}");
+    // The latency histogram as bars, and the same results as JSON.
+    assert!(out.lines().any(|l| l.contains(" ms ") && l.trim_end().ends_with('#')), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!((v["sent"].as_u64(), v["accepted"].as_u64(), v["size"].as_u64()), (Some(200), Some(200), Some(2048)));
+    let buckets = v["latency_ms"]["buckets"].as_array().unwrap();
+    assert_eq!(buckets.iter().map(|b| b["count"].as_u64().unwrap()).sum::<u64>(), 200, "{v}");
+    assert!(v["latency_ms"]["p50"].as_f64().unwrap() <= v["latency_ms"]["p99"].as_f64().unwrap());
 }
 
 #[test]
@@ -158,7 +170,7 @@ fn help_and_version() {
 #[tokio::test]
 async fn queue_list_show_flush_delete_while_running() {
     let dir = tempfile::tempdir().unwrap();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (_held, dead) = tests::refused_port();
     let route = format!("far.test=127.0.0.1:{}", dead.port());
     let tern = Tern::serve(dir.path(), &["--route", &route, "--log-format", "json"]);
     let (code, out, _) = run(
@@ -183,6 +195,32 @@ async fn queue_list_show_flush_delete_while_running() {
     assert!(out.contains("to:       <x@far.test> [pending"), "{out}");
     // Headers someone else wrote are shown with their control characters escaped.
     assert!(out.contains("Subject: \\x1b]0;owned\\x07") && !out.contains('\x1b'), "{out}");
+    // The same for machines, and the counts.
+    let (code, out, _) = run(&["queue", "list", "--json", "--data-dir", data], b"");
+    assert_eq!(code, 0);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let m = &list.as_array().unwrap()[0];
+    assert_eq!(
+        (m["id"].as_str(), m["state"].as_str(), m["from"].as_str()),
+        (Some(id.as_str()), Some("queued"), Some("<me@mx.test>"))
+    );
+    let r = &m["recipients"][0];
+    assert_eq!((r["to"].as_str(), r["state"].as_str()), (Some("<x@far.test>"), Some("pending")));
+    assert!(r["attempts"].as_u64().unwrap() >= 1 && r["last_error"].is_string(), "{m}");
+    let (code, out, _) = run(&["queue", "show", &id, "--json", "--data-dir", data], b"");
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(shown["headers"].as_str().unwrap().contains("Subject: \x1b]0;owned"), "{shown}");
+    assert_eq!(shown["size"], m["size"]);
+    let (code, out, _) = run(&["queue", "stats", "--json", "--data-dir", data], b"");
+    assert_eq!(code, 0);
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((st["messages"].as_u64(), st["recipients"]["pending"].as_u64()), (Some(1), Some(1)), "{st}");
+    assert_eq!(st["pending_by_destination"][0]["destination"].as_str(), Some("far.test"));
+    assert_eq!(st["oldest"]["id"].as_str(), Some(id.as_str()));
+    assert_eq!(st["bytes"], m["size"]);
+    let (_, out, _) = run(&["queue", "stats", "--data-dir", data], b"");
+    assert!(out.contains("messages:   1 (") && out.contains("1 pending") && out.contains("far.test"), "{out}");
     let (code, out, _) = run(&["queue", "flush", "--data-dir", data], b"");
     assert_eq!((code, out.trim()), (0, "flush requested"));
     let (code, out, _) = run(&["queue", "delete", &id, "--data-dir", data], b"");
@@ -192,6 +230,8 @@ async fn queue_list_show_flush_delete_while_running() {
     assert!(code != 0 && out.is_empty() && err.contains(&format!("no queued message {id}")), "{code} {out} {err}");
     let (_, out, _) = run(&["queue", "list", "--data-dir", data], b"");
     assert!(out.contains("queue is empty"), "{out}");
+    let (_, out, _) = run(&["queue", "list", "--json", "--data-dir", data], b"");
+    assert_eq!(out.trim(), "[]");
     let logs: Vec<String> =
         tern.stdout.try_iter().filter_map(|l| l.strip_prefix("log: ").map(str::to_string)).collect();
     assert!(
