@@ -229,3 +229,33 @@ pub async fn serve(
     }
     upkeep.abort();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_is_503_until_ready_and_from_shutdown_on() {
+        let h = Health::default();
+        assert_eq!(h.status().0, 503, "starting");
+        h.ready();
+        assert_eq!(h.status(), (200, "ok\n"));
+        h.stopping();
+        assert_eq!(h.status(), (503, "shutting down\n"));
+        h.ready();
+        assert_eq!(h.status().0, 503, "never ready again once stopping");
+    }
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        for (name, kind, help, labels) in METRICS {
+            assert!(name.starts_with("tern_") && !help.is_empty(), "{name}");
+            match kind {
+                Kind::Counter => assert!(name.ends_with("_total"), "{name}"),
+                Kind::Histogram => assert!(name.ends_with("_seconds"), "{name}"),
+                Kind::Gauge => assert!(!name.ends_with("_total"), "{name}"),
+            }
+            assert!(!labels.is_empty(), "{name}: at least the empty label set");
+        }
+    }
+}

@@ -126,7 +126,8 @@ async fn counters_match_what_was_done_and_health_follows_the_lifecycle() {
     for (key, want) in expect {
         assert_eq!(value(&s, key), want, "{key}");
     }
-    assert!(value(&s, "tern_replies_rejected_total{class=5xx}") >= 2.0, "500 and 550");
+    assert_eq!(value(&s, "tern_replies_rejected_total{class=5xx}"), 2.0, "500 and 550");
+    assert_eq!(value(&s, "tern_replies_rejected_total{class=4xx}"), 0.0);
     assert!(value(&s, "tern_accepted_bytes_total{}") > 3.0 * 20.0);
     assert!(value(&s, "tern_queue_bytes{}") > 0.0);
     assert!(value(&s, "tern_delivery_duration_seconds_count{kind=remote}") >= 1.0);
