@@ -72,6 +72,41 @@ pub fn spki(cert: &[u8]) -> Option<&[u8]> {
     (tag == 0x30).then(|| &whole[..whole.len() - after.len()])
 }
 
+/// When a certificate (DER) stops being valid, in seconds since the Unix epoch: the
+/// `notAfter` of its validity (UTCTime or GeneralizedTime, UTC).
+pub fn not_after(cert: &[u8]) -> Option<u64> {
+    let (_, cert_body, _) = der(cert)?;
+    let (_, tbs, _) = der(cert_body)?;
+    let mut rest = tbs;
+    let (tag, _, after) = der(rest)?;
+    if tag == 0xa0 {
+        rest = after;
+    }
+    for _ in 0..3 {
+        rest = der(rest)?.2;
+    }
+    let (tag, validity, _) = der(rest)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (_, _, rest) = der(validity)?;
+    let (tag, time, _) = der(rest)?;
+    let text = std::str::from_utf8(time).ok()?.strip_suffix('Z')?;
+    let (year, rest) = match tag {
+        // UTCTime: YY 50-99 are 19YY (RFC 5280 4.1.2.5.1).
+        0x17 => {
+            let yy: i32 = text.get(..2)?.parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, text.get(2..)?)
+        }
+        0x18 => (text.get(..4)?.parse().ok()?, text.get(4..)?),
+        _ => return None,
+    };
+    let field = |i: usize| -> Option<u8> { rest.get(i..i + 2)?.parse().ok() };
+    let date = time::Date::from_calendar_date(year, time::Month::try_from(field(0)?).ok()?, field(2)?).ok()?;
+    let at = date.with_hms(field(4)?, field(6)?, field(8)?).ok()?.assume_utc();
+    u64::try_from(at.unix_timestamp()).ok()
+}
+
 /// One DER element: its tag, contents, and what follows it.
 fn der(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = data.split_first()?;
@@ -168,6 +203,23 @@ mod tests {
 
     fn sha512(d: &[u8]) -> Vec<u8> {
         aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, d).as_ref().to_vec()
+    }
+
+    #[test]
+    fn not_after_is_read_from_real_certificates() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        for (y, m, d) in [(2031, 7, 9), (2049, 12, 31), (2050, 1, 1), (2100, 2, 28)] {
+            let mut p = rcgen::CertificateParams::new(vec!["mx.test".into()]).unwrap();
+            p.not_after = rcgen::date_time_ymd(y, m, d);
+            let cert = p.self_signed(&key).unwrap();
+            let want = time::Date::from_calendar_date(y, time::Month::try_from(m).unwrap(), d)
+                .unwrap()
+                .midnight()
+                .assume_utc()
+                .unix_timestamp() as u64;
+            assert_eq!(not_after(cert.der()), Some(want), "{y}-{m}-{d}");
+        }
+        assert_eq!(not_after(b"junk"), None);
     }
 
     #[test]

@@ -43,8 +43,15 @@ pub enum CertVerify {
 /// in-memory resumption cache (shared by every connection made with this configuration), and
 /// no early data.
 pub fn client_config(verify: &CertVerify) -> Result<Arc<ClientConfig>, Error> {
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    client_config_for(verify, &[&rustls::version::TLS13, &rustls::version::TLS12])
+}
+
+/// [`client_config`] limited to `versions` (for probes that ask which versions a server takes).
+pub fn client_config_for(
+    verify: &CertVerify,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Arc<ClientConfig>, Error> {
+    let builder = ClientConfig::builder_with_provider(provider()).with_protocol_versions(versions)?;
     let mut config = match verify {
         CertVerify::WebPki => {
             let roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
