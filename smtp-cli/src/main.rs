@@ -46,6 +46,8 @@ enum Command {
     TlsReport(commands::tls_report::TlsReportArgs),
     /// DKIM keys: `tern dkim keygen`.
     Dkim(commands::dkim::DkimArgs),
+    /// Check a mail server or a domain's MX hosts: TLS, smuggling, relaying, policy.
+    Check(commands::check::CheckArgs),
 }
 
 fn init_logging(format: Option<&str>, level: &str) -> Result<(), String> {
@@ -106,6 +108,7 @@ fn main() -> ExitCode {
             Err(Command::Passwd(a)) => commands::passwd::exec(a).map(|()| ExitCode::SUCCESS),
             Err(Command::TlsReport(a)) => commands::tls_report::exec(a).map(|()| ExitCode::SUCCESS),
             Err(Command::Dkim(a)) => commands::dkim::exec(a).map(|()| ExitCode::SUCCESS),
+            Err(Command::Check(a)) => commands::check::exec(a).await,
             Err(Command::Serve(_)) => Ok(ExitCode::from(70)),
         }
     });

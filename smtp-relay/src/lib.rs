@@ -36,6 +36,7 @@
 //!   6.1 hands responsibility over; it never sits in the queue. A mailbox that cannot be
 //!   written answers `451`/`452` and the client keeps the message.
 
+pub mod check;
 mod commit;
 pub mod config;
 pub mod control;

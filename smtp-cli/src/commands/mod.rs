@@ -1,6 +1,7 @@
 //! One module per subcommand: its arguments and `exec`.
 
 pub mod bench;
+pub mod check;
 pub mod dkim;
 pub mod passwd;
 pub mod queue;
