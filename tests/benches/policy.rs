@@ -15,13 +15,9 @@ use smtp_relay::dns::{Dnssec, HickoryMx, MxResolver};
 use smtp_relay::mta_sts::{Fetcher, StsCache};
 use smtp_relay::{Directory, RelayConfig};
 use tests::dns::{Rr, TestDns};
-use tests::hop::{certificate, next_hop};
+use tests::hop::{certificate, next_hop, sha256};
 use tests::https::TestHttps;
 use tests::InProcess;
-
-fn sha256(d: &[u8]) -> Vec<u8> {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, d).as_ref().to_vec()
-}
 
 fn lookups(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -28,6 +28,11 @@ pub struct HopMail {
 /// What a next hop received so far.
 pub type Seen = Arc<Mutex<Vec<HopMail>>>;
 
+/// SHA-256, for TLSA record data.
+pub fn sha256(d: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, d).as_ref().to_vec()
+}
+
 /// A self-signed certificate for `names` in `dir`: its PEM file, a server configuration, and
 /// its key (for TLSA records).
 pub fn certificate(dir: &Path, tag: &str, names: &[&str]) -> (PathBuf, Arc<rustls::ServerConfig>, rcgen::KeyPair) {

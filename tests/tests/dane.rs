@@ -10,12 +10,8 @@ use std::time::Duration;
 use smtp_relay::dns::{Dnssec, HickoryMx, MxAnswer, MxResolver, TlsaAnswer};
 use smtp_relay::{Directory, RelayConfig};
 use tests::dns::{Rr, TestDns};
-use tests::hop::{certificate, last_error, next_hop, submit_tls, Seen};
+use tests::hop::{certificate, last_error, next_hop, sha256, submit_tls, Seen};
 use tests::{wait_until, InProcess};
-
-fn sha256(d: &[u8]) -> Vec<u8> {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, d).as_ref().to_vec()
-}
 
 /// The signed zone, a next hop on 127.0.0.1 whose key the TLSA records name, and a man in
 /// the middle on 127.0.0.2.
