@@ -355,3 +355,136 @@ async fn domain_policies_are_judged_with_the_relays_code() {
         assert_eq!(status(&found, mx, "REQUIRETLS offered"), "pass");
     }
 }
+
+/// A private Postfix instance (Debian's package, installed by `.ci/install-peers`) in a temp
+/// dir on 127.0.0.1, with TLS 1.0 and bare-LF end of data allowed; stopped on drop.
+struct Postfix {
+    addr: std::net::SocketAddr,
+    cert: std::path::PathBuf,
+    _stop: Stop,
+    _dir: tempfile::TempDir,
+}
+
+/// Stops the Postfix instance configured in this directory (then its foreground process).
+struct Stop {
+    conf: std::path::PathBuf,
+    _child: tests::Killed,
+}
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = run_bounded(std::process::Command::new("postfix").arg("-c").arg(&self.conf).arg("stop"), b"");
+    }
+}
+
+impl Postfix {
+    fn start() -> Postfix {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // Postfix's own user must reach its data directory.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (conf, data, spool) = (d.join("etc"), d.join("data"), d.join("spool"));
+        for p in [&conf, &data, &spool] {
+            std::fs::create_dir_all(p).unwrap();
+        }
+        let chown = std::process::Command::new("chown").arg("postfix").arg(&data).status().unwrap();
+        assert!(chown.success(), "the Postfix test needs root and a postfix user (run .ci/install-peers)");
+        let (cert, key) = (conf.join("cert.pem"), conf.join("key.pem"));
+        let ck = rcgen::generate_simple_self_signed(vec!["pf.test".to_string()]).unwrap();
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+        let master = std::fs::read_to_string("/etc/postfix/master.cf").expect("Postfix installed");
+        // The port is picked again when another program took it meanwhile (Postfix cannot be
+        // told to take port 0 and say which it got).
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let main = format!(
+                "compatibility_level = 3.6\nqueue_directory = {}\ndata_directory = {}\nmail_owner = postfix\n\
+                 inet_interfaces = 127.0.0.1\ninet_protocols = ipv4\nmyhostname = pf.test\nmydestination = pf.test\n\
+                 mynetworks = 127.0.0.0/8\nsmtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\n\
+                 smtpd_tls_security_level = may\nsmtpd_tls_protocols = >=TLSv1\nsmtpd_forbid_bare_newline = no\n\
+                 maillog_file = /dev/stdout\n",
+                spool.display(),
+                data.display(),
+                cert.display(),
+                key.display(),
+            );
+            std::fs::write(conf.join("main.cf"), main).unwrap();
+            let smtp = master
+                .lines()
+                .map(|l| {
+                    if l.starts_with("smtp ") && l.contains(" inet ") {
+                        format!("127.0.0.1:{port} inet n - n - - smtpd")
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            std::fs::write(conf.join("master.cf"), smtp + "\n").unwrap();
+            let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+            // In the foreground (as in a container): `postfix start` needs a syslog this machine
+            // may not have to say why it failed.
+            let child = std::process::Command::new("postfix")
+                .arg("-c")
+                .arg(&conf)
+                .arg("start-fg")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("postfix start-fg");
+            let stop = Stop { conf: conf.clone(), _child: tests::Killed(child) };
+            let start = std::time::Instant::now();
+            while start.elapsed() < tests::WAIT {
+                if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+                    use std::io::Read;
+                    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                    let mut b = [0u8; 64];
+                    let n = s.read(&mut b).unwrap_or(0);
+                    if String::from_utf8_lossy(&b[..n]).starts_with("220 pf.test ESMTP Postfix") {
+                        return Postfix { addr, cert, _stop: stop, _dir: dir };
+                    }
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            drop(stop);
+        }
+        panic!("Postfix did not start");
+    }
+}
+
+/// Postfix as Debian ships it, with TLS 1.0 on and bare-LF end of data allowed: the faults
+/// tern check is for, found in a real server.
+#[tokio::test]
+async fn postfix_with_legacy_settings_is_caught() {
+    let pf = tokio::task::spawn_blocking(Postfix::start).await.unwrap();
+    let args = [
+        "--server",
+        &pf.addr.to_string(),
+        "--name",
+        "pf.test",
+        "--ca",
+        pf.cert.to_str().unwrap(),
+        "--rcpt",
+        "postmaster@pf.test",
+        "--timeout",
+        "5",
+    ];
+    let (code, found) = check(args.iter().map(|s| s.to_string()).collect()).await;
+    assert_eq!(code, 1);
+    for (c, want) in [
+        ("TLS 1.3", "pass"),
+        ("TLS 1.0 refused", "fail"),
+        ("non-AEAD suites refused", "fail"),
+        ("certificate valid for the name", "pass"),
+        ("STARTTLS injection", "pass"),
+        ("LF.LF", "fail"),
+        ("CR.CRLF", "pass"),
+        ("plain", "fail"),
+        ("null reverse-path", "pass"),
+    ] {
+        assert_eq!(status(&found, "pf.test", c), want, "{c}: {found:#?}");
+    }
+}
