@@ -656,16 +656,25 @@ async fn hygiene(r: &mut Report, addr: SocketAddr, o: &CheckOptions, ehlo: &[Str
             p.cmd("RCPT TO:<postmaster>").await?
         };
         p.cmd("RSET").await?;
+        // Three commands in one write: a pipelining server answers all three (RFC 2920 3.1).
+        p.send(b"RSET\r\nNOOP\r\nNOOP\r\n").await?;
+        let mut pipelined = 0;
+        for _ in 0..3 {
+            match p.reply().await {
+                Ok(_) => pipelined += 1,
+                Err(_) => break,
+            }
+        }
         let long = p.cmd(&format!("NOOP {}", "x".repeat(1100))).await?;
         let vrfy = p.cmd("VRFY postmaster").await?;
         let expn = p.cmd("EXPN postmaster").await?;
         // A line far past any sensible limit: refused, or the connection closed.
         let huge = p.cmd(&format!("NOOP {}", "x".repeat(70_000))).await.ok();
         let _ = p.cmd("QUIT").await;
-        Ok::<_, std::io::Error>((null, postmaster, long, vrfy, expn, huge))
+        Ok::<_, std::io::Error>((null, postmaster, long, vrfy, expn, huge, pipelined))
     }
     .await;
-    let (null, postmaster, long, vrfy, expn, huge) = match result {
+    let (null, postmaster, long, vrfy, expn, huge, pipelined) = match result {
         Ok(x) => x,
         Err(e) => return r.add("hygiene", "probes", Status::Warn, format!("probe failed: {e}")),
     };
@@ -687,12 +696,21 @@ async fn hygiene(r: &mut Report, addr: SocketAddr, o: &CheckOptions, ehlo: &[Str
             "not advertised: senders learn the limit only after sending"
         },
     );
-    r.add(
-        "hygiene",
-        "PIPELINING",
-        if has(ehlo, "PIPELINING") { Status::Pass } else { Status::Info },
-        if has(ehlo, "PIPELINING") { "advertised (RFC 2920)" } else { "not advertised" },
-    );
+    match (has(ehlo, "PIPELINING"), pipelined) {
+        (true, 3) => r.add(
+            "hygiene",
+            "PIPELINING",
+            Status::Pass,
+            "advertised, and three commands in one write got three replies",
+        ),
+        (true, n) => r.add(
+            "hygiene",
+            "PIPELINING",
+            Status::Fail,
+            format!("advertised, but three commands in one write got {n} replies (RFC 2920 3.1)"),
+        ),
+        (false, _) => r.add("hygiene", "PIPELINING", Status::Info, "not advertised"),
+    }
     r.add(
         "hygiene",
         "line length",
