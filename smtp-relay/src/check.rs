@@ -718,9 +718,12 @@ async fn hygiene(r: &mut Report, addr: SocketAddr, o: &CheckOptions, ehlo: &[Str
         format!("a 1105-octet command → {} (RFC 5321 4.5.3.1.4: 512 is the least a server must take)", long.code),
     );
     match huge {
-        Some(a) if a.code / 100 == 2 => {
-            r.add("hygiene", "line limit", Status::Warn, format!("a 70 000-octet command → {}: no line limit?", a.code))
-        }
+        Some(a) if a.code / 100 == 2 => r.add(
+            "hygiene",
+            "line limit",
+            Status::Warn,
+            format!("a 70 000-octet command → {}: taken (or cut short) instead of refused", a.code),
+        ),
         Some(a) => r.add("hygiene", "line limit", Status::Pass, format!("a 70 000-octet command → {}", a.code)),
         None => r.add("hygiene", "line limit", Status::Pass, "a 70 000-octet command closed the connection"),
     }
