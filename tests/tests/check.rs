@@ -330,7 +330,8 @@ async fn domain_policies_are_judged_with_the_relays_code() {
         dns.set(&format!("_{}._tcp.mx.{d}.test", hop.port()), vec![Rr::Tlsa(3, 1, 1, tlsa)]);
         dns.set(&format!("_mta-sts.{d}.test"), vec![Rr::Txt("v=STSv1; id=1;".into())]);
         dns.set(&format!("mta-sts.{d}.test"), vec![Rr::A([127, 0, 0, 1].into())]);
-        dns.set(&format!("_smtp._tls.{d}.test"), vec![Rr::Txt("v=TLSRPTv1; rua=mailto:tls@b.test".into())]);
+        let rpt = if d == "b" { "v=TLSRPTv1; rua=mailto:tls@b.test" } else { "v=TLSRPTv1;" };
+        dns.set(&format!("_smtp._tls.{d}.test"), vec![Rr::Txt(rpt.into())]);
     }
     let anchor = dns.trust_anchor(dir.path());
     for (domain, mx, want) in [("b.test", "mx.b.test", "pass"), ("c.test", "mx.c.test", "fail")] {
@@ -349,7 +350,7 @@ async fn domain_policies_are_judged_with_the_relays_code() {
         ];
         let (_, found) = check(args.iter().map(|s| s.to_string()).collect()).await;
         assert_eq!(status(&found, domain, "MTA-STS"), want, "{domain}: {found:#?}");
-        assert_eq!(status(&found, domain, "TLS-RPT"), "pass");
+        assert_eq!(status(&found, domain, "TLS-RPT"), want, "a record without rua: {found:#?}");
         assert_eq!(status(&found, mx, "DANE"), want, "{domain}: {found:#?}");
         assert_eq!(status(&found, mx, "certificate valid for the name"), "pass");
         assert_eq!(status(&found, mx, "REQUIRETLS offered"), "pass");
@@ -486,5 +487,59 @@ async fn postfix_with_legacy_settings_is_caught() {
         ("null reverse-path", "pass"),
     ] {
         assert_eq!(status(&found, "pf.test", c), want, "{c}: {found:#?}");
+    }
+}
+
+/// A server without STARTTLS that refuses `<>` and postmaster and advertises PIPELINING but
+/// answers only the first command of each write.
+async fn plain_server(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.write_all(b"220 plain.test ESMTP\r\n").await;
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let first = String::from_utf8_lossy(&chunk[..n]).lines().next().unwrap_or("").to_ascii_uppercase();
+        let reply: &[u8] = if first.starts_with("EHLO") {
+            b"250-plain.test\r\n250-PIPELINING\r\n250 SIZE 1000000\r\n"
+        } else if first.starts_with("MAIL FROM:<>") || first.starts_with("RCPT TO:<POSTMASTER>") {
+            b"550 no\r\n"
+        } else if first.starts_with("RCPT") {
+            b"554 5.7.1 relay denied\r\n"
+        } else if first.starts_with("QUIT") {
+            let _ = tcp.write_all(b"221 bye\r\n").await;
+            return;
+        } else {
+            b"250 ok\r\n"
+        };
+        if tcp.write_all(reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn no_starttls_no_null_sender_no_postmaster_and_broken_pipelining_fail() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _server = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(plain_server(tcp));
+        }
+    }));
+    let args = ["--server", &addr.to_string(), "--name", "plain.test", "--timeout", "2"];
+    let (code, found) = check(args.iter().map(|s| s.to_string()).collect()).await;
+    assert_eq!(code, 1);
+    for (c, want) in [
+        ("STARTTLS offered", "fail"),
+        ("null reverse-path", "fail"),
+        ("postmaster", "fail"),
+        ("PIPELINING", "fail"),
+        ("plain", "pass"),
+        ("end-of-data forms", "warn"),
+    ] {
+        assert_eq!(status(&found, "plain.test", c), want, "{c}: {found:#?}");
     }
 }
