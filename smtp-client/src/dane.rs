@@ -57,13 +57,7 @@ impl Tlsa {
 /// The SubjectPublicKeyInfo of a certificate (DER), found by walking the TBSCertificate:
 /// `[0] version` (optional), serial, signature algorithm, issuer, validity, subject, SPKI.
 pub fn spki(cert: &[u8]) -> Option<&[u8]> {
-    let (_, cert_body, _) = der(cert)?;
-    let (_, tbs, _) = der(cert_body)?;
-    let mut rest = tbs;
-    let (tag, _, after) = der(rest)?;
-    if tag == 0xa0 {
-        rest = after;
-    }
+    let mut rest = tbs_after_version(cert)?;
     for _ in 0..5 {
         rest = der(rest)?.2;
     }
@@ -72,16 +66,19 @@ pub fn spki(cert: &[u8]) -> Option<&[u8]> {
     (tag == 0x30).then(|| &whole[..whole.len() - after.len()])
 }
 
+/// A certificate's TBSCertificate from the serial number on (the optional `[0] version`
+/// skipped).
+fn tbs_after_version(cert: &[u8]) -> Option<&[u8]> {
+    let (_, cert_body, _) = der(cert)?;
+    let (_, tbs, _) = der(cert_body)?;
+    let (tag, _, after) = der(tbs)?;
+    Some(if tag == 0xa0 { after } else { tbs })
+}
+
 /// When a certificate (DER) stops being valid, in seconds since the Unix epoch: the
 /// `notAfter` of its validity (UTCTime or GeneralizedTime, UTC).
 pub fn not_after(cert: &[u8]) -> Option<u64> {
-    let (_, cert_body, _) = der(cert)?;
-    let (_, tbs, _) = der(cert_body)?;
-    let mut rest = tbs;
-    let (tag, _, after) = der(rest)?;
-    if tag == 0xa0 {
-        rest = after;
-    }
+    let mut rest = tbs_after_version(cert)?;
     for _ in 0..3 {
         rest = der(rest)?.2;
     }

@@ -253,6 +253,22 @@ mod bad {
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
+/// A scripted server on 127.0.0.1 running `conn` for each connection, until the handle drops.
+async fn scripted<F, Fut>(conn: F) -> (std::net::SocketAddr, tokio_util::task::AbortOnDropHandle<()>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(conn(tcp));
+        }
+    });
+    (addr, tokio_util::task::AbortOnDropHandle::new(task))
+}
+
 /// A certificate for `names` that expires in `days`: its PEM file and a server configuration.
 fn expiring(dir: &Path, names: &[&str], days: i64) -> (std::path::PathBuf, Arc<rustls::ServerConfig>) {
     let key = rcgen::KeyPair::generate().unwrap();
@@ -270,13 +286,7 @@ async fn a_faulty_server_fails_each_check() {
     let dir = tempfile::tempdir().unwrap();
     // Valid for other.test, not for bad.test, and only for three more days.
     let (ca, tls) = expiring(dir.path(), &["other.test"], 3);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let _server = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(bad::serve(tcp, tls.clone()));
-        }
-    }));
+    let (addr, _server) = scripted(move |tcp| bad::serve(tcp, tls.clone())).await;
     let args = [
         "--server",
         &addr.to_string(),
@@ -522,13 +532,7 @@ async fn plain_server(mut tcp: tokio::net::TcpStream) {
 
 #[tokio::test]
 async fn no_starttls_no_null_sender_no_postmaster_and_broken_pipelining_fail() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let _server = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(plain_server(tcp));
-        }
-    }));
+    let (addr, _server) = scripted(plain_server).await;
     let args = ["--server", &addr.to_string(), "--name", "plain.test", "--timeout", "2"];
     let (code, found) = check(args.iter().map(|s| s.to_string()).collect()).await;
     assert_eq!(code, 1);
