@@ -630,6 +630,11 @@ async fn relay(r: &mut Report, addr: SocketAddr, name: &str, o: &CheckOptions) {
                     (true, _) => Status::Warn,
                 };
                 let detail = match status {
+                    Status::Fail if addr.ip().is_loopback() => format!(
+                        "open relay: {} {} (from this host, over loopback: a server that trusts local clients relays for them)",
+                        a.code,
+                        a.text()
+                    ),
                     Status::Fail => format!("open relay: {} {} (from this host)", a.code, a.text()),
                     Status::Warn => {
                         format!("{} {}: accepted; it relays if the local part is routed on", a.code, a.text())

@@ -381,11 +381,26 @@ fn spawn(tasks: &mut tokio::task::JoinSet<()>, ctx: &Arc<Ctx>, done: &mpsc::Unbo
             Job::Fresh(a) => a.msg.id.clone(),
             Job::Due(id, _) => id.clone(),
         };
-        metrics::gauge!("tern_deliveries_in_flight").increment(1.0);
+        let _in_flight = InFlight::new();
         let next = ctx.process(job).await;
-        metrics::gauge!("tern_deliveries_in_flight").decrement(1.0);
         let _ = done.send(Done { id, next });
     });
+}
+
+/// Counts a delivery task in `tern_deliveries_in_flight` while it lives (aborted tasks too).
+struct InFlight;
+
+impl InFlight {
+    fn new() -> InFlight {
+        metrics::gauge!("tern_deliveries_in_flight").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("tern_deliveries_in_flight").decrement(1.0);
+    }
 }
 
 /// Next-attempt times of the messages that are waiting (not in flight).
