@@ -208,12 +208,34 @@ Content-Type: {ctype}\r\n\r\n",
 }
 
 /// Queues a notification, streaming the returned part of the original from `body`.
-pub async fn enqueue(queue: &dyn Queue, notice: Notice, body: &StoredBody) -> Result<Stored, QueueError> {
-    let mut w = queue.create(notice.envelope).await?;
-    w.write(&notice.head).await?;
+pub async fn enqueue(
+    queue: &dyn Queue,
+    notice: Notice,
+    body: &StoredBody,
+    signer: Option<(&std::sync::Arc<crate::msgauth::MessageAuth>, usize)>,
+) -> Result<Stored, QueueError> {
+    let Notice { envelope, head, full, tail } = notice;
+    let mut w = queue.create(envelope).await?;
+    // Signed when a key covers the notice's From domain and the notice fits in memory (`limit`).
+    let returned = if full { body.len() } else { MAX_RETURNED_HEADERS as u64 };
+    match signer.filter(|(_, limit)| returned <= *limit as u64) {
+        Some((auth, _)) => {
+            let mut all = Vec::new();
+            compose(&head, full, &tail, body, &mut Out::Memory(&mut all)).await?;
+            w.write(&auth.signed(all).await).await?;
+        }
+        None => compose(&head, full, &tail, body, &mut Out::Queue(&mut w)).await?,
+    }
+    w.commit().await
+}
+
+/// The notice's octets, in order, to `out`: its head, the returned content (the whole message
+/// or its header section, ending in CRLF), its closing part.
+async fn compose(head: &[u8], full: bool, tail: &[u8], body: &StoredBody, out: &mut Out<'_>) -> Result<(), QueueError> {
+    out.put(head).await?;
     let mut last = [0u8; 2];
     let mut written = 0u64;
-    if notice.full {
+    if full {
         let mut r = body.reader().await?;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -221,22 +243,39 @@ pub async fn enqueue(queue: &dyn Queue, notice: Notice, body: &StoredBody) -> Re
             if n == 0 {
                 break;
             }
-            w.write(&buf[..n]).await?;
+            out.put(&buf[..n]).await?;
             written += n as u64;
             last = tail2(last, &buf[..n]);
         }
     } else {
         let head = body.head(MAX_RETURNED_HEADERS).await?;
         let end = memchr::memmem::find(&head, b"\r\n\r\n").map(|p| p + 2).unwrap_or(head.len());
-        w.write(&head[..end]).await?;
+        out.put(&head[..end]).await?;
         written = end as u64;
         last = tail2(last, &head[..end]);
     }
     if written > 0 && last != *b"\r\n" {
-        w.write(b"\r\n").await?;
+        out.put(b"\r\n").await?;
     }
-    w.write(&notice.tail).await?;
-    w.commit().await
+    out.put(tail).await
+}
+
+/// Where a notice is composed: memory (to be signed) or the queue file.
+enum Out<'a> {
+    Memory(&'a mut Vec<u8>),
+    Queue(&'a mut Box<dyn crate::queue::MessageWriter>),
+}
+
+impl Out<'_> {
+    async fn put(&mut self, data: &[u8]) -> Result<(), QueueError> {
+        match self {
+            Out::Memory(v) => {
+                v.extend_from_slice(data);
+                Ok(())
+            }
+            Out::Queue(w) => w.write(data).await,
+        }
+    }
 }
 
 /// The last two octets seen, after `data`.
@@ -280,7 +319,7 @@ mod tests {
         assert_eq!(n.envelope.from, ReversePath::Null);
         assert_eq!(n.envelope.recipients[0].path.to_string(), "<alice@here.test>");
         let original = StoredBody::Memory("Subject: hi\r\nFrom: a\r\n\r\nsecret body\r\n".into());
-        let stored = enqueue(&q, n, &original).await.unwrap();
+        let stored = enqueue(&q, n, &original, None).await.unwrap();
         let mut out = Vec::new();
         q.body(&stored.id).await.unwrap().reader().await.unwrap().read_to_end(&mut out).await.unwrap();
         String::from_utf8(out).unwrap()
@@ -353,7 +392,7 @@ mod tests {
         let q = crate::FsQueue::open(dir.path()).unwrap();
         let n = build("mx.here.test", &m, &[0, 1], Action::Failed).unwrap();
         let original = StoredBody::Memory("Subject: hi\r\n\r\nbody\r\n".into());
-        let stored = enqueue(&q, n, &original).await.unwrap();
+        let stored = enqueue(&q, n, &original, None).await.unwrap();
         let mut out = Vec::new();
         q.body(&stored.id).await.unwrap().reader().await.unwrap().read_to_end(&mut out).await.unwrap();
         let text = String::from_utf8(out).unwrap();

@@ -293,6 +293,21 @@ impl MessageAuth {
         }
     }
 
+    /// `message` with a `DKIM-Signature` in front when its `From` domain has a key (signed on
+    /// a blocking thread): for mail the relay writes itself (notifications, TLS reports).
+    pub async fn signed(self: &Arc<Self>, message: Vec<u8>) -> Vec<u8> {
+        if self.signers.is_empty() {
+            return message;
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || match me.sign(&message) {
+            Some(sig) => [sig.into_bytes(), message].concat(),
+            None => message,
+        })
+        .await
+        .unwrap_or_default()
+    }
+
     /// The `DKIM-Signature` field for a message whose `From` domain has a key (`None` when none
     /// does, or the message has no header to sign).
     pub fn sign(&self, message: &[u8]) -> Option<String> {

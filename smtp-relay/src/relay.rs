@@ -55,6 +55,7 @@ impl Relay {
         let config = Arc::new(config);
         let terminals = Arc::<Terminals>::default();
         let (handoff, scheduler) = Scheduler::new(config.clone(), queue.clone(), terminals.clone())?;
+        let scheduler = scheduler.with_msgauth(msgauth.clone());
         let local = scheduler.local();
         Ok((Relay { failures: Arc::default(), msgauth, config, queue, terminals, local, handoff }, scheduler))
     }

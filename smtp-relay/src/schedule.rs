@@ -177,6 +177,7 @@ pub struct Scheduler {
     commands: mpsc::UnboundedReceiver<Command>,
     handle: SchedulerHandle,
     resolver: Option<Arc<dyn MxResolver>>,
+    msgauth: Option<Arc<crate::msgauth::MessageAuth>>,
 }
 
 /// One unit of work for a delivery task.
@@ -204,6 +205,8 @@ struct Ctx {
     /// State that could not be stored yet, with the number of failed stores: it wins over
     /// what the queue holds.
     unsaved: Mutex<HashMap<QueueId, (QueuedMessage, u32)>>,
+    /// DKIM keys for the mail the relay writes itself.
+    msgauth: Option<Arc<crate::msgauth::MessageAuth>>,
 }
 
 impl Scheduler {
@@ -220,14 +223,30 @@ impl Scheduler {
         let handle = SchedulerHandle { tx: ctx };
         let maildir = Maildir::new(config.data_dir.join("mail"), &config.hostname);
         let local = Arc::new(LocalDelivery::new(maildir, terminals)?);
-        let s =
-            Scheduler { config, queue, local, accepted, handoff: handoff.clone(), commands, handle, resolver: None };
+        let s = Scheduler {
+            config,
+            queue,
+            local,
+            accepted,
+            handoff: handoff.clone(),
+            commands,
+            handle,
+            resolver: None,
+            msgauth: None,
+        };
         Ok((handoff, s))
     }
 
     /// Uses `resolver` for MX lookups instead of hickory (tests, custom DNS).
     pub fn with_resolver(mut self, resolver: Arc<dyn MxResolver>) -> Self {
         self.resolver = Some(resolver);
+        self
+    }
+
+    /// Signs the notifications and reports the relay writes with these DKIM keys (when one
+    /// covers their `From` domain: the host name's).
+    pub fn with_msgauth(mut self, msgauth: Arc<crate::msgauth::MessageAuth>) -> Self {
+        self.msgauth = Some(msgauth);
         self
     }
 
@@ -264,6 +283,7 @@ impl Scheduler {
             resolver,
             handoff: self.handoff.clone(),
             unsaved: Mutex::default(),
+            msgauth: self.msgauth.clone(),
         });
         let cancel = CancellationToken::new();
         // The index is rebuilt from envelopes as the scan reads them; mail is accepted and
@@ -672,7 +692,8 @@ impl Ctx {
     async fn send_notice(&self, msg: &QueuedMessage, body: &StoredBody, idx: &[usize], action: Action) {
         let Some(notice) = dsn::build(&self.config.hostname, msg, idx, action) else { return };
         let mut env = notice.envelope.clone();
-        match dsn::enqueue(self.queue.as_ref(), notice, body).await {
+        let signer = self.msgauth.as_ref().map(|a| (a, self.config.auth_max_size));
+        match dsn::enqueue(self.queue.as_ref(), notice, body, signer).await {
             Ok(stored) => {
                 tracing::info!(id = %msg.id, dsn = %stored.id, ?action, recipients = idx.len(), "notification queued");
                 metrics::counter!("tern_notifications_total").increment(1);
@@ -707,7 +728,11 @@ impl Ctx {
                 delay_warned: false,
                 trusted: false,
             };
-            match self.queue.enqueue(env.clone(), report.message.into()).await {
+            let message = match &self.msgauth {
+                Some(auth) => auth.signed(report.message).await,
+                None => report.message,
+            };
+            match self.queue.enqueue(env.clone(), message.into()).await {
                 Ok(stored) => {
                     tracing::info!(id = %stored.id, to = %report.to, "TLS report queued");
                     env.id = stored.id;

@@ -256,3 +256,30 @@ async fn dkimpy_accepts_our_signatures_and_refuses_a_changed_body() {
     w.a.stop().await;
     w.b.stop().await;
 }
+
+#[tokio::test]
+async fn the_relays_own_notifications_are_signed() {
+    let w = World::new().await;
+    // A relay named a.test (its notices come from MAILER-DAEMON@a.test) with a.test's key;
+    // z.test goes to B, which refuses relaying: a failure notice to alice at once.
+    let dir = tempfile::tempdir().unwrap();
+    let (pem, record) = smtp_relay::msgauth::generate_key(false).unwrap();
+    let key = dir.path().join("k.pem");
+    std::fs::write(&key, pem).unwrap();
+    let mut cfg = RelayConfig::new("a.test", dir.path());
+    cfg.directory = Directory::new(["a.test".to_string()], Vec::<String>::new());
+    cfg.routes.insert("z.test".into(), ("127.0.0.1".into(), w.b.addr.port()));
+    cfg.dkim = vec![format!("a.test=own:{}", key.display()).parse().unwrap()];
+    let a = InProcess::start(cfg, None).await;
+    assert!(submit(a.addr, "alice@a.test", "bob@z.test", &message("alice@a.test", "bounce")).await.starts_with("250"));
+    let d = dir.path().to_path_buf();
+    wait_until("a failure notice for alice", move || maildir_files(&d, "alice").len() == 1).await;
+    let notice = std::fs::read_to_string(&maildir_files(dir.path(), "alice")[0]).unwrap();
+    assert!(notice.contains("DKIM-Signature: v=1;") && notice.contains("d=a.test"), "{notice}");
+    assert!(notice.contains("MAILER-DAEMON@a.test"), "{notice}");
+    let records = vec![("own._domainkey.a.test".to_string(), record)];
+    assert!(dkimpy_verifies(dir.path(), &notice[notice.find("DKIM-Signature").unwrap()..], &records), "{notice}");
+    a.stop().await;
+    w.a.stop().await;
+    w.b.stop().await;
+}
