@@ -64,6 +64,9 @@ pub struct ClientOptions {
     pub allow_plaintext_auth: bool,
     /// Use BDAT when the server offers CHUNKING and PIPELINING.
     pub use_chunking: bool,
+    /// Speak LMTP (RFC 2033) to a mail store: LHLO, and each accepted recipient's own reply
+    /// after the data (in [`SendOutcome::data`]).
+    pub lmtp: bool,
     /// Timeouts.
     pub timeouts: Timeouts,
 }
@@ -78,6 +81,7 @@ impl ClientOptions {
             auth: None,
             allow_plaintext_auth: false,
             use_chunking: true,
+            lmtp: false,
             timeouts: Timeouts::default(),
         }
     }
@@ -161,7 +165,8 @@ impl SmtpClient {
             .map_err(|_| Error::Timeout(Phase::Connect))?
             .map_err(|source| Error::Connect { addr: addr.to_string(), source })?;
         let _ = tcp.set_nodelay(true);
-        let config = ClientConfig::new(self.options.ehlo_name.clone());
+        let mut config = ClientConfig::new(self.options.ehlo_name.clone());
+        config.lmtp = self.options.lmtp;
         let mut conn = Connection {
             client: self.clone(),
             server_name: server_name.to_string(),
@@ -358,7 +363,9 @@ impl Connection {
         }
     }
 
-    /// Sends the body after [`Connection::envelope`] accepted at least one recipient.
+    /// Sends the body after [`Connection::envelope`] accepted at least one recipient. Over LMTP
+    /// the reply is the first recipient's failure, or else the last success (use
+    /// [`Connection::send`] for each recipient's own).
     pub async fn data(&mut self, body: Body) -> Result<Reply, Error> {
         if self.use_bdat() {
             return self.send_bdat(body).await;
@@ -372,15 +379,17 @@ impl Connection {
             }
             _ => return Err(Error::Misuse("out of sequence: expected reply to DATA")),
         }
-        self.send_body(body).await
+        let replies = self.send_body(body).await?;
+        merged(&replies).ok_or(Error::Misuse("no reply to the end of data"))
     }
 
     fn use_bdat(&self) -> bool {
         let c = self.capabilities();
-        self.client.options.use_chunking && c.chunking && c.pipelining
+        self.client.options.use_chunking && !self.client.options.lmtp && c.chunking && c.pipelining
     }
 
-    async fn send_body(&mut self, body: Body) -> Result<Reply, Error> {
+    /// The body after a 354: the replies to its end (one, or one per accepted LMTP recipient).
+    async fn send_body(&mut self, body: Body) -> Result<Vec<Reply>, Error> {
         let t = self.client.options.timeouts;
         match body {
             Body::Bytes(b) => {
@@ -401,8 +410,13 @@ impl Connection {
                 }
             }
         }
+        let n = self.session.data_replies();
         self.session.finish_data();
-        self.final_reply().await
+        let mut replies = Vec::with_capacity(n);
+        for _ in 0..n {
+            replies.push(self.final_reply().await?);
+        }
+        Ok(replies)
     }
 
     async fn final_reply(&mut self) -> Result<Reply, Error> {
@@ -519,9 +533,13 @@ impl Connection {
         let recipients: Vec<(ForwardPath, Reply)> =
             env.recipients.iter().map(|r| r.path.clone()).zip(o.recipients.iter().cloned()).collect();
         let any = o.accepted().next().is_some();
+        let mut replies = Vec::new();
         let reply = match (bdat, any) {
             (true, true) => Some(self.send_bdat(body).await?),
-            (false, true) if o.data_ready() => Some(self.send_body(body).await?),
+            (false, true) if o.data_ready() => {
+                replies = self.send_body(body).await?;
+                merged(&replies)
+            }
             (false, true) => {
                 let reply = o.data.unwrap_or_else(|| Reply::new(554, None, "DATA not accepted"));
                 return Err(Error::Rejected { command: CommandKind::Data, reply });
@@ -532,7 +550,15 @@ impl Connection {
             }
             (false, false) => None,
         };
-        let data = recipients.iter().map(|(_, r)| if r.is_positive() { reply.clone() } else { None }).collect();
+        let mut own = replies.into_iter();
+        let data = recipients
+            .iter()
+            .map(|(_, r)| match (r.is_positive(), self.client.options.lmtp) {
+                (false, _) => None,
+                (true, true) => own.next(),
+                (true, false) => reply.clone(),
+            })
+            .collect();
         Ok(SendOutcome { recipients, reply, data, dsn: self.capabilities().dsn, tls: self.tls_info.clone() })
     }
 
@@ -585,4 +611,10 @@ async fn read_block(
 
 fn closed() -> Error {
     Error::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed by server"))
+}
+
+/// The reply that stands for a message answered once per recipient (LMTP), or once: the first
+/// failure, or else the last success.
+fn merged(replies: &[Reply]) -> Option<Reply> {
+    replies.iter().find(|r| !r.is_positive()).or(replies.last()).cloned()
 }

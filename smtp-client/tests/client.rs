@@ -677,3 +677,29 @@ async fn split_transactions_report_the_first_failure_or_the_last_success() {
     let addr = script(["250 2.0.0 first\r\n", "250 2.0.0 second\r\n", "250 2.0.0 third\r\n"]).await;
     assert_eq!(text(&send(addr, env).await.reply), "250 2.0.0 third");
 }
+
+#[tokio::test]
+async fn lmtp_reports_each_recipients_own_reply() {
+    let addr = scripted(vec![
+        (false, vec!["220 store LMTP ready\r\n"]),
+        (true, vec!["250-store\r\n250 ENHANCEDSTATUSCODES\r\n"]),
+        (true, vec!["250 2.1.0 ok\r\n"]),
+        (true, vec!["250 2.1.5 ok\r\n"]),
+        (true, vec!["250 2.1.5 ok\r\n"]),
+        (true, vec!["550 5.1.1 no such user\r\n"]),
+        (true, vec!["354 go\r\n"]),
+        (true, vec![]),
+        (true, vec!["250 2.0.0 a stored\r\n", "452 4.2.2 b over quota\r\n"]),
+    ])
+    .await;
+    let mut o = ClientOptions::new(Domain::parse("client.test").unwrap());
+    o.tls = TlsMode::None;
+    o.lmtp = true;
+    let mut conn = SmtpClient::new(o).unwrap().connect("127.0.0.1", addr.port()).await.unwrap();
+    let out =
+        tokio::time::timeout(WAIT, conn.send(&env(&["a@s", "b@s", "c@s"]), "hi\r\n".into())).await.unwrap().unwrap();
+    let codes: Vec<Option<u16>> = out.data.iter().map(|r| r.as_ref().map(|r| r.code())).collect();
+    assert_eq!(codes, [Some(250), Some(452), None], "each recipient its own reply (RFC 2033 4.2)");
+    assert_eq!(out.reply.unwrap().code(), 452, "the first failure stands for the message");
+    assert_eq!(out.recipients[2].1.code(), 550);
+}

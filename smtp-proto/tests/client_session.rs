@@ -495,3 +495,61 @@ fn requiretls_needs_tls_and_the_servers_requiretls() {
     c.send_envelope(&got, DataMode::Later).unwrap();
     assert_eq!(out(&mut c), "MAIL FROM:<a@b.test> REQUIRETLS\r\n");
 }
+
+fn lmtp() -> ClientSession {
+    let mut config = ClientConfig::new(Domain::parse("client.test").unwrap());
+    config.lmtp = true;
+    ClientSession::new(config)
+}
+
+#[test]
+fn lmtp_says_lhlo_and_has_no_helo_fallback() {
+    let mut c = lmtp();
+    c.handle_input(b"220 store LMTP\r\n").unwrap();
+    assert_eq!(out(&mut c), "LHLO client.test\r\n");
+    c.handle_input(b"500 what\r\n").unwrap();
+    assert_eq!(out(&mut c), "", "no HELO in LMTP (RFC 2033 4.1)");
+    assert!(matches!(&events(&mut c)[..], [ClientEvent::Failed(CommandKind::Ehlo, r)] if r.code() == 500));
+}
+
+#[test]
+fn lmtp_gets_one_reply_per_accepted_recipient_after_the_data() {
+    let mut c = lmtp();
+    c.handle_input(b"220 store LMTP\r\n250-store\r\n250-PIPELINING\r\n250 CHUNKING\r\n").unwrap();
+    let _ = out(&mut c);
+    assert_eq!(events(&mut c), [ClientEvent::Ready]);
+    assert!(matches!(c.send_bdat(b"x", true), Err(ClientError::Misuse(_))), "no BDAT over LMTP");
+    c.send_envelope(&env(&["<a@s>", "<b@s>", "<c@s>", "<d@s>"]), DataMode::Data).unwrap();
+    let _ = out(&mut c);
+    c.handle_input(b"250 ok\r\n250 ok\r\n550 no such user\r\n250 ok\r\n250 ok\r\n354 go\r\n").unwrap();
+    assert!(matches!(&events(&mut c)[..], [ClientEvent::Envelope(o)] if o.data_ready()));
+    assert_eq!(c.data_replies(), 3, "a, b and d were accepted");
+    c.send_data(b"Subject: s\r\n\r\nhi\r\n");
+    c.finish_data();
+    assert_eq!(out(&mut c), "Subject: s\r\n\r\nhi\r\n.\r\n");
+    c.handle_input(b"250 2.0.0 a delivered\r\n452 4.2.2 b over quota\r\n").unwrap();
+    let ev = events(&mut c);
+    assert!(
+        matches!(&ev[..], [ClientEvent::Message(a), ClientEvent::Message(b)] if a.code() == 250 && b.code() == 452),
+        "{ev:?}"
+    );
+    c.handle_input(b"550 5.1.1 d gone\r\n").unwrap();
+    assert!(matches!(&events(&mut c)[..], [ClientEvent::Message(d)] if d.code() == 550));
+    // The next transaction starts from zero again.
+    c.send_envelope(&env(&["<a@s>"]), DataMode::Data).unwrap();
+    let _ = out(&mut c);
+    c.handle_input(b"250 ok\r\n250 ok\r\n354 go\r\n").unwrap();
+    let _ = events(&mut c);
+    assert_eq!(c.data_replies(), 1);
+}
+
+#[test]
+fn smtp_gets_one_reply_for_the_message_whatever_the_recipients() {
+    let mut c = client();
+    c.handle_input(b"220 mx\r\n250-mx\r\n250 PIPELINING\r\n").unwrap();
+    let _ = (out(&mut c), events(&mut c));
+    c.send_envelope(&env(&["<a@s>", "<b@s>"]), DataMode::Data).unwrap();
+    c.handle_input(b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n").unwrap();
+    let _ = events(&mut c);
+    assert_eq!(c.data_replies(), 1);
+}

@@ -20,12 +20,15 @@ pub struct ClientConfig {
     pub max_reply_line: usize,
     /// Most lines in one reply.
     pub max_reply_lines: usize,
+    /// Speak LMTP (RFC 2033) instead of SMTP: LHLO instead of EHLO (no HELO fallback), one
+    /// reply per accepted recipient after the end of data, no BDAT.
+    pub lmtp: bool,
 }
 
 impl ClientConfig {
     /// Defaults with the given EHLO name.
     pub fn new(ehlo_domain: Domain) -> Self {
-        ClientConfig { ehlo_domain, max_reply_line: MAX_REPLY_LINE, max_reply_lines: MAX_REPLY_LINES }
+        ClientConfig { ehlo_domain, max_reply_line: MAX_REPLY_LINE, max_reply_lines: MAX_REPLY_LINES, lmtp: false }
     }
 }
 
@@ -226,6 +229,8 @@ pub struct ClientSession {
     pending: Option<Pending>,
     /// Whether a recipient of the current transaction was accepted.
     accepted_any: bool,
+    /// How many (LMTP answers each after the end of data).
+    accepted: usize,
     /// Transactions started on this connection (RFC 9422 MAILMAX).
     transactions: u32,
     bdat_failure: Option<Reply>,
@@ -250,6 +255,7 @@ impl ClientSession {
             tls: false,
             pending: None,
             accepted_any: false,
+            accepted: 0,
             transactions: 0,
             bdat_failure: None,
             stuffer: DotStuffer::new(),
@@ -363,8 +369,12 @@ impl ClientSession {
     }
 
     fn send_ehlo(&mut self) {
-        let cmd = Command::Hello { extended: true, domain: self.config.ehlo_domain.clone() };
-        cmd.write_to_buf(&mut self.output);
+        if self.config.lmtp {
+            self.output.extend_from_slice(format!("LHLO {}\r\n", self.config.ehlo_domain).as_bytes());
+        } else {
+            let cmd = Command::Hello { extended: true, domain: self.config.ehlo_domain.clone() };
+            cmd.write_to_buf(&mut self.output);
+        }
         self.expect.push_back(Expect::Ehlo);
     }
 
@@ -411,8 +421,8 @@ impl ClientSession {
             self.extended = true;
             self.state = State::Ready;
             self.events.push_back(ClientEvent::Ready);
-        } else if matches!(reply.code(), 500 | 502) {
-            // RFC 5321 3.2: an RFC 788/821 server; fall back to HELO.
+        } else if matches!(reply.code(), 500 | 502) && !self.config.lmtp {
+            // RFC 5321 3.2: an RFC 788/821 server; fall back to HELO (LMTP has none).
             let cmd = Command::Hello { extended: false, domain: self.config.ehlo_domain.clone() };
             cmd.write_to_buf(&mut self.output);
             self.expect.push_back(Expect::Helo);
@@ -464,6 +474,7 @@ impl ClientSession {
 
     fn on_rcpt(&mut self, reply: Reply) {
         self.accepted_any |= reply.is_positive();
+        self.accepted += usize::from(reply.is_positive());
         let Some(p) = self.pending.as_mut() else { return };
         p.recipients.push(reply);
         if p.recipients.len() < p.expected {
@@ -651,6 +662,7 @@ impl ClientSession {
         }
         self.transactions += 1;
         self.accepted_any = false;
+        self.accepted = 0;
         let with_data = mode == DataMode::Data;
         self.pending = Some(Pending { mail: None, recipients: Vec::new(), expected: env.recipients.len(), with_data });
         self.write(&Command::Mail { verb: env.verb, from: env.from.clone(), params: env.params.clone() }, Expect::Mail);
@@ -681,15 +693,31 @@ impl ClientSession {
         self.stuffer.stuff(chunk, &mut self.output);
     }
 
-    /// Ends the body with CRLF "." CRLF; the answer arrives as [`ClientEvent::Message`].
+    /// Ends the body with CRLF "." CRLF; the answer arrives as [`ClientEvent::Message`] (with
+    /// LMTP, one for each accepted recipient, in the order of the RCPTs).
     pub fn finish_data(&mut self) {
         self.stuffer.finish(&mut self.output);
-        self.expect.push_back(Expect::DataEnd);
+        // RFC 2033 4.2: LMTP answers once for each recipient that was accepted, in order.
+        for _ in 0..self.data_replies() {
+            self.expect.push_back(Expect::DataEnd);
+        }
+    }
+
+    /// How many replies the end of data gets: one, or with LMTP one per accepted recipient.
+    pub fn data_replies(&self) -> usize {
+        if self.config.lmtp {
+            self.accepted.max(1)
+        } else {
+            1
+        }
     }
 
     /// Sends one BDAT chunk (RFC 3030) as is; with `last`, the message's final reply arrives as
     /// [`ClientEvent::Message`] (the first failed chunk's reply, if any failed).
     pub fn send_bdat(&mut self, chunk: &[u8], last: bool) -> Result<(), ClientError> {
+        if self.config.lmtp {
+            return Err(ClientError::Misuse("BDAT is not used over LMTP"));
+        }
         if !self.caps.chunking {
             return Err(ClientError::Misuse("CHUNKING not offered"));
         }
