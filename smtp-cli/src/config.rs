@@ -51,6 +51,8 @@ pub struct FileConfig {
     /// `false` turns DANE off (`--no-dane`).
     pub dane: Option<bool>,
     pub dnssec_trust_anchor: Option<PathBuf>,
+    /// The LMTP mail store for local mailboxes, HOST:PORT (`--lmtp`).
+    pub lmtp: Option<String>,
     /// Where `/metrics` and `/healthz` are served (`--metrics-listen`).
     pub metrics_listen: Option<String>,
     /// DKIM keys, "DOMAIN=SELECTOR:KEYFILE" (`--dkim`).

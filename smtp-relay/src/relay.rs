@@ -497,7 +497,9 @@ impl RelayMail {
         use smtp_proto::command::Notify;
         let [crate::route::Route::Mailbox(user)] = routes else { return None };
         let success = msg.trusted && matches!(msg.recipients[0].params.notify, Some(Notify::On { success: true, .. }));
-        (self.config.deliver_on_receipt && msg.verb == MailVerb::Mail && !success).then(|| user.clone())
+        // With a mail store (LMTP) local mail is queued and handed over by the scheduler.
+        let maildirs = self.config.lmtp.is_none();
+        (self.config.deliver_on_receipt && maildirs && msg.verb == MailVerb::Mail && !success).then(|| user.clone())
     }
 
     /// Streams the body into the queue (or one local mailbox); replies only once the message

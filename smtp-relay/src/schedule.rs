@@ -207,6 +207,8 @@ struct Ctx {
     unsaved: Mutex<HashMap<QueueId, (QueuedMessage, u32)>>,
     /// DKIM keys for the mail the relay writes itself.
     msgauth: Option<Arc<crate::msgauth::MessageAuth>>,
+    /// The mail store local mailboxes go to, when configured.
+    lmtp: Option<crate::deliver::lmtp::LmtpDelivery>,
 }
 
 impl Scheduler {
@@ -284,6 +286,11 @@ impl Scheduler {
             handoff: self.handoff.clone(),
             unsaved: Mutex::default(),
             msgauth: self.msgauth.clone(),
+            lmtp: cfg.lmtp.as_ref().and_then(|(host, port)| {
+                crate::deliver::lmtp::LmtpDelivery::new(&cfg.hostname, host, *port)
+                    .map_err(|e| tracing::error!(error = %e, "no LMTP client; local mail goes to Maildirs"))
+                    .ok()
+            }),
         });
         let cancel = CancellationToken::new();
         // The index is rebuilt from envelopes as the scan reads them; mail is accepted and
@@ -573,8 +580,11 @@ impl Ctx {
         };
         let mut groups: Vec<(smtp_proto::Domain, Vec<usize>)> = Vec::new();
         let mut outcomes: Vec<(usize, Outcome)> = Vec::new();
+        let mut to_store: Vec<usize> = Vec::new();
         for &i in &due {
             match &routes[i] {
+                // Mailboxes go to the mail store when there is one (terminals stay local).
+                Route::Mailbox(_) if self.lmtp.is_some() && msg.verb == smtp_proto::MailVerb::Mail => to_store.push(i),
                 Route::Mailbox(user) => {
                     let thorough = !fresh || msg.recipients[i].attempts > 0;
                     let start = std::time::Instant::now();
@@ -605,6 +615,15 @@ impl Ctx {
         }))
         .await;
         outcomes.extend(remote.into_iter().flatten());
+        if let (Some(store), false) = (&self.lmtp, to_store.is_empty()) {
+            let start = std::time::Instant::now();
+            let stored = store.deliver(&msg, &body, &to_store).await;
+            metrics::histogram!("tern_delivery_duration_seconds", "kind" => "local").record(start.elapsed());
+            for (_, o) in &stored {
+                count_outcome("local", o);
+            }
+            outcomes.extend(stored);
+        }
         apply(&self.config, &mut msg, outcomes, now);
         if now >= msg.arrival_plus_ms(self.config.queue_lifetime) {
             for r in msg.recipients.iter_mut().filter(|r| r.status == RcptStatus::Pending) {

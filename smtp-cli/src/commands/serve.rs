@@ -148,6 +148,10 @@ pub struct ServeArgs {
     /// mark p=quarantine failures (X-Tern-DMARC header), defer on DNS failures (451 4.7.0).
     #[arg(long)]
     pub dmarc_enforce: bool,
+    /// Deliver local mailboxes over LMTP (RFC 2033) to a mail store at HOST:PORT (Dovecot,
+    /// Cyrus) instead of into DATA_DIR/mail Maildirs.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub lmtp: Option<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics and health at /healthz (off by default).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
@@ -290,6 +294,10 @@ pub fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
     }
     if let Some(p) = pick(args.mta_sts_port, file.mta_sts_port) {
         relay.mta_sts_port = p;
+    }
+    if let Some(l) = pick(args.lmtp, file.lmtp) {
+        let (host, port) = crate::commands::split_host_port(&l).map_err(|e| err("lmtp", e.to_string()))?;
+        relay.lmtp = Some((host, port));
     }
     for d in many(args.dkim, file.dkim) {
         relay.dkim.push(d.parse().map_err(|e: smtp_relay::msgauth::MsgAuthError| err("dkim", e.to_string()))?);
@@ -463,6 +471,8 @@ pub async fn exec(s: Settings) -> anyhow::Result<()> {
     }));
     let shutdown = server.shutdown_handle();
     let addrs = server.local_addrs();
+    // The listeners are bound and the queue is open: ready, before the start-up lines say so.
+    health.ready();
     for (i, a) in addrs.iter().enumerate() {
         let kind = if i < plain_listeners { "SMTP with STARTTLS" } else { "SMTP over implicit TLS" };
         println!("tern serve: listening on {a} ({kind}) as {}", s.hostname);
@@ -473,7 +483,6 @@ pub async fn exec(s: Settings) -> anyhow::Result<()> {
         s.data_dir.display()
     );
     let run = tokio::spawn(server.run());
-    health.ready();
     signals.wait().await;
     tracing::info!("shutting down");
     health.stopping();

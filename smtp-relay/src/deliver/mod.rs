@@ -1,6 +1,7 @@
-//! Delivery: [`local`] (Maildir, terminals for SEND/SOML/SAML) and [`remote`] (the next hop over
-//! SMTP). Each attempt ends in an [`Outcome`] per recipient, carrying the reply that decided it.
+//! Delivery: [`local`] (Maildir, terminals for SEND/SOML/SAML), [`lmtp`] (local mailboxes in a
+//! mail store) and [`remote`] (the next hop over SMTP). Each attempt ends in an [`Outcome`] per recipient, carrying the reply that decided it.
 
+pub mod lmtp;
 pub mod local;
 pub mod maildir;
 pub mod remote;

@@ -1,0 +1,154 @@
+//! LMTP delivery (RFC 2033) to a mail store: a scripted LMTP server that answers each
+//! recipient on its own after the data (250, 452, 550); the relay records each outcome.
+
+use std::sync::{Arc, Mutex};
+
+use smtp_relay::queue::RcptStatus;
+use smtp_relay::{Directory, RelayConfig};
+use tests::{InProcess, Raw};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// An LMTP server: RCPT of `nobody` is refused; after the data `alice` gets 250, `bob` 452
+/// (over quota) and anyone else 550. Returns its address and the commands it saw.
+async fn store() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = tcp.into_split();
+                let mut r = BufReader::new(r);
+                let _ = w.write_all(b"220 store LMTP\r\n").await;
+                let mut rcpts: Vec<String> = Vec::new();
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let cmd = line.trim_end().to_string();
+                    seen.lock().unwrap().push(cmd.clone());
+                    let upper = cmd.to_ascii_uppercase();
+                    let reply = if upper.starts_with("LHLO") {
+                        "250-store\r\n250 ENHANCEDSTATUSCODES\r\n".to_string()
+                    } else if upper.starts_with("RCPT") && upper.contains("NOBODY") {
+                        "550 5.1.1 no such user\r\n".to_string()
+                    } else if upper.starts_with("RCPT") {
+                        rcpts.push(upper.clone());
+                        "250 2.1.5 ok\r\n".to_string()
+                    } else if upper == "DATA" {
+                        let _ = w.write_all(b"354 go\r\n").await;
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == ".\r\n" {
+                                break;
+                            }
+                        }
+                        std::mem::take(&mut rcpts)
+                            .iter()
+                            .map(|r| {
+                                if r.contains("ALICE") {
+                                    "250 2.0.0 stored\r\n"
+                                } else if r.contains("BOB") {
+                                    "452 4.2.2 over quota\r\n"
+                                } else {
+                                    "550 5.2.1 mailbox disabled\r\n"
+                                }
+                            })
+                            .collect()
+                    } else if upper == "QUIT" {
+                        let _ = w.write_all(b"221 bye\r\n").await;
+                        return;
+                    } else {
+                        "250 2.0.0 ok\r\n".to_string()
+                    };
+                    if w.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn each_recipient_gets_the_stores_own_answer() {
+    let (addr, seen) = store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = RelayConfig::new("a.test", dir.path());
+    cfg.directory = Directory::new(["a.test".to_string()], Vec::<String>::new());
+    cfg.lmtp = Some(("127.0.0.1".into(), addr.port()));
+    cfg.retry_interval = std::time::Duration::from_secs(3600);
+    let a = InProcess::start(cfg, None).await;
+    let (mut c, _) = Raw::connect(a.addr).await;
+    c.cmd("EHLO client.test\r\n").await;
+    let to = ["alice@a.test", "bob@a.test", "carol@a.test", "nobody@a.test"];
+    let r = c.send_mail("MAIL", "s@a.test", &to, "Subject: to the store\r\n\r\nhello\r\n").await;
+    assert!(r.starts_with("250"), "{r}");
+    let q = a.relay.queue();
+    let id = r.rsplit(' ').next().unwrap().trim().to_string();
+    let start = std::time::Instant::now();
+    let m = loop {
+        if let Ok(m) = q.load(&id).await {
+            if m.recipients.iter().all(|r| r.status != RcptStatus::Pending || r.attempts >= 1) {
+                break m;
+            }
+        }
+        assert!(start.elapsed() < tests::WAIT, "no attempt recorded");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let state: Vec<String> = m
+        .recipients
+        .iter()
+        .map(|r| match &r.status {
+            RcptStatus::Delivered => "delivered".to_string(),
+            RcptStatus::Failed(why) => format!("failed {}", why.code()),
+            RcptStatus::Pending => format!("pending {}", r.last_error.as_ref().map_or(0, |e| e.code())),
+        })
+        .collect();
+    assert_eq!(state, ["delivered", "pending 452", "failed 550", "failed 550"], "{m:?}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen[0], "LHLO a.test", "{seen:?}");
+    assert!(seen.iter().any(|l| l.eq_ignore_ascii_case("RCPT TO:<alice@a.test>")), "{seen:?}");
+    // Nothing went to a Maildir: the store is the only delivery.
+    assert!(tests::maildir_files(dir.path(), "alice").is_empty());
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn a_store_that_is_down_defers_and_nothing_is_lost() {
+    let (_held, dead) = tests::refused_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = RelayConfig::new("a.test", dir.path());
+    cfg.directory = Directory::new(["a.test".to_string()], Vec::<String>::new());
+    cfg.lmtp = Some(("127.0.0.1".into(), dead.port()));
+    cfg.retry_interval = std::time::Duration::from_secs(3600);
+    let a = InProcess::start(cfg, None).await;
+    let (mut c, _) = Raw::connect(a.addr).await;
+    c.cmd("EHLO client.test\r\n").await;
+    let r = c.send_mail("MAIL", "s@a.test", &["alice@a.test"], "Subject: later\r\n\r\nx\r\n").await;
+    assert!(r.starts_with("250"), "{r}");
+    let id = r.rsplit(' ').next().unwrap().trim().to_string();
+    let q = a.relay.queue();
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(m) = q.load(&id).await {
+            let r = &m.recipients[0];
+            if r.attempts >= 1 {
+                assert_eq!(r.status, RcptStatus::Pending);
+                assert!(r.last_error.as_ref().is_some_and(|e| e.code() / 100 == 4), "{r:?}");
+                break;
+            }
+        }
+        assert!(start.elapsed() < tests::WAIT, "no attempt recorded");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    a.stop().await;
+}
