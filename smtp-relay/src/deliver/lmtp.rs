@@ -2,10 +2,10 @@
 //! one transaction per message for all its local recipients, each recipient's outcome from its
 //! own reply after the data.
 
-use smtp_client::{Body, ClientOptions, SmtpClient, TlsMode};
-use smtp_proto::{Domain, Envelope, MailVerb, Recipient};
+use smtp_client::{ClientOptions, SmtpClient, TlsMode};
+use smtp_proto::{Domain, MailVerb};
 
-use super::{local_reply, Outcome};
+use super::{client_body, envelope_for, local_reply, Outcome};
 use crate::queue::{QueuedMessage, StoredBody};
 
 /// The LMTP client for one mail store.
@@ -29,21 +29,10 @@ impl LmtpDelivery {
     /// Delivers `msg` to its recipients at `idx` (local mailboxes): each one's outcome.
     pub async fn deliver(&self, msg: &QueuedMessage, body: &StoredBody, idx: &[usize]) -> Vec<(usize, Outcome)> {
         let all = |o: Outcome| idx.iter().map(|&i| (i, o.clone())).collect::<Vec<_>>();
-        let envelope = Envelope {
-            verb: MailVerb::Mail,
-            from: msg.from.clone(),
-            params: msg.params.clone(),
-            recipients: idx
-                .iter()
-                .map(|&i| Recipient { path: msg.recipients[i].path.clone(), params: msg.recipients[i].params.clone() })
-                .collect(),
-        };
-        let data = match body {
-            StoredBody::Memory(b) => Body::Bytes(b.clone()),
-            StoredBody::File { .. } => match body.reader().await {
-                Ok(r) => Body::Reader(r),
-                Err(e) => return all(Outcome::Retry(local_reply(451, (4, 3, 0), &format!("queue read: {e}")), None)),
-            },
+        let envelope = envelope_for(msg, idx, MailVerb::Mail);
+        let data = match client_body(body).await {
+            Ok(d) => d,
+            Err(e) => return all(Outcome::Retry(local_reply(451, (4, 3, 0), &format!("queue read: {e}")), None)),
         };
         let sent = async {
             let mut conn = self.client.connect(&self.host, self.port).await?;

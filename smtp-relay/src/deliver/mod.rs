@@ -30,3 +30,31 @@ pub enum Outcome {
 pub(crate) fn local_reply(code: u16, (c, s, d): (u8, u16, u16), text: &str) -> Reply {
     Reply::new(code, Some(EnhancedCode::new(c, s, d)), text)
 }
+
+/// The envelope of `msg` for its recipients at `idx`, with `verb`.
+pub(crate) fn envelope_for(
+    msg: &crate::queue::QueuedMessage,
+    idx: &[usize],
+    verb: smtp_proto::MailVerb,
+) -> smtp_proto::Envelope {
+    smtp_proto::Envelope {
+        verb,
+        from: msg.from.clone(),
+        params: msg.params.clone(),
+        recipients: idx
+            .iter()
+            .map(|&i| smtp_proto::Recipient {
+                path: msg.recipients[i].path.clone(),
+                params: msg.recipients[i].params.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// A stored message's data as a client body: in memory, or read from its file as it is sent.
+pub(crate) async fn client_body(body: &crate::queue::StoredBody) -> std::io::Result<smtp_client::Body> {
+    Ok(match body {
+        crate::queue::StoredBody::Memory(b) => smtp_client::Body::Bytes(b.clone()),
+        crate::queue::StoredBody::File { .. } => smtp_client::Body::Reader(body.reader().await?),
+    })
+}

@@ -7,9 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use smtp_client::service::{Destination as Dest, SendRequest, SmtpService};
-use smtp_client::{Body, CertVerify, ClientOptions, SmtpClient, TlsMode, Tlsa};
+use smtp_client::{CertVerify, ClientOptions, SmtpClient, TlsMode, Tlsa};
+use smtp_proto::Envelope;
 use smtp_proto::{Domain, MailVerb};
-use smtp_proto::{Envelope, Recipient};
 use tokio::sync::Semaphore;
 
 use super::{local_reply, Outcome};
@@ -353,16 +353,9 @@ impl RemoteDelivery {
             Ok(h) => h,
             Err(o) => return all(o),
         };
-        let envelope = Envelope {
-            // SOML and SAML become MAIL at the next hop: its mailbox delivery is what survives.
-            verb: if msg.verb == MailVerb::Send { MailVerb::Send } else { MailVerb::Mail },
-            from: msg.from.clone(),
-            params: msg.params.clone(),
-            recipients: idx
-                .iter()
-                .map(|&i| Recipient { path: msg.recipients[i].path.clone(), params: msg.recipients[i].params.clone() })
-                .collect(),
-        };
+        // SOML and SAML become MAIL at the next hop: its mailbox delivery is what survives.
+        let verb = if msg.verb == MailVerb::Send { MailVerb::Send } else { MailVerb::Mail };
+        let envelope = super::envelope_for(msg, idx, verb);
         let requiretls = msg.params.requiretls;
         let mode = policy.mode();
         let mut last = local_reply(451, (4, 4, 1), "No host could be reached");
@@ -552,13 +545,7 @@ impl RemoteDelivery {
         let Some(service) = service else {
             return Err(smtp_client::Error::Refused("no SMTP client for this TLS mode"));
         };
-        let body = match body {
-            StoredBody::Memory(b) => Body::Bytes(b.clone()),
-            StoredBody::File { .. } => match body.reader().await {
-                Ok(r) => Body::Reader(r),
-                Err(e) => return Err(smtp_client::Error::Io(e)),
-            },
-        };
+        let body = super::client_body(body).await.map_err(smtp_client::Error::Io)?;
         service.send(SendRequest { destination: dest.clone(), envelope: envelope.clone(), body }).await
     }
 }
