@@ -98,7 +98,12 @@ async fn counters_match_what_was_done_and_health_follows_the_lifecycle() {
     let start = std::time::Instant::now();
     let s = loop {
         let s = scrape(m).await;
-        if value(&s, deferred) >= 1.0 && value(&s, "tern_connections_open{}") == 0.0 {
+        // Every delivery task finished and counted (the in-flight gauge drops after the
+        // outcome is counted), every connection closed.
+        let settled = value(&s, "tern_deliveries_in_flight{}") == 0.0
+            && value(&s, "tern_connections_open{}") == 0.0
+            && value(&s, "tern_queue_messages{}") == 1.0;
+        if value(&s, deferred) >= 1.0 && settled {
             break s;
         }
         assert!(start.elapsed() < WAIT, "no deferred remote attempt: {s:?}");
