@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use smtp_relay::queue::RcptStatus;
+use smtp_relay::queue::{QueuedMessage, RcptStatus};
 use smtp_relay::{Directory, RelayConfig};
 use tests::{InProcess, Raw};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -78,32 +78,47 @@ async fn store() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
     (addr, seen)
 }
 
-#[tokio::test]
-async fn each_recipient_gets_the_stores_own_answer() {
-    let (addr, seen) = store().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = RelayConfig::new("a.test", dir.path());
+/// A relay for a.test whose local mailboxes go to the LMTP store on `port`.
+async fn relay(dir: &std::path::Path, port: u16) -> InProcess {
+    let mut cfg = RelayConfig::new("a.test", dir);
     cfg.directory = Directory::new(["a.test".to_string()], Vec::<String>::new());
-    cfg.lmtp = Some(("127.0.0.1".into(), addr.port()));
+    cfg.lmtp = Some(("127.0.0.1".into(), port));
     cfg.retry_interval = std::time::Duration::from_secs(3600);
-    let a = InProcess::start(cfg, None).await;
+    InProcess::start(cfg, None).await
+}
+
+/// Submits one message from s@a.test to `to` and returns its queue id.
+async fn submit(a: &InProcess, to: &[&str], data: &str) -> String {
     let (mut c, _) = Raw::connect(a.addr).await;
     c.cmd("EHLO client.test\r\n").await;
-    let to = ["alice@a.test", "bob@a.test", "carol@a.test", "nobody@a.test"];
-    let r = c.send_mail("MAIL", "s@a.test", &to, "Subject: to the store\r\n\r\nhello\r\n").await;
+    let r = c.send_mail("MAIL", "s@a.test", to, data).await;
     assert!(r.starts_with("250"), "{r}");
+    r.rsplit(' ').next().unwrap().trim().to_string()
+}
+
+/// The queued message `id` once every recipient still pending has been tried.
+async fn attempted(a: &InProcess, id: &str) -> QueuedMessage {
     let q = a.relay.queue();
-    let id = r.rsplit(' ').next().unwrap().trim().to_string();
     let start = std::time::Instant::now();
-    let m = loop {
-        if let Ok(m) = q.load(&id).await {
+    loop {
+        if let Ok(m) = q.load(id).await {
             if m.recipients.iter().all(|r| r.status != RcptStatus::Pending || r.attempts >= 1) {
-                break m;
+                return m;
             }
         }
         assert!(start.elapsed() < tests::WAIT, "no attempt recorded");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    }
+}
+
+#[tokio::test]
+async fn each_recipient_gets_the_stores_own_answer() {
+    let (addr, seen) = store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = relay(dir.path(), addr.port()).await;
+    let to = ["alice@a.test", "bob@a.test", "carol@a.test", "nobody@a.test"];
+    let id = submit(&a, &to, "Subject: to the store\r\n\r\nhello\r\n").await;
+    let m = attempted(&a, &id).await;
     let state: Vec<String> = m
         .recipients
         .iter()
@@ -126,29 +141,10 @@ async fn each_recipient_gets_the_stores_own_answer() {
 async fn a_store_that_is_down_defers_and_nothing_is_lost() {
     let (_held, dead) = tests::refused_port();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = RelayConfig::new("a.test", dir.path());
-    cfg.directory = Directory::new(["a.test".to_string()], Vec::<String>::new());
-    cfg.lmtp = Some(("127.0.0.1".into(), dead.port()));
-    cfg.retry_interval = std::time::Duration::from_secs(3600);
-    let a = InProcess::start(cfg, None).await;
-    let (mut c, _) = Raw::connect(a.addr).await;
-    c.cmd("EHLO client.test\r\n").await;
-    let r = c.send_mail("MAIL", "s@a.test", &["alice@a.test"], "Subject: later\r\n\r\nx\r\n").await;
-    assert!(r.starts_with("250"), "{r}");
-    let id = r.rsplit(' ').next().unwrap().trim().to_string();
-    let q = a.relay.queue();
-    let start = std::time::Instant::now();
-    loop {
-        if let Ok(m) = q.load(&id).await {
-            let r = &m.recipients[0];
-            if r.attempts >= 1 {
-                assert_eq!(r.status, RcptStatus::Pending);
-                assert!(r.last_error.as_ref().is_some_and(|e| e.code() / 100 == 4), "{r:?}");
-                break;
-            }
-        }
-        assert!(start.elapsed() < tests::WAIT, "no attempt recorded");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let a = relay(dir.path(), dead.port()).await;
+    let id = submit(&a, &["alice@a.test"], "Subject: later\r\n\r\nx\r\n").await;
+    let r = &attempted(&a, &id).await.recipients[0];
+    assert_eq!(r.status, RcptStatus::Pending);
+    assert!(r.attempts >= 1 && r.last_error.as_ref().is_some_and(|e| e.code() / 100 == 4), "{r:?}");
     a.stop().await;
 }
