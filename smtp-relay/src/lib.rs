@@ -56,7 +56,9 @@ pub mod schedule;
 pub mod tls_rpt;
 
 pub use directory::Directory;
-pub use queue::{FsQueue, MessageWriter, Queue, QueueError, QueueId, QueuedMessage, ScanEntry, Stored, StoredBody};
+pub use queue::{
+    FsQueue, Leases, MessageWriter, PgOptions, PgQueue, Queue, QueueError, QueueId, QueuedMessage, ScanEntry, Stored, StoredBody,
+};
 pub use relay::{Relay, RelayConfig, RelayMail, RelayPolicy};
 pub use route::{Cidr, SourceRoutes};
 pub use schedule::{Accepted, Handoff, Scheduler, SchedulerHandle};

@@ -138,7 +138,7 @@ impl Maildir {
                 StoredBody::Memory(b) => {
                     Op::Write { tmp, dest: dest.clone(), data: content(&from, b).into(), reuse: false }
                 }
-                StoredBody::File { .. } => match stream_content(&tmp, &from, &body) {
+                StoredBody::File { .. } | StoredBody::Chunks { .. } => match stream_content(&tmp, &from, &body) {
                     Ok(file) => Op::Sync { file, tmp, dest: dest.clone() },
                     Err(e) => {
                         let _ = fs::remove_file(&tmp);

@@ -6,10 +6,12 @@
 //! so no layer holds a whole message; what comes back from the commit is a [`StoredBody`] the
 //! scheduler delivers from without reading the queue again. Envelopes and state are read
 //! without bodies ([`Queue::scan`], [`Queue::load`]). The trait speaks in records and ids so
-//! that a database-backed queue shared by several relays can implement it too.
+//! that [`PgQueue`], a PostgreSQL queue shared by several relays, implements it too; a shared
+//! queue also hands out [`Leases`], so that each message is worked on by one node at a time.
 
 mod body;
 mod fs;
+mod pg;
 mod record;
 
 use std::net::SocketAddr;
@@ -19,8 +21,9 @@ use bytes::Bytes;
 use smtp_proto::command::{MailParams, RcptParams};
 use smtp_proto::{ForwardPath, MailVerb, Reply, ReversePath};
 
-pub use body::StoredBody;
+pub use body::{ChunkSource, StoredBody};
 pub use fs::FsQueue;
+pub use pg::{PgOptions, PgQueue, SCHEMA_VERSION};
 pub use record::RecordError;
 
 /// A queue id: letters and digits, unique across restarts.
@@ -213,6 +216,18 @@ pub enum QueueError {
     /// The queue is shutting down, or is a read-only view.
     #[error("queue closed")]
     Closed,
+    /// The queue's database failed or cannot be reached.
+    #[error("queue database: {0}")]
+    Database(String),
+    /// The database holds a queue schema newer than this program knows: refused, never
+    /// downgraded.
+    #[error("queue schema version {found} is newer than this tern's ({known}); upgrade tern")]
+    SchemaTooNew {
+        /// The version found.
+        found: i32,
+        /// The newest version this program knows.
+        known: i32,
+    },
     /// The envelope (mostly its recipients) is larger than a queue record can hold: refused
     /// before anything is accepted, never stored unreadable.
     #[error("envelope of {size} octets is over the queue's limit of {limit}")]
@@ -236,9 +251,60 @@ pub fn is_storage_full(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
 }
 
+/// A message claimed from a shared queue, with whether a flush asked for every recipient now.
+#[derive(Debug)]
+pub struct Claim {
+    /// Envelope and state.
+    pub msg: QueuedMessage,
+    /// Retry every pending recipient now, whatever its next attempt says.
+    pub force: bool,
+}
+
+/// What a shared queue holds, for the `tern_queue_*` gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCensus {
+    /// Messages.
+    pub messages: u64,
+    /// Their data, in octets.
+    pub bytes: u64,
+    /// The oldest one's arrival, seconds since the epoch (`None`: empty).
+    pub oldest: Option<u64>,
+}
+
+/// A slot held in a shared concurrency limit; given back when dropped.
+pub trait SlotLease: Send {}
+
+/// The leases of a queue shared by several relays: a node works on a message only while it
+/// holds its lease, renews its leases while it works, and a node that dies has them expire so
+/// that another node resumes its messages.
+#[async_trait::async_trait]
+pub trait Leases: Send + Sync {
+    /// This node's name in the leases.
+    fn node(&self) -> &str;
+    /// How long a lease lasts unless renewed.
+    fn lease_time(&self) -> Duration;
+    /// Takes the lease of up to `limit` due messages whose lease is free or expired.
+    async fn claim(&self, limit: usize) -> Result<Vec<Claim>, QueueError>;
+    /// Stores a message's new state with the time it is next due (milliseconds since the epoch)
+    /// and gives its lease back. `NotFound` when the message is gone or its lease was lost.
+    async fn release(&self, msg: &QueuedMessage, due: u64) -> Result<(), QueueError>;
+    /// Extends every lease this node holds (messages and slots); returns how many.
+    async fn renew(&self) -> Result<u64, QueueError>;
+    /// Makes every message due now, every pending recipient included; returns how many.
+    async fn flush(&self) -> Result<u64, QueueError>;
+    /// Counts of the whole shared queue.
+    async fn census(&self) -> Result<QueueCensus, QueueError>;
+    /// One of `max` slots of destination `dest`, shared by every node; waits for one to free.
+    async fn slot(&self, dest: &str, max: usize) -> Result<Box<dyn SlotLease>, QueueError>;
+}
+
 /// A durable queue of messages.
 #[async_trait::async_trait]
 pub trait Queue: Send + Sync + 'static {
+    /// The leases, when several relays share this queue (`None`: this process owns it).
+    fn leases(&self) -> Option<&dyn Leases> {
+        None
+    }
     /// Starts a new message; its id replaces the one in `msg`.
     async fn create(&self, msg: QueuedMessage) -> Result<Box<dyn MessageWriter>, QueueError>;
     /// Stores a whole message from memory (notifications, tests).

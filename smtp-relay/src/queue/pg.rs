@@ -1,0 +1,868 @@
+//! A queue in PostgreSQL, shared by every relay node that points at the same database.
+//!
+//! Tables (created and migrated at start, versioned in `tern_schema`):
+//! - `tern_message`: one row per message: the envelope (the spool's own encoding), the state,
+//!   the size, when it is next due, and the lease (`owner`, `lease_until`).
+//! - `tern_chunk`: the message data in chunks of [`CHUNK`] octets, streamed in while the message
+//!   arrives and read back one chunk at a time: no layer holds a whole large message.
+//! - `tern_slot`: per-destination connection slots shared by the nodes.
+//!
+//! # Durability
+//! The data chunks of a large message are written as they arrive, with asynchronous commit;
+//! the message's row (and its last chunk) is inserted by a committer that batches concurrent
+//! messages into one transaction with synchronous commit. PostgreSQL's log is sequential, so
+//! that commit's flush also covers the earlier chunks: when [`MessageWriter::commit`] returns,
+//! everything is on disk, and many messages share one flush.
+//!
+//! # Leases
+//! A message row is inserted with the accepting node's lease, so it delivers it at once. Other
+//! nodes take due messages with `FOR UPDATE SKIP LOCKED`; a node renews its leases while it
+//! works; a node that dies has its leases expire and another node resumes its messages. The
+//! state of every attempt is stored, with synchronous commit, as the lease is given back.
+//! Leases compare the nodes' wall clocks: keep them in sync (NTP) and the skew well under the
+//! lease time.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::{mpsc, oneshot};
+
+use super::record::{apply_state, decode_header, encode_header, encode_state, RecordError};
+use super::{
+    ChunkSource, Claim, Leases, MessageWriter, Queue, QueueCensus, QueueError, QueueId, QueuedMessage, RcptStatus,
+    ScanEntry, SlotLease, Stored, StoredBody,
+};
+
+/// The newest schema version this program knows.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Size of the data chunks: a message up to this size is one row insert at commit.
+pub const CHUNK: usize = 256 * 1024;
+
+/// The most an envelope may take (as in the file spool: about 20 000 long recipients).
+const MAX_ENVELOPE: usize = 4 * 1024 * 1024 - 64;
+
+/// The most messages, and octets, one commit takes.
+const BATCH_MESSAGES: usize = 256;
+const BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// How long one database operation may take before it counts as failed.
+const OP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Advisory lock key taken while the schema is migrated (one node at a time).
+const MIGRATION_LOCK: i64 = 0x7465_726e_0001;
+
+/// Each migration takes the schema from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &["CREATE TABLE tern_message (
+        id text PRIMARY KEY,
+        envelope bytea NOT NULL,
+        state bytea,
+        size bigint NOT NULL,
+        chunks integer NOT NULL,
+        arrival bigint NOT NULL,
+        due bigint NOT NULL,
+        force boolean NOT NULL DEFAULT false,
+        owner text,
+        lease_until bigint NOT NULL DEFAULT 0
+    );
+    CREATE INDEX tern_message_due ON tern_message (due);
+    CREATE INDEX tern_message_owner ON tern_message (owner) WHERE owner IS NOT NULL;
+    CREATE TABLE tern_chunk (
+        id text NOT NULL,
+        seq integer NOT NULL,
+        data bytea NOT NULL,
+        written bigint NOT NULL,
+        PRIMARY KEY (id, seq)
+    );
+    CREATE TABLE tern_slot (
+        dest text NOT NULL,
+        slot integer NOT NULL,
+        owner text,
+        lease_until bigint NOT NULL DEFAULT 0,
+        PRIMARY KEY (dest, slot)
+    );"];
+
+/// How a [`PgQueue`] behaves.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// This node's name in leases (unique per process; a restarted node is a new one).
+    pub node: String,
+    /// How long a lease lasts unless renewed (renewed every third of it).
+    pub lease: Duration,
+    /// Database connections in the pool.
+    pub pool_size: usize,
+    /// Leave the schema alone: fail unless it is there, at this program's version (tools).
+    pub existing_only: bool,
+}
+
+impl PgOptions {
+    /// Defaults for a node called `hostname`: a 30-second lease and 16 connections.
+    pub fn new(hostname: &str) -> PgOptions {
+        PgOptions {
+            node: format!("{hostname}/{}/{:08x}", std::process::id(), rand::random::<u32>()),
+            lease: Duration::from_secs(30),
+            pool_size: 16,
+            existing_only: false,
+        }
+    }
+}
+
+/// The PostgreSQL queue. Cheap to clone.
+#[derive(Clone)]
+pub struct PgQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    options: PgOptions,
+    /// Id parts: a random tag per process and a counter.
+    tag: u16,
+    counter: AtomicU32,
+    /// Messages waiting for the committer.
+    commits: mpsc::Sender<Pending>,
+    /// Destinations whose slot rows exist.
+    slot_rows: Mutex<std::collections::HashSet<(String, usize)>>,
+}
+
+impl std::fmt::Debug for PgQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgQueue").field("node", &self.inner.options.node).finish()
+    }
+}
+
+/// A database error as one line, with its causes (tokio-postgres keeps the server's message in
+/// the source).
+fn db_err(e: impl std::error::Error) -> QueueError {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    QueueError::Database(text)
+}
+
+/// Runs one database operation with a time limit.
+async fn within<T>(f: impl std::future::Future<Output = Result<T, QueueError>>) -> Result<T, QueueError> {
+    tokio::time::timeout(OP_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| Err(QueueError::Database(format!("no answer within {OP_TIMEOUT:?}"))))
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(QueuedMessage::now_ms()).unwrap_or(i64::MAX)
+}
+
+/// A `u64` time as a database `bigint` (saturating).
+fn big(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Splits `sslrootcert=PATH` off a connection URL (tokio-postgres does not read it).
+fn split_root_cert(url: &str) -> (String, Option<std::path::PathBuf>) {
+    let Some((base, query)) = url.split_once('?') else { return (url.to_string(), None) };
+    let mut ca = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.strip_prefix("sslrootcert=") {
+            Some(path) => {
+                ca = Some(std::path::PathBuf::from(path));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let url = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
+    (url, ca)
+}
+
+impl PgQueue {
+    /// Connects to `url` (`postgres://user:pass@host:port/db?sslmode=require&sslrootcert=CA.pem`),
+    /// creates or migrates the schema and starts the committer. TLS to the database goes through
+    /// rustls, verified against the web PKI roots or `sslrootcert`. Fails, with the reason, when
+    /// the database cannot be reached or holds a newer schema.
+    pub async fn connect(url: &str, options: PgOptions) -> Result<PgQueue, QueueError> {
+        let (url, ca) = split_root_cert(url);
+        let config = tokio_postgres::Config::from_str(&url).map_err(db_err)?;
+        let verify = ca.map_or(smtp_client::CertVerify::WebPki, smtp_client::CertVerify::CaFile);
+        let tls_config = smtp_client::tls::client_config_for(&verify, rustls::DEFAULT_VERSIONS)
+            .map_err(|e| QueueError::Database(format!("TLS: {e}")))?;
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*tls_config).clone());
+        let manager =
+            Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(2))
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(Duration::from_secs(5)))
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(db_err)?;
+        migrate(&pool, options.existing_only).await?;
+        let (commits, rx) = mpsc::channel(1024);
+        let q = PgQueue {
+            inner: Arc::new(Inner {
+                pool,
+                options,
+                tag: rand::random(),
+                counter: AtomicU32::new(0),
+                commits,
+                slot_rows: Mutex::default(),
+            }),
+        };
+        // Two committers: one sends a batch while the other waits for its flush.
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..2 {
+            let (pool, rx) = (q.inner.pool.clone(), rx.clone());
+            tokio::spawn(committer(pool, rx));
+        }
+        if !q.inner.options.existing_only {
+            q.tidy().await;
+        }
+        Ok(q)
+    }
+
+    /// The schema version the database holds.
+    pub async fn schema_version(&self) -> Result<i32, QueueError> {
+        within(async {
+            let c = self.inner.pool.get().await.map_err(db_err)?;
+            let row = c.query_one("SELECT max(version) FROM tern_schema", &[]).await.map_err(db_err)?;
+            Ok(row.get::<_, Option<i32>>(0).unwrap_or(0))
+        })
+        .await
+    }
+
+    /// Removes data chunks older than an hour that no message owns (writers that died).
+    async fn tidy(&self) {
+        let r = within(async {
+            let c = self.inner.pool.get().await.map_err(db_err)?;
+            c.execute(
+                "DELETE FROM tern_chunk c WHERE written < $1 AND NOT EXISTS
+                     (SELECT 1 FROM tern_message m WHERE m.id = c.id)",
+                &[&(now_ms() - 3_600_000)],
+            )
+            .await
+            .map_err(db_err)
+        })
+        .await;
+        match r {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(chunks = n, "removed data of messages never committed"),
+            Err(e) => tracing::warn!(error = %e, "could not tidy the queue"),
+        }
+    }
+
+    fn new_id(&self) -> QueueId {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{micros:013X}{:04X}{:04X}", self.inner.tag, n & 0xffff)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, QueueError> {
+        self.inner.pool.get().await.map_err(db_err)
+    }
+
+    fn lease_until(&self) -> i64 {
+        now_ms().saturating_add(big(super::millis(self.inner.options.lease)))
+    }
+}
+
+/// Creates or migrates the schema under an advisory lock; refuses a newer one.
+async fn migrate(pool: &Pool, existing_only: bool) -> Result<(), QueueError> {
+    within(async {
+        let mut c = pool.get().await.map_err(db_err)?;
+        let tx = c.transaction().await.map_err(db_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(db_err)?;
+        let exists: bool = tx
+            .query_one("SELECT to_regclass('tern_schema') IS NOT NULL", &[])
+            .await
+            .map_err(db_err)?
+            .get(0);
+        let found = if exists {
+            let row = tx.query_one("SELECT max(version) FROM tern_schema", &[]).await.map_err(db_err)?;
+            row.get::<_, Option<i32>>(0).unwrap_or(0)
+        } else {
+            0
+        };
+        if found > SCHEMA_VERSION {
+            return Err(QueueError::SchemaTooNew { found, known: SCHEMA_VERSION });
+        }
+        if found == SCHEMA_VERSION {
+            return Ok(());
+        }
+        if existing_only {
+            return Err(QueueError::Database(format!(
+                "no tern queue (schema version {found}, expected {SCHEMA_VERSION}) in this database; start tern serve on it first"
+            )));
+        }
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS tern_schema (version integer NOT NULL)")
+            .await
+            .map_err(db_err)?;
+        for (v, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            tx.batch_execute(sql).await.map_err(db_err)?;
+            tracing::info!(version = v + 1, "queue schema migrated");
+        }
+        tx.execute("DELETE FROM tern_schema", &[]).await.map_err(db_err)?;
+        tx.execute("INSERT INTO tern_schema (version) VALUES ($1)", &[&SCHEMA_VERSION]).await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    })
+    .await
+}
+
+/// A message ready to be made durable by the committer.
+struct Pending {
+    id: QueueId,
+    envelope: Vec<u8>,
+    size: i64,
+    chunks: i32,
+    arrival: i64,
+    lease: (String, i64),
+    /// The last (or only) chunk, written with the row.
+    last: Option<(i32, Bytes)>,
+    done: oneshot::Sender<Result<(), QueueError>>,
+}
+
+/// Commits waiting messages in batches: one transaction, one flush, for all of them.
+async fn committer(pool: Pool, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            let mut bytes = first.last.as_ref().map_or(0, |(_, b)| b.len());
+            batch.push(first);
+            while batch.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(p) => {
+                        bytes += p.last.as_ref().map_or(0, |(_, b)| b.len());
+                        batch.push(p);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let result = within(commit_batch(&pool, &batch)).await;
+        metrics::histogram!("tern_queue_commit_batch_messages").record(batch.len() as f64);
+        for p in batch {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(QueueError::Database(e.to_string())),
+            };
+            let _ = p.done.send(r);
+        }
+    }
+}
+
+async fn commit_batch(pool: &Pool, batch: &[Pending]) -> Result<(), QueueError> {
+    let mut c = pool.get().await.map_err(db_err)?;
+    let tx = c.transaction().await.map_err(db_err)?;
+    let chunk = tx
+        .prepare_cached("INSERT INTO tern_chunk (id, seq, data, written) VALUES ($1, $2, $3, $4)")
+        .await
+        .map_err(db_err)?;
+    let row = tx
+        .prepare_cached(
+            "INSERT INTO tern_message (id, envelope, size, chunks, arrival, due, owner, lease_until)
+             VALUES ($1, $2, $3, $4, $5, 0, $6, $7)",
+        )
+        .await
+        .map_err(db_err)?;
+    let now = now_ms();
+    // Sent together (tokio-postgres pipelines them), answered together.
+    let (t, chunk, row) = (&tx, &chunk, &row);
+    let ops = batch.iter().map(|p| async move {
+        if let Some((seq, data)) = &p.last {
+            t.execute(chunk, &[&p.id, seq, &&data[..], &now]).await?;
+        }
+        t.execute(row, &[&p.id, &p.envelope, &p.size, &p.chunks, &p.arrival, &p.lease.0, &p.lease.1]).await
+    });
+    for r in futures_util::future::join_all(ops).await {
+        r.map_err(db_err)?;
+    }
+    tx.commit().await.map_err(db_err)
+}
+
+/// A message being written: data goes out in chunks as it fills them.
+struct PgWriter {
+    queue: PgQueue,
+    id: QueueId,
+    arrival: i64,
+    envelope: Vec<u8>,
+    buf: BytesMut,
+    /// Chunks written so far.
+    seq: i32,
+    len: u64,
+    done: bool,
+}
+
+impl Drop for PgWriter {
+    fn drop(&mut self) {
+        if self.done || self.seq == 0 {
+            return;
+        }
+        // Aborted: its chunks go (start-up tidies them if this does not run).
+        let (q, id) = (self.queue.clone(), self.id.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = within(async {
+                    let c = q.client().await?;
+                    c.execute("DELETE FROM tern_chunk WHERE id = $1", &[&id]).await.map_err(db_err)
+                })
+                .await;
+            });
+        }
+    }
+}
+
+impl PgWriter {
+    /// Writes one full chunk, with asynchronous commit: the message's own commit flushes it.
+    async fn put_chunk(&mut self, data: Bytes) -> Result<(), QueueError> {
+        let (id, seq) = (self.id.clone(), self.seq);
+        within(async {
+            let mut c = self.queue.client().await?;
+            let tx = c.transaction().await.map_err(db_err)?;
+            tx.batch_execute("SET LOCAL synchronous_commit TO OFF").await.map_err(db_err)?;
+            tx.execute(
+                "INSERT INTO tern_chunk (id, seq, data, written) VALUES ($1, $2, $3, $4)",
+                &[&id, &seq, &&data[..], &now_ms()],
+            )
+            .await
+            .map_err(db_err)?;
+            tx.commit().await.map_err(db_err)
+        })
+        .await?;
+        self.seq += 1;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl MessageWriter for PgWriter {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<(), QueueError> {
+        self.buf.extend_from_slice(data);
+        self.len += data.len() as u64;
+        while self.buf.len() >= CHUNK {
+            let chunk = self.buf.split_to(CHUNK).freeze();
+            self.put_chunk(chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<Stored, QueueError> {
+        let rest = self.buf.split().freeze();
+        let last = (!rest.is_empty()).then(|| (self.seq, rest.clone()));
+        let chunks = self.seq + i32::from(last.is_some());
+        let (tx, rx) = oneshot::channel();
+        let pending = Pending {
+            id: self.id.clone(),
+            envelope: std::mem::take(&mut self.envelope),
+            size: big(self.len),
+            chunks,
+            arrival: self.arrival,
+            lease: (self.queue.inner.options.node.clone(), self.queue.lease_until()),
+            last,
+            done: tx,
+        };
+        self.queue.inner.commits.send(pending).await.map_err(|_| QueueError::Closed)?;
+        rx.await.map_err(|_| QueueError::Closed)??;
+        self.done = true;
+        let body = if self.seq == 0 {
+            StoredBody::Memory(rest)
+        } else {
+            StoredBody::Chunks { source: Arc::new(self.queue.clone()), id: self.id.clone(), len: self.len }
+        };
+        Ok(Stored { id: self.id.clone(), body })
+    }
+}
+
+/// A row back into a message: the envelope, then the state when there is one.
+fn decode_row(envelope: &[u8], state: Option<&[u8]>) -> Result<QueuedMessage, RecordError> {
+    let (mut msg, ..) = decode_header(envelope)?;
+    if let Some(state) = state {
+        apply_state(&mut msg, state)?;
+    }
+    Ok(msg)
+}
+
+/// When a message next needs attention, as far as the queue alone can tell (without the
+/// relay's delay-warning and lifetime settings): now if a final state is unreported, else the
+/// earliest pending recipient's next attempt.
+fn due_of(msg: &QueuedMessage) -> u64 {
+    if msg.recipients.iter().any(|r| r.status != RcptStatus::Pending && !r.notified) {
+        return 0;
+    }
+    msg.recipients.iter().filter(|r| r.status == RcptStatus::Pending).map(|r| r.next_attempt).min().unwrap_or(0)
+}
+
+#[async_trait::async_trait]
+impl ChunkSource for PgQueue {
+    async fn chunk(&self, id: &str, seq: u32) -> std::io::Result<Option<Bytes>> {
+        let seq = i32::try_from(seq).map_err(std::io::Error::other)?;
+        within(async {
+            let c = self.client().await?;
+            let row = c
+                .query_opt("SELECT data FROM tern_chunk WHERE id = $1 AND seq = $2", &[&id, &seq])
+                .await
+                .map_err(db_err)?;
+            Ok(row.map(|r| Bytes::from(r.get::<_, Vec<u8>>(0))))
+        })
+        .await
+        .map_err(std::io::Error::other)
+    }
+}
+
+#[async_trait::async_trait]
+impl Queue for PgQueue {
+    fn leases(&self) -> Option<&dyn Leases> {
+        Some(self)
+    }
+
+    async fn create(&self, mut msg: QueuedMessage) -> Result<Box<dyn MessageWriter>, QueueError> {
+        msg.id = self.new_id();
+        let (envelope, _) = encode_header(&msg, 0);
+        if envelope.len() > MAX_ENVELOPE {
+            return Err(QueueError::EnvelopeTooLarge { size: envelope.len(), limit: MAX_ENVELOPE });
+        }
+        // Fail before the data comes when the database is gone (451, not a wasted transfer).
+        if self.inner.pool.status().available == 0 && self.inner.pool.status().size == 0 {
+            drop(self.client().await?);
+        }
+        Ok(Box::new(PgWriter {
+            queue: self.clone(),
+            id: msg.id,
+            arrival: big(msg.arrival),
+            envelope,
+            buf: BytesMut::new(),
+            seq: 0,
+            len: 0,
+            done: false,
+        }))
+    }
+
+    async fn load(&self, id: &str) -> Result<QueuedMessage, QueueError> {
+        within(async {
+            let c = self.client().await?;
+            let row = c
+                .query_opt("SELECT envelope, state FROM tern_message WHERE id = $1", &[&id])
+                .await
+                .map_err(db_err)?
+                .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
+            let (envelope, state): (Vec<u8>, Option<Vec<u8>>) = (row.get(0), row.get(1));
+            decode_row(&envelope, state.as_deref()).map_err(|reason| QueueError::Corrupt {
+                id: id.to_string(),
+                reason,
+                envelope: None,
+            })
+        })
+        .await
+    }
+
+    async fn body(&self, id: &str) -> Result<StoredBody, QueueError> {
+        let (size, chunks) = within(async {
+            let c = self.client().await?;
+            let row = c
+                .query_opt("SELECT size, chunks FROM tern_message WHERE id = $1", &[&id])
+                .await
+                .map_err(db_err)?
+                .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
+            Ok((row.get::<_, i64>(0), row.get::<_, i32>(1)))
+        })
+        .await?;
+        if chunks <= 1 {
+            let data = self.chunk(id, 0).await?.unwrap_or_default();
+            return Ok(StoredBody::Memory(data));
+        }
+        Ok(StoredBody::Chunks { source: Arc::new(self.clone()), id: id.to_string(), len: size as u64 })
+    }
+
+    async fn update(&self, msg: &QueuedMessage) -> Result<(), QueueError> {
+        let n = within(async {
+            let c = self.client().await?;
+            c.execute(
+                "UPDATE tern_message SET state = $2, due = $3 WHERE id = $1",
+                &[&msg.id, &encode_state(msg), &big(due_of(msg))],
+            )
+            .await
+            .map_err(db_err)
+        })
+        .await?;
+        if n == 0 {
+            return Err(QueueError::NotFound(msg.id.clone()));
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), QueueError> {
+        let n = within(async {
+            let mut c = self.client().await?;
+            let tx = c.transaction().await.map_err(db_err)?;
+            let n = tx.execute("DELETE FROM tern_message WHERE id = $1", &[&id]).await.map_err(db_err)?;
+            tx.execute("DELETE FROM tern_chunk WHERE id = $1", &[&id]).await.map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+            Ok(n)
+        })
+        .await?;
+        if n == 0 {
+            return Err(QueueError::NotFound(id.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn scan(
+        &self,
+        cancel: &tokio_util::sync::CancellationToken,
+        found: mpsc::Sender<ScanEntry>,
+    ) -> Result<(), QueueError> {
+        use futures_util::TryStreamExt;
+        let c = self.client().await?;
+        let rows = within(async {
+            c.query_raw("SELECT id, envelope, state, size FROM tern_message", std::iter::empty::<i32>())
+                .await
+                .map_err(db_err)
+        })
+        .await?;
+        futures_util::pin_mut!(rows);
+        loop {
+            let row = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                r = rows.try_next() => match r.map_err(db_err)? {
+                    Some(row) => row,
+                    None => return Ok(()),
+                },
+            };
+            let (id, envelope, state, size): (String, Vec<u8>, Option<Vec<u8>>, i64) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            let entry = match decode_row(&envelope, state.as_deref()) {
+                Ok(m) => ScanEntry::Queued(Box::new(m), size as u64),
+                Err(reason) => ScanEntry::Corrupt { id, reason: reason.to_string(), envelope: None, new: false },
+            };
+            if found.send(entry).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A destination slot this node holds; given back when dropped.
+struct PgSlot {
+    queue: PgQueue,
+    dest: String,
+    slot: i32,
+}
+
+impl SlotLease for PgSlot {}
+
+impl Drop for PgSlot {
+    fn drop(&mut self) {
+        let (q, dest, slot) = (self.queue.clone(), std::mem::take(&mut self.dest), self.slot);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = within(async {
+                    let c = q.client().await?;
+                    c.execute(
+                        "UPDATE tern_slot SET owner = NULL, lease_until = 0
+                         WHERE dest = $1 AND slot = $2 AND owner = $3",
+                        &[&dest, &slot, &q.inner.options.node],
+                    )
+                    .await
+                    .map_err(db_err)
+                })
+                .await;
+            });
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Leases for PgQueue {
+    fn node(&self) -> &str {
+        &self.inner.options.node
+    }
+
+    fn lease_time(&self) -> Duration {
+        self.inner.options.lease
+    }
+
+    async fn claim(&self, limit: usize) -> Result<Vec<Claim>, QueueError> {
+        let now = now_ms();
+        let rows = within(async {
+            let c = self.client().await?;
+            c.query(
+                "WITH c AS (
+                     SELECT id, force FROM tern_message
+                     WHERE due <= $1 AND (owner IS NULL OR lease_until < $1)
+                     ORDER BY due LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 UPDATE tern_message m SET owner = $3, lease_until = $4, force = false
+                 FROM c WHERE m.id = c.id
+                 RETURNING m.id, m.envelope, m.state, c.force",
+                &[&now, &(limit as i64), &self.inner.options.node, &self.lease_until()],
+            )
+            .await
+            .map_err(db_err)
+        })
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (id, envelope, state, force): (String, Vec<u8>, Option<Vec<u8>>, bool) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            match decode_row(&envelope, state.as_deref()) {
+                Ok(msg) => out.push(Claim { msg, force }),
+                Err(e) => {
+                    // Parked, not claimed again and again; `tern queue list` shows it.
+                    tracing::error!(%id, error = %e, "damaged queue row set aside");
+                    let _ = within(async {
+                        let c = self.client().await?;
+                        c.execute(
+                            "UPDATE tern_message SET due = $2, owner = NULL WHERE id = $1",
+                            &[&id, &i64::MAX],
+                        )
+                        .await
+                        .map_err(db_err)
+                    })
+                    .await;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn release(&self, msg: &QueuedMessage, due: u64) -> Result<(), QueueError> {
+        let n = within(async {
+            let c = self.client().await?;
+            c.execute(
+                "UPDATE tern_message
+                 SET state = $2, due = CASE WHEN force THEN 0 ELSE $3 END, owner = NULL, lease_until = 0
+                 WHERE id = $1 AND owner = $4",
+                &[&msg.id, &encode_state(msg), &big(due), &self.inner.options.node],
+            )
+            .await
+            .map_err(db_err)
+        })
+        .await?;
+        if n == 0 {
+            return Err(QueueError::NotFound(msg.id.clone()));
+        }
+        Ok(())
+    }
+
+    async fn renew(&self) -> Result<u64, QueueError> {
+        within(async {
+            let c = self.client().await?;
+            let args: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&self.inner.options.node, &self.lease_until()];
+            let m = c
+                .execute("UPDATE tern_message SET lease_until = $2 WHERE owner = $1", &args)
+                .await
+                .map_err(db_err)?;
+            let s = c.execute("UPDATE tern_slot SET lease_until = $2 WHERE owner = $1", &args).await.map_err(db_err)?;
+            Ok(m + s)
+        })
+        .await
+    }
+
+    async fn flush(&self) -> Result<u64, QueueError> {
+        within(async {
+            let c = self.client().await?;
+            c.execute("UPDATE tern_message SET due = 0, force = true WHERE due < $1", &[&i64::MAX])
+                .await
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn census(&self) -> Result<QueueCensus, QueueError> {
+        within(async {
+            let c = self.client().await?;
+            let row = c
+                .query_one("SELECT count(*), coalesce(sum(size), 0)::bigint, min(arrival) FROM tern_message", &[])
+                .await
+                .map_err(db_err)?;
+            Ok(QueueCensus {
+                messages: row.get::<_, i64>(0) as u64,
+                bytes: row.get::<_, i64>(1) as u64,
+                oldest: row.get::<_, Option<i64>>(2).map(|a| a as u64),
+            })
+        })
+        .await
+    }
+
+    async fn slot(&self, dest: &str, max: usize) -> Result<Box<dyn SlotLease>, QueueError> {
+        let max = i32::try_from(max.max(1)).unwrap_or(i32::MAX);
+        let key = (dest.to_string(), max as usize);
+        let known = self.inner.slot_rows.lock().unwrap_or_else(|e| e.into_inner()).contains(&key);
+        if !known {
+            within(async {
+                let c = self.client().await?;
+                c.execute(
+                    "INSERT INTO tern_slot (dest, slot) SELECT $1, g FROM generate_series(0, $2 - 1) g
+                     ON CONFLICT DO NOTHING",
+                    &[&dest, &max],
+                )
+                .await
+                .map_err(db_err)
+            })
+            .await?;
+            self.inner.slot_rows.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+        }
+        let mut wait = Duration::from_millis(20);
+        loop {
+            let now = now_ms();
+            let got = within(async {
+                let c = self.client().await?;
+                c.query_opt(
+                    "UPDATE tern_slot SET owner = $3, lease_until = $4
+                     WHERE (dest, slot) = (
+                         SELECT dest, slot FROM tern_slot
+                         WHERE dest = $1 AND slot < $2 AND (owner IS NULL OR lease_until < $5)
+                         LIMIT 1 FOR UPDATE SKIP LOCKED)
+                     RETURNING slot",
+                    &[&dest, &max, &self.inner.options.node, &self.lease_until(), &now],
+                )
+                .await
+                .map_err(db_err)
+            })
+            .await?;
+            if let Some(row) = got {
+                return Ok(Box::new(PgSlot { queue: self.clone(), dest: dest.to_string(), slot: row.get(0) }));
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_root_certificate_is_split_off_the_url() {
+        let (u, ca) = split_root_cert("postgres://h/db?sslmode=require&sslrootcert=/x/ca.pem");
+        assert_eq!(u, "postgres://h/db?sslmode=require");
+        assert_eq!(ca.as_deref(), Some(std::path::Path::new("/x/ca.pem")));
+        let (u, ca) = split_root_cert("postgres://h/db?sslrootcert=/ca.pem");
+        assert_eq!((u.as_str(), ca.is_some()), ("postgres://h/db", true));
+        let (u, ca) = split_root_cert("postgres://h/db");
+        assert_eq!((u.as_str(), ca), ("postgres://h/db", None));
+    }
+
+    #[test]
+    fn every_schema_version_has_its_migration() {
+        assert_eq!(MIGRATIONS.len(), SCHEMA_VERSION as usize);
+    }
+}
