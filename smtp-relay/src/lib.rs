@@ -57,7 +57,8 @@ pub mod tls_rpt;
 
 pub use directory::Directory;
 pub use queue::{
-    FsQueue, Leases, MessageWriter, PgOptions, PgQueue, Queue, QueueError, QueueId, QueuedMessage, ScanEntry, Stored, StoredBody,
+    FsQueue, Leases, MessageWriter, PgOptions, PgQueue, Queue, QueueError, QueueId, QueuedMessage, ScanEntry, Stored,
+    StoredBody,
 };
 pub use relay::{Relay, RelayConfig, RelayMail, RelayPolicy};
 pub use route::{Cidr, SourceRoutes};

@@ -6,6 +6,7 @@
 pub mod dns;
 pub mod hop;
 pub mod https;
+pub mod pg;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -55,6 +55,8 @@ pub(crate) fn envelope_for(
 pub(crate) async fn client_body(body: &crate::queue::StoredBody) -> std::io::Result<smtp_client::Body> {
     Ok(match body {
         crate::queue::StoredBody::Memory(b) => smtp_client::Body::Bytes(b.clone()),
-        crate::queue::StoredBody::File { .. } | crate::queue::StoredBody::Chunks { .. } => smtp_client::Body::Reader(body.reader().await?),
+        crate::queue::StoredBody::File { .. } | crate::queue::StoredBody::Chunks { .. } => {
+            smtp_client::Body::Reader(body.reader().await?)
+        }
     })
 }

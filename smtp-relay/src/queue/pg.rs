@@ -197,8 +197,7 @@ impl PgQueue {
         let tls_config = smtp_client::tls::client_config_for(&verify, rustls::DEFAULT_VERSIONS)
             .map_err(|e| QueueError::Database(format!("TLS: {e}")))?;
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*tls_config).clone());
-        let manager =
-            Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(2))
             .runtime(Runtime::Tokio1)
@@ -707,7 +706,7 @@ impl Leases for PgQueue {
                 "WITH c AS (
                      SELECT id, force FROM tern_message
                      WHERE due <= $1 AND (owner IS NULL OR lease_until < $1)
-                     ORDER BY due LIMIT $2 FOR UPDATE SKIP LOCKED)
+                     ORDER BY due LIMIT $2::int8 FOR UPDATE SKIP LOCKED)
                  UPDATE tern_message m SET owner = $3, lease_until = $4, force = false
                  FROM c WHERE m.id = c.id
                  RETURNING m.id, m.envelope, m.state, c.force",
@@ -728,12 +727,9 @@ impl Leases for PgQueue {
                     tracing::error!(%id, error = %e, "damaged queue row set aside");
                     let _ = within(async {
                         let c = self.client().await?;
-                        c.execute(
-                            "UPDATE tern_message SET due = $2, owner = NULL WHERE id = $1",
-                            &[&id, &i64::MAX],
-                        )
-                        .await
-                        .map_err(db_err)
+                        c.execute("UPDATE tern_message SET due = $2, owner = NULL WHERE id = $1", &[&id, &i64::MAX])
+                            .await
+                            .map_err(db_err)
                     })
                     .await;
                 }
@@ -747,7 +743,7 @@ impl Leases for PgQueue {
             let c = self.client().await?;
             c.execute(
                 "UPDATE tern_message
-                 SET state = $2, due = CASE WHEN force THEN 0 ELSE $3 END, owner = NULL, lease_until = 0
+                 SET state = $2, due = CASE WHEN force THEN 0 ELSE $3::int8 END, owner = NULL, lease_until = 0
                  WHERE id = $1 AND owner = $4",
                 &[&msg.id, &encode_state(msg), &big(due), &self.inner.options.node],
             )
@@ -765,10 +761,8 @@ impl Leases for PgQueue {
         within(async {
             let c = self.client().await?;
             let args: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&self.inner.options.node, &self.lease_until()];
-            let m = c
-                .execute("UPDATE tern_message SET lease_until = $2 WHERE owner = $1", &args)
-                .await
-                .map_err(db_err)?;
+            let m =
+                c.execute("UPDATE tern_message SET lease_until = $2 WHERE owner = $1", &args).await.map_err(db_err)?;
             let s = c.execute("UPDATE tern_slot SET lease_until = $2 WHERE owner = $1", &args).await.map_err(db_err)?;
             Ok(m + s)
         })
