@@ -55,6 +55,10 @@ pub struct FileConfig {
     pub lmtp: Option<String>,
     /// Where `/metrics` and `/healthz` are served (`--metrics-listen`).
     pub metrics_listen: Option<String>,
+    /// A shared queue in PostgreSQL (`--queue`).
+    pub queue: Option<String>,
+    /// Its lease time in seconds (`--queue-lease`).
+    pub queue_lease: Option<u64>,
     /// DKIM keys, "DOMAIN=SELECTOR:KEYFILE" (`--dkim`).
     pub dkim: Option<Vec<String>>,
     /// `false` turns SPF/DKIM/DMARC checks off (`--no-auth-verify`).

@@ -10,6 +10,14 @@
 //! Delivery itself lives in [`crate::deliver::local`] and [`crate::deliver::remote`]; this module
 //! applies the outcomes, back-off, expiry and notifications, and stores the new state.
 //!
+//! # A queue shared by several nodes
+//! When the queue has [`Leases`](crate::queue::Leases) (PostgreSQL), there is no scan and no
+//! index of the whole queue: the loop claims due messages from the database every
+//! [`CLAIM_EVERY`], renews the leases of what it works on every third of the lease time, and
+//! gives each message back with its new state after each pass. A node that dies stops renewing
+//! and another node claims its messages once their leases expire. A message whose new state
+//! cannot be stored stays in this node's memory (and lease) and is retried here, as below.
+//!
 //! # When state cannot be stored
 //! The outcome of an attempt is kept in memory until it is stored: a recipient that got a `250`
 //! is never attempted again by this process, even while the disk refuses the state file. The
@@ -39,6 +47,12 @@ use crate::tls_rpt::Reporter;
 
 /// Longest sleep of the queue loop when nothing is due (the clock may jump).
 const MAX_SLEEP: Duration = Duration::from_secs(5);
+/// How often a node on a shared queue looks for due messages.
+pub const CLAIM_EVERY: Duration = Duration::from_secs(1);
+/// The most messages one claim takes.
+const CLAIM_BATCH: usize = 200;
+/// How often a node on a shared queue reads the queue's counts for the gauges.
+const CENSUS_EVERY: Duration = Duration::from_secs(5);
 /// Accepted messages kept in hand (with their bodies) beyond this many deliveries in flight
 /// are handed over by id and read back when their turn comes: memory stays bounded under load.
 const MAX_IN_HAND: usize = 1000;
@@ -186,6 +200,8 @@ enum Job {
     Fresh(Box<Accepted>),
     /// Due: read the envelope (or the unsaved state in memory).
     Due(QueueId, bool),
+    /// Claimed from a shared queue (its lease is held).
+    Claimed(Box<crate::queue::Claim>),
 }
 
 /// What a finished task reports to the loop.
@@ -281,7 +297,7 @@ impl Scheduler {
             config: cfg.clone(),
             queue: self.queue.clone(),
             local: self.local.clone(),
-            remote: RemoteDelivery::new(cfg.clone(), resolver.clone()),
+            remote: RemoteDelivery::new(cfg.clone(), resolver.clone()).with_shared_limits(self.queue.clone()),
             resolver,
             handoff: self.handoff.clone(),
             unsaved: Mutex::default(),
@@ -293,10 +309,15 @@ impl Scheduler {
             }),
         });
         let cancel = CancellationToken::new();
+        let shared = self.queue.leases().is_some();
         // The index is rebuilt from envelopes as the scan reads them; mail is accepted and
-        // delivered meanwhile.
+        // delivered meanwhile. A shared queue is not scanned: due messages are claimed.
         let (scan_tx, mut scanned) = mpsc::channel::<ScanEntry>(1024);
-        {
+        if shared {
+            drop(scan_tx);
+            let (queue, cancel) = (self.queue.clone(), cancel.clone());
+            tokio::spawn(async move { renew_leases(queue, cancel).await });
+        } else {
             let (queue, cancel) = (self.queue.clone(), cancel.clone());
             tokio::spawn(async move {
                 if let Err(e) = queue.scan(&cancel, scan_tx).await {
@@ -321,7 +342,10 @@ impl Scheduler {
                 }
             });
         }
-        let mut scan_pending = true;
+        let mut scan_pending = !shared;
+        let mut claim_tick = tokio::time::interval(CLAIM_EVERY);
+        claim_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut claims = Claims::default();
         let mut resumed = 0usize;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut index = Index::default();
@@ -330,7 +354,9 @@ impl Scheduler {
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
-            census.publish();
+            if !shared {
+                census.publish();
+            }
             let sleep = index.next_instant();
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -354,7 +380,9 @@ impl Scheduler {
                 },
                 Some(a) = self.accepted.recv() => {
                     let id = a.msg.id.clone();
-                    census.add(&id, a.msg.arrival, a.body.len());
+                    if !shared {
+                        census.add(&id, a.msg.arrival, a.body.len());
+                    }
                     index.remove(&id);
                     if in_flight.insert(id.clone()) {
                         let job = if tasks.len() < MAX_IN_HAND { Job::Fresh(Box::new(a)) } else { Job::Due(id, false) };
@@ -370,6 +398,13 @@ impl Scheduler {
                 }
                 Some(cmd) = self.commands.recv() => match cmd {
                     Command::Flush => {
+                        if let Some(leases) = self.queue.leases() {
+                            match leases.flush().await {
+                                Ok(n) => tracing::info!(messages = n, "flush: every message of the shared queue is due"),
+                                Err(e) => tracing::error!(error = %e, "flush: the shared queue cannot be reached"),
+                            }
+                            claim_tick.reset_immediately();
+                        }
                         for id in index.drain() {
                             if in_flight.insert(id.clone()) {
                                 spawn(&mut tasks, &ctx, &done_tx, Job::Due(id, true));
@@ -385,6 +420,19 @@ impl Scheduler {
                     }
                 },
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = claim_tick.tick(), if shared => {
+                    let room = MAX_IN_HAND.saturating_sub(tasks.len()).min(CLAIM_BATCH);
+                    let leases = self.queue.leases().expect("shared");
+                    for claim in claims.take(leases, room).await {
+                        if in_flight.insert(claim.msg.id.clone()) {
+                            index.remove(&claim.msg.id);
+                            spawn(&mut tasks, &ctx, &done_tx, Job::Claimed(Box::new(claim)));
+                        }
+                    }
+                    if let Some(c) = claims.census(leases).await {
+                        census.publish_shared(c);
+                    }
+                }
                 _ = tokio::time::sleep_until(sleep) => {
                     for id in index.pop_due(QueuedMessage::now_ms()) {
                         if in_flight.insert(id.clone()) {
@@ -407,11 +455,81 @@ fn spawn(tasks: &mut tokio::task::JoinSet<()>, ctx: &Arc<Ctx>, done: &mpsc::Unbo
         let id = match &job {
             Job::Fresh(a) => a.msg.id.clone(),
             Job::Due(id, _) => id.clone(),
+            Job::Claimed(c) => c.msg.id.clone(),
         };
         let _in_flight = InFlight::new();
         let next = ctx.process(job).await;
         let _ = done.send(Done { id, next });
     });
+}
+
+/// Renews this node's leases every third of the lease time until `cancel`; failures are logged
+/// when they start and when they end.
+async fn renew_leases(queue: Arc<dyn Queue>, cancel: CancellationToken) {
+    let Some(every) = queue.leases().map(|l| l.lease_time() / 3) else { return };
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(leases) = queue.leases() else { return };
+        match leases.renew().await {
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("leases renewed again");
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::error!(error = %e, "cannot renew leases; other nodes may take this node's messages once they expire");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Claims from a shared queue, with its failures logged once per outage, and the queue's counts
+/// read now and then.
+#[derive(Default)]
+struct Claims {
+    failing: bool,
+    census_at: Option<tokio::time::Instant>,
+}
+
+impl Claims {
+    async fn take(&mut self, leases: &dyn crate::queue::Leases, room: usize) -> Vec<crate::queue::Claim> {
+        if room == 0 {
+            return Vec::new();
+        }
+        match leases.claim(room).await {
+            Ok(c) => {
+                if self.failing {
+                    self.failing = false;
+                    tracing::info!("shared queue reachable again; deliveries resume");
+                }
+                c
+            }
+            Err(e) => {
+                if !self.failing {
+                    self.failing = true;
+                    tracing::error!(error = %e, "shared queue unreachable; deliveries paused");
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    async fn census(&mut self, leases: &dyn crate::queue::Leases) -> Option<crate::queue::QueueCensus> {
+        let now = tokio::time::Instant::now();
+        if self.failing || self.census_at.is_some_and(|at| now < at) {
+            return None;
+        }
+        self.census_at = Some(now + CENSUS_EVERY);
+        leases.census().await.ok()
+    }
 }
 
 /// Counts a delivery task in `tern_deliveries_in_flight` while it lives (aborted tasks too).
@@ -503,6 +621,14 @@ impl Census {
         }
     }
 
+    /// The gauges from a shared queue's own counts.
+    fn publish_shared(&self, c: crate::queue::QueueCensus) {
+        metrics::gauge!("tern_queue_messages").set(c.messages as f64);
+        metrics::gauge!("tern_queue_bytes").set(c.bytes as f64);
+        let oldest = c.oldest.map_or(0, |arrival| QueuedMessage::now().saturating_sub(arrival));
+        metrics::gauge!("tern_queue_oldest_message_age_seconds").set(oldest as f64);
+    }
+
     fn publish(&self) {
         metrics::gauge!("tern_queue_messages").set(self.by_id.len() as f64);
         metrics::gauge!("tern_queue_bytes").set(self.bytes as f64);
@@ -555,6 +681,13 @@ impl Ctx {
                 };
                 let routes = self.routes(&msg);
                 (msg, routes, None, force, false, failures)
+            }
+            Job::Claimed(c) => {
+                // State kept here after a failed store is newer than the database's.
+                let unsaved = self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).remove(&c.msg.id);
+                let (msg, failures) = unsaved.unwrap_or((c.msg, 0));
+                let routes = self.routes(&msg);
+                (msg, routes, None, c.force, false, failures)
             }
         };
         let id = msg.id.clone();
@@ -641,10 +774,26 @@ impl Ctx {
     async fn persist(&self, msg: QueuedMessage, failures: u32) -> Option<u64> {
         let id = msg.id.clone();
         let done = msg.is_done();
-        let r = if done { self.queue.remove(&id).await } else { self.queue.update(&msg).await };
+        let leases = self.queue.leases();
+        let r = match (done, leases) {
+            (true, _) => self.queue.remove(&id).await,
+            // Given back with its state: the database says when, and which node, next.
+            (false, Some(l)) => l.release(&msg, next_due(&msg, &self.config).unwrap_or(0)).await,
+            (false, None) => self.queue.update(&msg).await,
+        };
         match r {
             // Deleted meanwhile (`tern queue delete`): nothing more to do.
             Err(QueueError::NotFound(_)) if done => None,
+            Err(QueueError::NotFound(_)) if leases.is_some() => {
+                tracing::warn!(%id, "message deleted, or its lease lost to another node, while it was worked on");
+                None
+            }
+            Ok(()) if leases.is_some() => {
+                if failures > 0 {
+                    tracing::info!(%id, failures, "message state stored again");
+                }
+                None
+            }
             Ok(()) => {
                 if failures > 0 {
                     tracing::info!(%id, failures, "message state stored again");

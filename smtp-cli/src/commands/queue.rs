@@ -1,10 +1,11 @@
 //! `tern queue`: look at and act on the spool, also while the server runs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use smtp_relay::queue::RcptStatus;
-use smtp_relay::{FsQueue, Queue, QueueError, ScanEntry};
+use smtp_relay::{FsQueue, PgOptions, PgQueue, Queue, QueueError, ScanEntry};
 
 /// Inspect or change the mail queue.
 #[derive(Debug, Args)]
@@ -15,6 +16,45 @@ pub struct QueueArgs {
     /// Data directory.
     #[arg(long, global = true, default_value = "./tern-data")]
     pub data_dir: PathBuf,
+    /// A shared queue in PostgreSQL (as given to `tern serve --queue`): any node's view.
+    #[arg(long, global = true, value_name = "postgres://…")]
+    pub queue: Option<String>,
+}
+
+/// The queue a command looks at: the data directory's spool (read-only, so it is safe while
+/// the server runs) or a shared queue in PostgreSQL.
+struct Opened {
+    queue: Arc<dyn Queue>,
+    /// The spool, for records set aside as damaged.
+    spool: Option<(FsQueue, PathBuf)>,
+}
+
+impl Opened {
+    async fn open(args: &QueueArgs) -> anyhow::Result<Opened> {
+        match &args.queue {
+            Some(url) => {
+                let options = PgOptions { existing_only: true, pool_size: 2, ..PgOptions::new("tern-queue") };
+                let q = PgQueue::connect(url, options).await?;
+                Ok(Opened { queue: Arc::new(q), spool: None })
+            }
+            None => {
+                let spool = args.data_dir.join("queue");
+                let q = FsQueue::read_only(&spool)?;
+                Ok(Opened { queue: Arc::new(q.clone()), spool: Some((q, spool)) })
+            }
+        }
+    }
+
+    /// A message that is not in the queue: set aside as damaged (spool), or not there.
+    fn missing(&self, id: &str) -> anyhow::Result<(Option<smtp_relay::QueuedMessage>, String, String)> {
+        match &self.spool {
+            Some((q, dir)) => {
+                let (envelope, why) = q.inspect_corrupt(id)?;
+                Ok((envelope, why, format!("{}/corrupt", dir.display())))
+            }
+            None => anyhow::bail!("no queued message {id}"),
+        }
+    }
 }
 
 /// What to do.
@@ -51,61 +91,95 @@ pub enum QueueAction {
 }
 
 pub async fn exec(args: QueueArgs) -> anyhow::Result<()> {
-    let spool = args.data_dir.join("queue");
-    let control = args.data_dir.join("control.sock");
-    match args.action {
-        QueueAction::List { json: false } => list(&spool).await,
-        QueueAction::List { json: true } => {
-            let q = FsQueue::read_only(&spool)?;
-            let all: Vec<serde_json::Value> = q.scan_all().await?.iter().map(entry_json).collect();
-            println!("{}", serde_json::Value::Array(all));
-            Ok(())
-        }
-        QueueAction::Show { id, json: false } => show(&spool, &id).await,
-        QueueAction::Show { id, json: true } => show_json(&spool, &id).await,
-        QueueAction::Stats { json } => stats(&spool, json).await,
-        QueueAction::Flush => match smtp_relay::control::command(&control, "FLUSH").await? {
-            Some(r) if r == "OK" => {
-                println!("flush requested");
-                Ok(())
-            }
-            Some(r) => anyhow::bail!("server said: {r}"),
-            None => {
-                let q = FsQueue::open(&spool)?;
-                let mut n = 0;
-                for e in q.scan_all().await? {
-                    if let ScanEntry::Queued(mut m, _) = e {
-                        m.recipients.iter_mut().for_each(|r| r.next_attempt = 0);
-                        q.update(&m).await?;
-                        n += 1;
-                    }
-                }
-                println!("no server running; {n} messages marked for retry at the next start");
-                Ok(())
-            }
-        },
-        QueueAction::Delete { id } => match smtp_relay::control::command(&control, &format!("DELETE {id}")).await? {
-            Some(r) if r == "OK" => {
-                println!("deleted {id}");
-                Ok(())
-            }
-            Some(r) => anyhow::bail!("server said: {r}"),
-            None => {
-                let q = FsQueue::open(&spool)?;
-                q.remove(&id).await.map_err(|e| match e {
-                    QueueError::NotFound(_) => anyhow::anyhow!("no queued message {id}"),
-                    e => e.into(),
-                })?;
-                println!("deleted {id}");
-                Ok(())
-            }
-        },
+    match (&args.action, &args.queue) {
+        (QueueAction::Flush, None) => spool_flush(&args.data_dir).await,
+        (QueueAction::Delete { id }, None) => spool_delete(&args.data_dir, id).await,
+        _ => look(args).await,
     }
 }
 
-async fn list(spool: &Path) -> anyhow::Result<()> {
-    let q = FsQueue::read_only(spool)?;
-    let entries = q.scan_all().await?;
+/// Flushes the spool through the running server (its control socket), else directly.
+async fn spool_flush(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let spool = data_dir.join("queue");
+    match smtp_relay::control::command(&data_dir.join("control.sock"), "FLUSH").await? {
+        Some(r) if r == "OK" => {
+            println!("flush requested");
+            Ok(())
+        }
+        Some(r) => anyhow::bail!("server said: {r}"),
+        None => {
+            let q = FsQueue::open(&spool)?;
+            let mut n = 0;
+            for e in q.scan_all().await? {
+                if let ScanEntry::Queued(mut m, _) = e {
+                    m.recipients.iter_mut().for_each(|r| r.next_attempt = 0);
+                    q.update(&m).await?;
+                    n += 1;
+                }
+            }
+            println!("no server running; {n} messages marked for retry at the next start");
+            Ok(())
+        }
+    }
+}
+
+/// Deletes from the spool through the running server (its control socket), else directly.
+async fn spool_delete(data_dir: &std::path::Path, id: &str) -> anyhow::Result<()> {
+    match smtp_relay::control::command(&data_dir.join("control.sock"), &format!("DELETE {id}")).await? {
+        Some(r) if r == "OK" => {
+            println!("deleted {id}");
+            Ok(())
+        }
+        Some(r) => anyhow::bail!("server said: {r}"),
+        None => {
+            let q = FsQueue::open(data_dir.join("queue"))?;
+            q.remove(id).await.map_err(|e| match e {
+                QueueError::NotFound(_) => anyhow::anyhow!("no queued message {id}"),
+                e => e.into(),
+            })?;
+            println!("deleted {id}");
+            Ok(())
+        }
+    }
+}
+
+/// Looks at the queue (either kind), or changes a shared one: a flush makes every message due
+/// (the nodes claim them within a second); a delete removes the row, and the node working on
+/// it, if any, finds it gone when it stores its outcome.
+async fn look(args: QueueArgs) -> anyhow::Result<()> {
+    let opened = Opened::open(&args).await?;
+    let q = &opened.queue;
+    match args.action {
+        QueueAction::List { json: false } => list(&opened).await,
+        QueueAction::List { json: true } => list_json(&opened).await,
+        QueueAction::Show { id, json: false } => show(&opened, &id).await,
+        QueueAction::Show { id, json: true } => show_json(&opened, &id).await,
+        QueueAction::Stats { json } => stats(&opened, json).await,
+        QueueAction::Flush => {
+            let leases = q.leases().ok_or_else(|| anyhow::anyhow!("this queue is not shared"))?;
+            let n = leases.flush().await?;
+            println!("flush requested: {n} messages due now");
+            Ok(())
+        }
+        QueueAction::Delete { id } => {
+            q.remove(&id).await.map_err(|e| match e {
+                QueueError::NotFound(_) => anyhow::anyhow!("no queued message {id}"),
+                e => e.into(),
+            })?;
+            println!("deleted {id}");
+            Ok(())
+        }
+    }
+}
+
+async fn list_json(opened: &Opened) -> anyhow::Result<()> {
+    let all: Vec<serde_json::Value> = opened.queue.scan_all().await?.iter().map(entry_json).collect();
+    println!("{}", serde_json::Value::Array(all));
+    Ok(())
+}
+
+async fn list(opened: &Opened) -> anyhow::Result<()> {
+    let entries = opened.queue.scan_all().await?;
     if entries.is_empty() {
         println!("queue is empty");
         return Ok(());
@@ -138,13 +212,13 @@ async fn list(spool: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn show(spool: &Path, id: &str) -> anyhow::Result<()> {
-    let q = FsQueue::read_only(spool)?;
+async fn show(opened: &Opened, id: &str) -> anyhow::Result<()> {
+    let q = &opened.queue;
     let m = match q.load(id).await {
         Ok(m) => m,
         Err(QueueError::NotFound(_)) => {
-            let (envelope, why) = q.inspect_corrupt(id)?;
-            println!("id:       {id}\nstate:    corrupt (set aside in {}/corrupt)\nproblem:  {why}", spool.display());
+            let (envelope, why, aside) = opened.missing(id)?;
+            println!("id:       {id}\nstate:    corrupt (set aside in {aside})\nproblem:  {why}");
             if let Some(m) = envelope {
                 println!("from:     {}", m.from);
                 for r in &m.recipients {
@@ -232,8 +306,8 @@ fn entry_json(e: &ScanEntry) -> serde_json::Value {
     }
 }
 
-async fn show_json(spool: &Path, id: &str) -> anyhow::Result<()> {
-    let q = FsQueue::read_only(spool)?;
+async fn show_json(opened: &Opened, id: &str) -> anyhow::Result<()> {
+    let q = &opened.queue;
     let v = match q.load(id).await {
         Ok(m) => {
             let body = q.body(id).await?;
@@ -243,7 +317,7 @@ async fn show_json(spool: &Path, id: &str) -> anyhow::Result<()> {
             v
         }
         Err(QueueError::NotFound(_)) => {
-            let (envelope, why) = q.inspect_corrupt(id)?;
+            let (envelope, why, _) = opened.missing(id)?;
             let mut v = serde_json::json!({ "id": id, "state": "corrupt", "reason": why });
             if let Some(m) = envelope {
                 v["from"] = m.from.to_string().into();
@@ -258,8 +332,8 @@ async fn show_json(spool: &Path, id: &str) -> anyhow::Result<()> {
 }
 
 /// Queue counts for `tern queue stats`.
-async fn stats(spool: &Path, json: bool) -> anyhow::Result<()> {
-    let q = FsQueue::read_only(spool)?;
+async fn stats(opened: &Opened, json: bool) -> anyhow::Result<()> {
+    let q = &opened.queue;
     let (mut messages, mut corrupt, mut bytes) = (0u64, 0u64, 0u64);
     let mut by_state: std::collections::BTreeMap<&str, u64> =
         ["pending", "delivered", "failed"].into_iter().map(|s| (s, 0)).collect();

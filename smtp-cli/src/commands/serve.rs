@@ -155,6 +155,15 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics and health at /healthz (off by default).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// Keep the queue in PostgreSQL, shared by every node given the same URL
+    /// (postgres://USER:PASS@HOST:PORT/DB[?sslmode=require&sslrootcert=CA.pem]), instead of
+    /// DATA_DIR/queue.
+    #[arg(long, value_name = "postgres://…")]
+    pub queue: Option<String>,
+    /// Seconds a node's lease on a shared-queue message lasts unless renewed (default 30): how
+    /// long a dead node's messages wait before another node takes them.
+    #[arg(long, value_name = "SECS")]
+    pub queue_lease: Option<u64>,
     /// The HTTPS port MTA-STS policies are fetched from. For tests only. Default 443.
     #[arg(long, hide = true)]
     pub mta_sts_port: Option<u16>,
@@ -170,6 +179,8 @@ pub struct Settings {
     pub relay: RelayConfig,
     /// Where `/metrics` and `/healthz` are served (off when `None`).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// A shared queue's URL (`None`: the data directory's spool) and lease time.
+    pub queue: Option<(String, Duration)>,
 }
 
 fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
@@ -348,7 +359,15 @@ pub fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
         Some(a) => Some(a.parse().map_err(|_| err("metrics_listen", format!("{a:?} is not an address and port")))?),
         None => None,
     };
-    Ok(Settings { hostname, data_dir, server, relay, metrics_listen })
+    let queue = match pick(args.queue, file.queue) {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let lease = args.queue_lease.or(file.queue_lease).unwrap_or(30).max(1);
+            Some((url, Duration::from_secs(lease)))
+        }
+        Some(_) => return Err(err("queue", "expected a postgres://… URL".to_string())),
+        None => None,
+    };
+    Ok(Settings { hostname, data_dir, server, relay, metrics_listen, queue })
 }
 
 /// Limits and timeouts: `ServerOptions::default()` with the file's values, then the flags'.
@@ -447,7 +466,17 @@ pub async fn exec(s: Settings) -> anyhow::Result<()> {
             let _ = metrics_stopped.await;
         }))
     });
-    let queue = Arc::new(FsQueue::open(s.data_dir.join("queue")).map_err(|e| anyhow::anyhow!("queue: {e}"))?);
+    let queue: Arc<dyn smtp_relay::Queue> = match &s.queue {
+        Some((url, lease)) => {
+            let options = smtp_relay::PgOptions { lease: *lease, ..smtp_relay::PgOptions::new(&s.hostname) };
+            Arc::new(smtp_relay::PgQueue::connect(url, options).await.map_err(|e| anyhow::anyhow!("queue: {e}"))?)
+        }
+        None => Arc::new(FsQueue::open(s.data_dir.join("queue")).map_err(|e| anyhow::anyhow!("queue: {e}"))?),
+    };
+    let queue_place = match (&s.queue, queue.leases()) {
+        (Some(_), Some(l)) => format!("a shared PostgreSQL queue as node {}", l.node()),
+        _ => format!("{}/queue", s.data_dir.display()),
+    };
     if let Some(w) = catch_all_warning(&s) {
         tracing::warn!("{w}");
     }
@@ -477,11 +506,7 @@ pub async fn exec(s: Settings) -> anyhow::Result<()> {
         let kind = if i < plain_listeners { "SMTP with STARTTLS" } else { "SMTP over implicit TLS" };
         println!("tern serve: listening on {a} ({kind}) as {}", s.hostname);
     }
-    println!(
-        "tern serve: local mail goes to {}/mail/USER/new; queue in {}/queue",
-        s.data_dir.display(),
-        s.data_dir.display()
-    );
+    println!("tern serve: local mail goes to {}/mail/USER/new; queue in {queue_place}", s.data_dir.display(),);
     let run = tokio::spawn(server.run());
     signals.wait().await;
     tracing::info!("shutting down");

@@ -133,6 +133,8 @@ pub struct RemoteDelivery {
     dane: Mutex<HashMap<String, DaneClient>>,
     /// TLS report counts (`None` when reports are off).
     reports: Option<TlsReports>,
+    /// A queue shared with other nodes: destination limits hold across all of them.
+    shared: Option<Arc<dyn crate::queue::Queue>>,
 }
 
 impl RemoteDelivery {
@@ -164,7 +166,17 @@ impl RemoteDelivery {
             encrypt_only,
             dane: Mutex::default(),
             reports,
+            shared: None,
         }
+    }
+
+    /// Holds each destination's connection limit across every node of `queue` (when it is
+    /// shared), not only in this process.
+    pub fn with_shared_limits(mut self, queue: Arc<dyn crate::queue::Queue>) -> Self {
+        if queue.leases().is_some() {
+            self.shared = Some(queue);
+        }
+        self
     }
 
     /// The TLS report counts (`None` when reports are off).
@@ -390,6 +402,18 @@ impl RemoteDelivery {
             // destination hold no global slot, so they cannot starve other destinations.
             let slot = self.host_slot(&format!("{host}:{port}"));
             let _slot = slot.acquire().await;
+            // On a shared queue, one of the destination's slots across the nodes, too.
+            let _cluster = match self.shared.as_ref().and_then(|q| q.leases()) {
+                Some(l) => match l.slot(&format!("{host}:{port}"), self.config.max_per_destination).await {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::warn!(id = %msg.id, destination = %host, error = %e, "no destination slot from the shared queue");
+                        last = local_reply(451, (4, 3, 0), "Queue database unavailable");
+                        break;
+                    }
+                },
+                None => None,
+            };
             let _global = self.global.acquire().await;
             let dest = Dest { host: host.clone(), port, addr };
             let mta = Some(RemoteHost { name: host.clone() });

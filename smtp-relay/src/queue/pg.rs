@@ -53,6 +53,12 @@ const BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// How long one database operation may take before it counts as failed.
 const OP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A destination slot given back by a delivery is kept this long for the node's next delivery
+/// to the same destination (no database round trip) before it is released.
+const SLOT_IDLE: Duration = Duration::from_millis(200);
+/// A node hands a slot back to the other nodes after holding it this long, busy or not.
+const SLOT_HOLD: Duration = Duration::from_secs(2);
+
 /// Advisory lock key taken while the schema is migrated (one node at a time).
 const MIGRATION_LOCK: i64 = 0x7465_726e_0001;
 
@@ -127,6 +133,8 @@ struct Inner {
     commits: mpsc::Sender<Pending>,
     /// Destinations whose slot rows exist.
     slot_rows: Mutex<std::collections::HashSet<(String, usize)>>,
+    /// Slots this node holds but is not using: (destination, slot) → (taken at, idle since).
+    idle_slots: Mutex<std::collections::HashMap<(String, i32), (tokio::time::Instant, tokio::time::Instant)>>,
 }
 
 impl std::fmt::Debug for PgQueue {
@@ -216,6 +224,7 @@ impl PgQueue {
                 counter: AtomicU32::new(0),
                 commits,
                 slot_rows: Mutex::default(),
+                idle_slots: Mutex::default(),
             }),
         };
         // Two committers: one sends a batch while the other waits for its flush.
@@ -658,33 +667,66 @@ impl Queue for PgQueue {
     }
 }
 
-/// A destination slot this node holds; given back when dropped.
+/// A destination slot this node holds. Dropped, it is kept idle for [`SLOT_IDLE`] for this
+/// node's next delivery to the destination, then released (at once after [`SLOT_HOLD`]).
 struct PgSlot {
     queue: PgQueue,
     dest: String,
     slot: i32,
+    taken: tokio::time::Instant,
 }
 
 impl SlotLease for PgSlot {}
 
 impl Drop for PgSlot {
     fn drop(&mut self) {
-        let (q, dest, slot) = (self.queue.clone(), std::mem::take(&mut self.dest), self.slot);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let (q, key) = (self.queue.clone(), (std::mem::take(&mut self.dest), self.slot));
+        let now = tokio::time::Instant::now();
+        if now.duration_since(self.taken) < SLOT_HOLD {
+            q.inner.idle_slots.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), (self.taken, now));
             rt.spawn(async move {
-                let _ = within(async {
-                    let c = q.client().await?;
-                    c.execute(
-                        "UPDATE tern_slot SET owner = NULL, lease_until = 0
-                         WHERE dest = $1 AND slot = $2 AND owner = $3",
-                        &[&dest, &slot, &q.inner.options.node],
-                    )
-                    .await
-                    .map_err(db_err)
-                })
-                .await;
+                tokio::time::sleep(SLOT_IDLE).await;
+                // Still idle since this drop: nobody took it again.
+                let unused = {
+                    let mut idle = q.inner.idle_slots.lock().unwrap_or_else(|e| e.into_inner());
+                    let unused = idle.get(&key).is_some_and(|(_, since)| *since == now);
+                    if unused {
+                        idle.remove(&key);
+                    }
+                    unused
+                };
+                if unused {
+                    q.release_slot(key).await;
+                }
             });
+        } else {
+            rt.spawn(async move { q.release_slot(key).await });
         }
+    }
+}
+
+impl PgQueue {
+    /// Gives a destination slot back to every node.
+    async fn release_slot(&self, (dest, slot): (String, i32)) {
+        let _ = within(async {
+            let c = self.client().await?;
+            c.execute(
+                "UPDATE tern_slot SET owner = NULL, lease_until = 0 WHERE dest = $1 AND slot = $2 AND owner = $3",
+                &[&dest, &slot, &self.inner.options.node],
+            )
+            .await
+            .map_err(db_err)
+        })
+        .await;
+    }
+
+    /// An idle slot of `dest` this node still holds, if any.
+    fn idle_slot(&self, dest: &str, max: i32) -> Option<PgSlot> {
+        let mut idle = self.inner.idle_slots.lock().unwrap_or_else(|e| e.into_inner());
+        let key = idle.keys().find(|(d, s)| d == dest && *s < max).cloned()?;
+        let (taken, _) = idle.remove(&key)?;
+        Some(PgSlot { queue: self.clone(), dest: key.0, slot: key.1, taken })
     }
 }
 
@@ -813,7 +855,10 @@ impl Leases for PgQueue {
             .await?;
             self.inner.slot_rows.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
         }
-        let mut wait = Duration::from_millis(20);
+        if let Some(s) = self.idle_slot(dest, max) {
+            return Ok(Box::new(s));
+        }
+        let mut wait = Duration::from_millis(10);
         loop {
             let now = now_ms();
             let got = within(async {
@@ -832,10 +877,14 @@ impl Leases for PgQueue {
             })
             .await?;
             if let Some(row) = got {
-                return Ok(Box::new(PgSlot { queue: self.clone(), dest: dest.to_string(), slot: row.get(0) }));
+                let taken = tokio::time::Instant::now();
+                return Ok(Box::new(PgSlot { queue: self.clone(), dest: dest.to_string(), slot: row.get(0), taken }));
             }
             tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_millis(500));
+            if let Some(s) = self.idle_slot(dest, max) {
+                return Ok(Box::new(s));
+            }
+            wait = (wait * 2).min(Duration::from_millis(100));
         }
     }
 }
