@@ -346,6 +346,10 @@ impl Scheduler {
         let mut claim_tick = tokio::time::interval(CLAIM_EVERY);
         claim_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut claims = Claims::default();
+        // Claimed again while this node's pass over it was still finishing (its state already
+        // given back): its lease is held, so it is worked on as soon as that pass ends.
+        let mut claimed_again: HashMap<QueueId, crate::queue::Claim> = HashMap::new();
+        let mut backlog = false;
         let mut resumed = 0usize;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut index = Index::default();
@@ -390,7 +394,15 @@ impl Scheduler {
                     }
                 }
                 Some(d) = done_rx.recv() => {
+                    if let Some(claim) = claimed_again.remove(&d.id) {
+                        spawn(&mut tasks, &ctx, &done_tx, Job::Claimed(Box::new(claim)));
+                        continue;
+                    }
                     in_flight.remove(&d.id);
+                    if backlog && tasks.len() < cfg.max_deliveries.saturating_mul(5).min(CLAIM_BATCH) / 2 {
+                        backlog = false;
+                        claim_tick.reset_immediately();
+                    }
                     match d.next {
                         Some(due) => index.insert(d.id, due),
                         None => census.remove(&d.id),
@@ -421,12 +433,18 @@ impl Scheduler {
                 },
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 _ = claim_tick.tick(), if shared => {
-                    let room = MAX_IN_HAND.saturating_sub(tasks.len()).min(CLAIM_BATCH);
+                    // Claimed leases wait for slots: take about what can be delivered soon.
+                    let room = (cfg.max_deliveries.saturating_mul(5)).min(CLAIM_BATCH).saturating_sub(tasks.len());
                     let leases = self.queue.leases().expect("shared");
-                    for claim in claims.take(leases, room).await {
+                    let got = claims.take(leases, room).await;
+                    // A full claim: there is more due; claim again as soon as there is room.
+                    backlog = room > 0 && got.len() == room;
+                    for claim in got {
                         if in_flight.insert(claim.msg.id.clone()) {
                             index.remove(&claim.msg.id);
                             spawn(&mut tasks, &ctx, &done_tx, Job::Claimed(Box::new(claim)));
+                        } else {
+                            claimed_again.insert(claim.msg.id.clone(), claim);
                         }
                     }
                     if let Some(c) = claims.census(leases).await {
@@ -711,6 +729,23 @@ impl Ctx {
                 }
             },
         };
+        // On a shared queue, local delivery waits for nothing: the lease is checked once here
+        // (remote deliveries check it again after waiting for their slots).
+        let local_due = due.iter().any(|&i| matches!(routes[i], Route::Mailbox(_)));
+        if let (Some(l), true) = (self.queue.leases(), local_due) {
+            match l.confirm(&id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(%id, "lease lost before delivery; left to the node that holds it");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "cannot confirm the lease; retrying");
+                    self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (msg, failures));
+                    return Some(now + 5_000);
+                }
+            }
+        }
         let mut groups: Vec<(smtp_proto::Domain, Vec<usize>)> = Vec::new();
         let mut outcomes: Vec<(usize, Outcome)> = Vec::new();
         let mut to_store: Vec<usize> = Vec::new();

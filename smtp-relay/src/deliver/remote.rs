@@ -415,6 +415,22 @@ impl RemoteDelivery {
                 None => None,
             };
             let _global = self.global.acquire().await;
+            // The lease may have run out while this waited for its slots: make sure the message
+            // is still this node's, for the lease time, before anything is sent.
+            if let Some(l) = self.shared.as_ref().and_then(|q| q.leases()) {
+                match l.confirm(&msg.id).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(id = %msg.id, destination = %host, "lease lost before delivery; left to the node that holds it");
+                        return all(Outcome::Retry(local_reply(451, (4, 3, 0), "Lease lost"), None));
+                    }
+                    Err(e) => {
+                        tracing::warn!(id = %msg.id, error = %e, "cannot confirm the lease");
+                        last = local_reply(451, (4, 3, 0), "Queue database unavailable");
+                        break;
+                    }
+                }
+            }
             let dest = Dest { host: host.clone(), port, addr };
             let mta = Some(RemoteHost { name: host.clone() });
             let attempt = async {

@@ -288,6 +288,10 @@ pub trait Leases: Send + Sync {
     /// Stores a message's new state with the time it is next due (milliseconds since the epoch)
     /// and gives its lease back. `NotFound` when the message is gone or its lease was lost.
     async fn release(&self, msg: &QueuedMessage, due: u64) -> Result<(), QueueError>;
+    /// Extends this node's lease on one message right before it is delivered: `false` when the
+    /// lease was lost (expired and taken by another node, or the message deleted), and the
+    /// delivery must not be made.
+    async fn confirm(&self, id: &str) -> Result<bool, QueueError>;
     /// Extends every lease this node holds (messages and slots); returns how many.
     async fn renew(&self) -> Result<u64, QueueError>;
     /// Makes every message due now, every pending recipient included; returns how many.

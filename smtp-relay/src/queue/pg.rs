@@ -668,7 +668,8 @@ impl Queue for PgQueue {
 }
 
 /// A destination slot this node holds. Dropped, it is kept idle for [`SLOT_IDLE`] for this
-/// node's next delivery to the destination, then released (at once after [`SLOT_HOLD`]).
+/// node's next delivery to the destination, then released (at once after [`SLOT_HOLD`]); see
+/// [`PgQueue::park_slot`].
 struct PgSlot {
     queue: PgQueue,
     dest: String,
@@ -681,44 +682,53 @@ impl SlotLease for PgSlot {}
 impl Drop for PgSlot {
     fn drop(&mut self) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
-        let (q, key) = (self.queue.clone(), (std::mem::take(&mut self.dest), self.slot));
-        let now = tokio::time::Instant::now();
-        if now.duration_since(self.taken) < SLOT_HOLD {
-            q.inner.idle_slots.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), (self.taken, now));
-            rt.spawn(async move {
-                tokio::time::sleep(SLOT_IDLE).await;
-                // Still idle since this drop: nobody took it again.
-                let unused = {
-                    let mut idle = q.inner.idle_slots.lock().unwrap_or_else(|e| e.into_inner());
-                    let unused = idle.get(&key).is_some_and(|(_, since)| *since == now);
-                    if unused {
-                        idle.remove(&key);
-                    }
-                    unused
-                };
-                if unused {
-                    q.release_slot(key).await;
-                }
-            });
-        } else {
-            rt.spawn(async move { q.release_slot(key).await });
-        }
+        let (q, key, taken) = (self.queue.clone(), (std::mem::take(&mut self.dest), self.slot), self.taken);
+        rt.spawn(async move { q.park_slot(key, taken).await });
     }
 }
 
 impl PgQueue {
-    /// Gives a destination slot back to every node.
-    async fn release_slot(&self, (dest, slot): (String, i32)) {
-        let _ = within(async {
+    /// A slot just given back by a delivery: kept idle for this node's next delivery to the
+    /// destination, then released to every node. While the database is away the release fails:
+    /// the slot stays this node's (its lease renewed, usable here) and is released later.
+    async fn park_slot(&self, key: (String, i32), taken: tokio::time::Instant) {
+        if taken.elapsed() >= SLOT_HOLD && self.release_slot(&key).await {
+            return;
+        }
+        let mut wait = SLOT_IDLE;
+        loop {
+            let since = tokio::time::Instant::now();
+            self.inner.idle_slots.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), (taken, since));
+            tokio::time::sleep(wait).await;
+            // Taken again meanwhile: its next holder parks it.
+            let unused = {
+                let mut idle = self.inner.idle_slots.lock().unwrap_or_else(|e| e.into_inner());
+                let unused = idle.get(&key).is_some_and(|(_, s)| *s == since);
+                if unused {
+                    idle.remove(&key);
+                }
+                unused
+            };
+            if !unused || self.release_slot(&key).await {
+                return;
+            }
+            wait = Duration::from_secs(1);
+        }
+    }
+
+    /// Gives a destination slot back to every node; whether the database took it.
+    async fn release_slot(&self, (dest, slot): &(String, i32)) -> bool {
+        within(async {
             let c = self.client().await?;
             c.execute(
                 "UPDATE tern_slot SET owner = NULL, lease_until = 0 WHERE dest = $1 AND slot = $2 AND owner = $3",
-                &[&dest, &slot, &self.inner.options.node],
+                &[dest, slot, &self.inner.options.node],
             )
             .await
             .map_err(db_err)
         })
-        .await;
+        .await
+        .is_ok()
     }
 
     /// An idle slot of `dest` this node still holds, if any.
@@ -797,6 +807,20 @@ impl Leases for PgQueue {
             return Err(QueueError::NotFound(msg.id.clone()));
         }
         Ok(())
+    }
+
+    async fn confirm(&self, id: &str) -> Result<bool, QueueError> {
+        let n = within(async {
+            let c = self.client().await?;
+            c.execute(
+                "UPDATE tern_message SET lease_until = $3 WHERE id = $1 AND owner = $2",
+                &[&id, &self.inner.options.node, &self.lease_until()],
+            )
+            .await
+            .map_err(db_err)
+        })
+        .await?;
+        Ok(n == 1)
     }
 
     async fn renew(&self) -> Result<u64, QueueError> {
