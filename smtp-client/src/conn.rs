@@ -165,12 +165,36 @@ impl SmtpClient {
             .map_err(|_| Error::Timeout(Phase::Connect))?
             .map_err(|source| Error::Connect { addr: addr.to_string(), source })?;
         let _ = tcp.set_nodelay(true);
+        self.start(Either::Left(tcp), server_name).await
+    }
+
+    /// Connects to a Unix-domain socket (an LMTP mail store on this host). No TLS: the socket
+    /// never leaves the machine, so a TLS mode other than `None` is refused.
+    pub async fn connect_unix(&self, path: &std::path::Path) -> Result<Connection, Error> {
+        if self.options.tls != TlsMode::None {
+            return Err(Error::Refused("TLS over a Unix socket"));
+        }
+        let t = self.options.timeouts;
+        let unix = tokio::time::timeout(t.connect, tokio::net::UnixStream::connect(path))
+            .await
+            .map_err(|_| Error::Timeout(Phase::Connect))?
+            .map_err(|source| Error::Connect { addr: path.display().to_string(), source })?;
+        self.start(Either::Right(unix), "localhost").await
+    }
+
+    /// Greeting, EHLO (or LHLO), STARTTLS and AUTH as the options say, over a fresh stream.
+    async fn start(
+        &self,
+        stream: Either<TcpStream, tokio::net::UnixStream>,
+        server_name: &str,
+    ) -> Result<Connection, Error> {
+        let t = self.options.timeouts;
         let mut config = ClientConfig::new(self.options.ehlo_name.clone());
         config.lmtp = self.options.lmtp;
         let mut conn = Connection {
             client: self.clone(),
             server_name: server_name.to_string(),
-            io: Some(Either::Left(tcp)),
+            io: Some(Either::Left(stream)),
             session: ClientSession::new(config.clone()),
             buf: vec![0u8; 16 * 1024],
             tls_info: None,
@@ -198,7 +222,7 @@ pub struct Connection {
     client: SmtpClient,
     server_name: String,
     /// `None` only after a failed TLS upgrade: the connection is then unusable.
-    io: Option<Either<TcpStream, TlsStream<TcpStream>>>,
+    io: Option<Either<Either<TcpStream, tokio::net::UnixStream>, TlsStream<TcpStream>>>,
     session: ClientSession,
     buf: Vec<u8>,
     tls_info: Option<TlsInfo>,
@@ -295,8 +319,12 @@ impl Connection {
 
     async fn upgrade(&mut self) -> Result<(), Error> {
         let Some(config) = self.client.tls.clone() else { return Err(Error::Refused("TLS is disabled")) };
-        let Some(Either::Left(tcp)) = self.io.take() else {
-            return Err(Error::Refused("TLS already active"));
+        let tcp = match self.io.take() {
+            Some(Either::Left(Either::Left(tcp))) => tcp,
+            other => {
+                self.io = other;
+                return Err(Error::Refused("TLS already active, or not over TCP"));
+            }
         };
         let name = rustls::pki_types::ServerName::try_from(self.server_name.clone())
             .map_err(|_| Error::ServerName(self.server_name.clone()))?;

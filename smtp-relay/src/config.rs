@@ -87,9 +87,9 @@ pub struct RelayConfig {
     /// Act on DMARC policies: `p=reject` failures get `550 5.7.1`, `p=quarantine` failures a
     /// header to filter on, DNS failures `451 4.7.0`.
     pub dmarc_enforce: bool,
-    /// Deliver local mailboxes over LMTP (RFC 2033) to this `host:port` (a mail store such as
-    /// Dovecot) instead of into Maildirs; SEND/SOML/SAML still reach terminals.
-    pub lmtp: Option<(String, u16)>,
+    /// Deliver local mailboxes over LMTP (RFC 2033) to this mail store (TCP or a Unix socket;
+    /// Dovecot, Cyrus) instead of into Maildirs; SEND/SOML/SAML still reach terminals.
+    pub lmtp: Option<crate::deliver::lmtp::LmtpTarget>,
     /// Largest message held in memory to sign or verify (10 MiB); a larger one streams to
     /// disk unsigned, or with SPF checked only.
     pub auth_max_size: usize,

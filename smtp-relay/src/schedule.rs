@@ -302,8 +302,8 @@ impl Scheduler {
             handoff: self.handoff.clone(),
             unsaved: Mutex::default(),
             msgauth: self.msgauth.clone(),
-            lmtp: cfg.lmtp.as_ref().and_then(|(host, port)| {
-                crate::deliver::lmtp::LmtpDelivery::new(&cfg.hostname, host, *port)
+            lmtp: cfg.lmtp.as_ref().and_then(|target| {
+                crate::deliver::lmtp::LmtpDelivery::new(&cfg.hostname, target.clone())
                     .map_err(|e| tracing::error!(error = %e, "no LMTP client; local mail goes to Maildirs"))
                     .ok()
             }),

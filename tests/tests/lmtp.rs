@@ -3,13 +3,13 @@
 
 use std::sync::{Arc, Mutex};
 
+use smtp_relay::deliver::lmtp::LmtpTarget;
 use smtp_relay::queue::{QueuedMessage, RcptStatus};
 use smtp_relay::{Directory, RelayConfig};
 use tests::{InProcess, Raw};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-/// An LMTP server: RCPT of `nobody` is refused; after the data `alice` gets 250, `bob` 452
-/// (over quota) and anyone else 550. Returns its address and the commands it saw.
+/// An LMTP server on TCP: see [`lmtp_session`]. Returns its address and the commands it saw.
 async fn store() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -17,9 +17,35 @@ async fn store() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
     let seen2 = seen.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = l.accept().await {
-            let seen = seen2.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = tcp.into_split();
+            tokio::spawn(lmtp_session(tcp, seen2.clone()));
+        }
+    });
+    (addr, seen)
+}
+
+/// An LMTP server on a Unix socket at `path`: see [`lmtp_session`].
+fn unix_store(path: &std::path::Path) -> Arc<Mutex<Vec<String>>> {
+    let l = tokio::net::UnixListener::bind(path).unwrap();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(lmtp_session(s, seen2.clone()));
+        }
+    });
+    seen
+}
+
+/// One LMTP session: RCPT of `nobody` is refused; after the data `alice` gets 250, `bob` 452
+/// (over quota) and anyone else 550. Every command goes to `seen`.
+async fn lmtp_session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>(
+    stream: S,
+    seen: Arc<Mutex<Vec<String>>>,
+) {
+    {
+        {
+            {
+                let (r, mut w) = tokio::io::split(stream);
                 let mut r = BufReader::new(r);
                 let _ = w.write_all(b"220 store LMTP\r\n").await;
                 let mut rcpts: Vec<String> = Vec::new();
@@ -72,17 +98,21 @@ async fn store() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
                         return;
                     }
                 }
-            });
+            }
         }
-    });
-    (addr, seen)
+    }
 }
 
 /// A relay for a.test whose local mailboxes go to the LMTP store on `port`.
 async fn relay(dir: &std::path::Path, port: u16) -> InProcess {
+    relay_to(dir, LmtpTarget::Tcp("127.0.0.1".into(), port)).await
+}
+
+/// A relay for a.test whose local mailboxes go to the LMTP store at `target`.
+async fn relay_to(dir: &std::path::Path, target: LmtpTarget) -> InProcess {
     let mut cfg = RelayConfig::new("a.test", dir);
     cfg.directory = Directory::new(["a.test".to_string()], Vec::<String>::new());
-    cfg.lmtp = Some(("127.0.0.1".into(), port));
+    cfg.lmtp = Some(target);
     cfg.retry_interval = std::time::Duration::from_secs(3600);
     InProcess::start(cfg, None).await
 }
@@ -101,12 +131,13 @@ async fn attempted(a: &InProcess, id: &str) -> QueuedMessage {
     let q = a.relay.queue();
     let start = std::time::Instant::now();
     loop {
-        if let Ok(m) = q.load(id).await {
+        let m = q.load(id).await;
+        if let Ok(m) = &m {
             if m.recipients.iter().all(|r| r.status != RcptStatus::Pending || r.attempts >= 1) {
-                return m;
+                return m.clone();
             }
         }
-        assert!(start.elapsed() < tests::WAIT, "no attempt recorded");
+        assert!(start.elapsed() < tests::WAIT, "no attempt recorded: {m:?}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
@@ -147,4 +178,35 @@ async fn a_store_that_is_down_defers_and_nothing_is_lost() {
     assert_eq!(r.status, RcptStatus::Pending);
     assert!(r.attempts >= 1 && r.last_error.as_ref().is_some_and(|e| e.code() / 100 == 4), "{r:?}");
     a.stop().await;
+}
+
+#[tokio::test]
+async fn a_store_on_a_unix_socket_gets_the_mail_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("lmtp.sock");
+    let seen = unix_store(&socket);
+    let a = relay_to(dir.path(), LmtpTarget::Unix(socket)).await;
+    // Bob (452) keeps the message queued, so its state can be read.
+    let to = ["alice@a.test", "carol@a.test", "bob@a.test"];
+    let id = submit(&a, &to, "Subject: over a socket\r\n\r\nhi\r\n").await;
+    let m = attempted(&a, &id).await;
+    assert_eq!(m.recipients[0].status, RcptStatus::Delivered, "{m:?}");
+    assert!(matches!(&m.recipients[1].status, RcptStatus::Failed(r) if r.code() == 550), "{m:?}");
+    assert_eq!(m.recipients[2].last_error.as_ref().map(|e| e.code()), Some(452), "{m:?}");
+    assert_eq!(seen.lock().unwrap()[0], "LHLO a.test");
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn tls_over_a_unix_socket_is_refused_not_attempted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = smtp_client::ClientOptions::new(smtp_proto::Domain::parse("a.test").unwrap());
+    o.tls = smtp_client::TlsMode::Required;
+    let client = smtp_client::SmtpClient::new(o).unwrap();
+    let e = client.connect_unix(&dir.path().join("none.sock")).await.unwrap_err();
+    assert!(e.to_string().contains("Unix socket"), "{e}");
+    o = smtp_client::ClientOptions::new(smtp_proto::Domain::parse("a.test").unwrap());
+    o.tls = smtp_client::TlsMode::None;
+    let e = smtp_client::SmtpClient::new(o).unwrap().connect_unix(&dir.path().join("none.sock")).await.unwrap_err();
+    assert!(e.to_string().contains("none.sock"), "{e}");
 }

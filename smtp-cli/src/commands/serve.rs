@@ -148,9 +148,10 @@ pub struct ServeArgs {
     /// mark p=quarantine failures (X-Tern-DMARC header), defer on DNS failures (451 4.7.0).
     #[arg(long)]
     pub dmarc_enforce: bool,
-    /// Deliver local mailboxes over LMTP (RFC 2033) to a mail store at HOST:PORT (Dovecot,
-    /// Cyrus) instead of into DATA_DIR/mail Maildirs.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Deliver local mailboxes over LMTP (RFC 2033) to a mail store at HOST:PORT or at a Unix
+    /// socket (an absolute path), such as Dovecot's or Cyrus's, instead of into DATA_DIR/mail
+    /// Maildirs.
+    #[arg(long, value_name = "HOST:PORT|PATH")]
     pub lmtp: Option<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics and health at /healthz (off by default).
     #[arg(long, value_name = "ADDR")]
@@ -307,8 +308,12 @@ pub fn settings(args: ServeArgs) -> Result<Settings, ConfigError> {
         relay.mta_sts_port = p;
     }
     if let Some(l) = pick(args.lmtp, file.lmtp) {
-        let (host, port) = crate::commands::split_host_port(&l).map_err(|e| err("lmtp", e.to_string()))?;
-        relay.lmtp = Some((host, port));
+        relay.lmtp = Some(if l.starts_with('/') {
+            smtp_relay::deliver::lmtp::LmtpTarget::Unix(l.into())
+        } else {
+            let (host, port) = crate::commands::split_host_port(&l).map_err(|e| err("lmtp", e.to_string()))?;
+            smtp_relay::deliver::lmtp::LmtpTarget::Tcp(host, port)
+        });
     }
     for d in many(args.dkim, file.dkim) {
         relay.dkim.push(d.parse().map_err(|e: smtp_relay::msgauth::MsgAuthError| err("dkim", e.to_string()))?);
@@ -542,6 +547,23 @@ mod tests {
         let mut argv = vec!["tern", "--data-dir", &data, "--hostname", "mx.test"];
         argv.extend(args);
         settings(Cli::parse_from(argv).serve).unwrap()
+    }
+
+    #[test]
+    fn shared_queue_and_mail_store_flags() {
+        use smtp_relay::deliver::lmtp::LmtpTarget;
+        let s = settings_for(&[]);
+        assert!(s.queue.is_none() && s.relay.lmtp.is_none());
+        let s = settings_for(&["--queue", "postgres://tern@db/q", "--queue-lease", "7", "--lmtp", "/run/dovecot/lmtp"]);
+        assert_eq!(s.queue, Some(("postgres://tern@db/q".to_string(), Duration::from_secs(7))));
+        assert_eq!(s.relay.lmtp, Some(LmtpTarget::Unix("/run/dovecot/lmtp".into())));
+        let s = settings_for(&["--queue", "postgresql://db/q", "--lmtp", "store.test:24"]);
+        assert_eq!(s.queue.map(|(_, lease)| lease), Some(Duration::from_secs(30)), "the default lease");
+        assert_eq!(s.relay.lmtp, Some(LmtpTarget::Tcp("store.test".into(), 24)));
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap().to_string();
+        let bad = Cli::parse_from(["tern", "--data-dir", &data, "--queue", "mysql://db"]).serve;
+        assert!(settings(bad).is_err_and(|e| e.to_string().contains("postgres://")));
     }
 
     #[test]
