@@ -675,6 +675,9 @@ impl Ctx {
 
     /// One pass over a message; returns when it is next due (`None`: done or gone).
     async fn process(&self, job: Job) -> Option<u64> {
+        // A lease just taken (at acceptance or by a claim) is good for the lease time; one held
+        // longer (a retry of state kept in memory) is confirmed before anything is delivered.
+        let recent_lease = !matches!(job, Job::Due(..));
         let (mut msg, routes, body, force, fresh, failures) = match job {
             Job::Fresh(a) => {
                 let a = *a;
@@ -729,10 +732,8 @@ impl Ctx {
                 }
             },
         };
-        // On a shared queue, local delivery waits for nothing: the lease is checked once here
-        // (remote deliveries check it again after waiting for their slots).
-        let local_due = due.iter().any(|&i| matches!(routes[i], Route::Mailbox(_)));
-        if let (Some(l), true) = (self.queue.leases(), local_due) {
+        // Remote deliveries check the lease again if they waited long for their slots.
+        if let (Some(l), false) = (self.queue.leases(), recent_lease) {
             match l.confirm(&id).await {
                 Ok(true) => {}
                 Ok(false) => {

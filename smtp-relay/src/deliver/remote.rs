@@ -372,6 +372,7 @@ impl RemoteDelivery {
         let mode = policy.mode();
         let mut last = local_reply(451, (4, 4, 1), "No host could be reached");
         for Target { host, addr, port, dane } in hosts {
+            let waiting = std::time::Instant::now();
             // Per host: DANE when it applies (it wins over MTA-STS, RFC 8461 2), else the
             // hop's policy. `strict`: a TLS failure defers rather than downgrades.
             let (service, strict, name) = match &dane {
@@ -415,9 +416,11 @@ impl RemoteDelivery {
                 None => None,
             };
             let _global = self.global.acquire().await;
-            // The lease may have run out while this waited for its slots: make sure the message
-            // is still this node's, for the lease time, before anything is sent.
-            if let Some(l) = self.shared.as_ref().and_then(|q| q.leases()) {
+            // The lease may have run out while this waited for its slots (a quarter of the
+            // lease time or more): make sure the message is still this node's, for the lease
+            // time, before anything is sent.
+            let leases = self.shared.as_ref().and_then(|q| q.leases());
+            if let Some(l) = leases.filter(|l| waiting.elapsed() >= l.lease_time() / 4) {
                 match l.confirm(&msg.id).await {
                     Ok(true) => {}
                     Ok(false) => {

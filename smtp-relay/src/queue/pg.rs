@@ -243,7 +243,10 @@ impl PgQueue {
     pub async fn schema_version(&self) -> Result<i32, QueueError> {
         within(async {
             let c = self.inner.pool.get().await.map_err(db_err)?;
-            let row = c.query_one("SELECT max(version) FROM tern_schema", &[]).await.map_err(db_err)?;
+            let row = c
+                .query_one(&c.prepare_cached("SELECT max(version) FROM tern_schema").await.map_err(db_err)?, &[])
+                .await
+                .map_err(db_err)?;
             Ok(row.get::<_, Option<i32>>(0).unwrap_or(0))
         })
         .await
@@ -254,8 +257,12 @@ impl PgQueue {
         let r = within(async {
             let c = self.inner.pool.get().await.map_err(db_err)?;
             c.execute(
-                "DELETE FROM tern_chunk c WHERE written < $1 AND NOT EXISTS
+                &c.prepare_cached(
+                    "DELETE FROM tern_chunk c WHERE written < $1 AND NOT EXISTS
                      (SELECT 1 FROM tern_message m WHERE m.id = c.id)",
+                )
+                .await
+                .map_err(db_err)?,
                 &[&(now_ms() - 3_600_000)],
             )
             .await
@@ -292,14 +299,14 @@ async fn migrate(pool: &Pool, existing_only: bool) -> Result<(), QueueError> {
     within(async {
         let mut c = pool.get().await.map_err(db_err)?;
         let tx = c.transaction().await.map_err(db_err)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(db_err)?;
+        tx.execute(&tx.prepare_cached("SELECT pg_advisory_xact_lock($1)").await.map_err(db_err)?, &[&MIGRATION_LOCK]).await.map_err(db_err)?;
         let exists: bool = tx
             .query_one("SELECT to_regclass('tern_schema') IS NOT NULL", &[])
             .await
             .map_err(db_err)?
             .get(0);
         let found = if exists {
-            let row = tx.query_one("SELECT max(version) FROM tern_schema", &[]).await.map_err(db_err)?;
+            let row = tx.query_one(&tx.prepare_cached("SELECT max(version) FROM tern_schema").await.map_err(db_err)?, &[]).await.map_err(db_err)?;
             row.get::<_, Option<i32>>(0).unwrap_or(0)
         } else {
             0
@@ -322,8 +329,8 @@ async fn migrate(pool: &Pool, existing_only: bool) -> Result<(), QueueError> {
             tx.batch_execute(sql).await.map_err(db_err)?;
             tracing::info!(version = v + 1, "queue schema migrated");
         }
-        tx.execute("DELETE FROM tern_schema", &[]).await.map_err(db_err)?;
-        tx.execute("INSERT INTO tern_schema (version) VALUES ($1)", &[&SCHEMA_VERSION]).await.map_err(db_err)?;
+        tx.execute(&tx.prepare_cached("DELETE FROM tern_schema").await.map_err(db_err)?, &[]).await.map_err(db_err)?;
+        tx.execute(&tx.prepare_cached("INSERT INTO tern_schema (version) VALUES ($1)").await.map_err(db_err)?, &[&SCHEMA_VERSION]).await.map_err(db_err)?;
         tx.commit().await.map_err(db_err)
     })
     .await
@@ -426,7 +433,9 @@ impl Drop for PgWriter {
             rt.spawn(async move {
                 let _ = within(async {
                     let c = q.client().await?;
-                    c.execute("DELETE FROM tern_chunk WHERE id = $1", &[&id]).await.map_err(db_err)
+                    c.execute(&c.prepare_cached("DELETE FROM tern_chunk WHERE id = $1").await.map_err(db_err)?, &[&id])
+                        .await
+                        .map_err(db_err)
                 })
                 .await;
             });
@@ -443,7 +452,9 @@ impl PgWriter {
             let tx = c.transaction().await.map_err(db_err)?;
             tx.batch_execute("SET LOCAL synchronous_commit TO OFF").await.map_err(db_err)?;
             tx.execute(
-                "INSERT INTO tern_chunk (id, seq, data, written) VALUES ($1, $2, $3, $4)",
+                &tx.prepare_cached("INSERT INTO tern_chunk (id, seq, data, written) VALUES ($1, $2, $3, $4)")
+                    .await
+                    .map_err(db_err)?,
                 &[&id, &seq, &&data[..], &now_ms()],
             )
             .await
@@ -603,7 +614,9 @@ impl Queue for PgQueue {
         let n = within(async {
             let c = self.client().await?;
             c.execute(
-                "UPDATE tern_message SET state = $2, due = $3 WHERE id = $1",
+                &c.prepare_cached("UPDATE tern_message SET state = $2, due = $3 WHERE id = $1")
+                    .await
+                    .map_err(db_err)?,
                 &[&msg.id, &encode_state(msg), &big(due_of(msg))],
             )
             .await
@@ -617,13 +630,18 @@ impl Queue for PgQueue {
     }
 
     async fn remove(&self, id: &str) -> Result<(), QueueError> {
-        let n = within(async {
-            let mut c = self.client().await?;
-            let tx = c.transaction().await.map_err(db_err)?;
-            let n = tx.execute("DELETE FROM tern_message WHERE id = $1", &[&id]).await.map_err(db_err)?;
-            tx.execute("DELETE FROM tern_chunk WHERE id = $1", &[&id]).await.map_err(db_err)?;
-            tx.commit().await.map_err(db_err)?;
-            Ok(n)
+        // One statement: the row and its data go together (one round trip, one commit).
+        let n: i64 = within(async {
+            let c = self.client().await?;
+            let st = c
+                .prepare_cached(
+                    "WITH m AS (DELETE FROM tern_message WHERE id = $1 RETURNING id),
+                          d AS (DELETE FROM tern_chunk WHERE id = $1)
+                     SELECT count(*) FROM m",
+                )
+                .await
+                .map_err(db_err)?;
+            Ok(c.query_one(&st, &[&id]).await.map_err(db_err)?.get(0))
         })
         .await?;
         if n == 0 {
@@ -721,7 +739,11 @@ impl PgQueue {
         within(async {
             let c = self.client().await?;
             c.execute(
-                "UPDATE tern_slot SET owner = NULL, lease_until = 0 WHERE dest = $1 AND slot = $2 AND owner = $3",
+                &c.prepare_cached(
+                    "UPDATE tern_slot SET owner = NULL, lease_until = 0 WHERE dest = $1 AND slot = $2 AND owner = $3",
+                )
+                .await
+                .map_err(db_err)?,
                 &[dest, slot, &self.inner.options.node],
             )
             .await
@@ -755,13 +777,17 @@ impl Leases for PgQueue {
         let rows = within(async {
             let c = self.client().await?;
             c.query(
-                "WITH c AS (
+                &c.prepare_cached(
+                    "WITH c AS (
                      SELECT id, force FROM tern_message
                      WHERE due <= $1 AND (owner IS NULL OR lease_until < $1)
                      ORDER BY due LIMIT $2::int8 FOR UPDATE SKIP LOCKED)
                  UPDATE tern_message m SET owner = $3, lease_until = $4, force = false
                  FROM c WHERE m.id = c.id
                  RETURNING m.id, m.envelope, m.state, c.force",
+                )
+                .await
+                .map_err(db_err)?,
                 &[&now, &(limit as i64), &self.inner.options.node, &self.lease_until()],
             )
             .await
@@ -779,9 +805,14 @@ impl Leases for PgQueue {
                     tracing::error!(%id, error = %e, "damaged queue row set aside");
                     let _ = within(async {
                         let c = self.client().await?;
-                        c.execute("UPDATE tern_message SET due = $2, owner = NULL WHERE id = $1", &[&id, &i64::MAX])
-                            .await
-                            .map_err(db_err)
+                        c.execute(
+                            &c.prepare_cached("UPDATE tern_message SET due = $2, owner = NULL WHERE id = $1")
+                                .await
+                                .map_err(db_err)?,
+                            &[&id, &i64::MAX],
+                        )
+                        .await
+                        .map_err(db_err)
                     })
                     .await;
                 }
@@ -794,9 +825,13 @@ impl Leases for PgQueue {
         let n = within(async {
             let c = self.client().await?;
             c.execute(
-                "UPDATE tern_message
+                &c.prepare_cached(
+                    "UPDATE tern_message
                  SET state = $2, due = CASE WHEN force THEN 0 ELSE $3::int8 END, owner = NULL, lease_until = 0
                  WHERE id = $1 AND owner = $4",
+                )
+                .await
+                .map_err(db_err)?,
                 &[&msg.id, &encode_state(msg), &big(due), &self.inner.options.node],
             )
             .await
@@ -813,7 +848,9 @@ impl Leases for PgQueue {
         let n = within(async {
             let c = self.client().await?;
             c.execute(
-                "UPDATE tern_message SET lease_until = $3 WHERE id = $1 AND owner = $2",
+                &c.prepare_cached("UPDATE tern_message SET lease_until = $3 WHERE id = $1 AND owner = $2")
+                    .await
+                    .map_err(db_err)?,
                 &[&id, &self.inner.options.node, &self.lease_until()],
             )
             .await
@@ -827,9 +864,24 @@ impl Leases for PgQueue {
         within(async {
             let c = self.client().await?;
             let args: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&self.inner.options.node, &self.lease_until()];
-            let m =
-                c.execute("UPDATE tern_message SET lease_until = $2 WHERE owner = $1", &args).await.map_err(db_err)?;
-            let s = c.execute("UPDATE tern_slot SET lease_until = $2 WHERE owner = $1", &args).await.map_err(db_err)?;
+            let m = c
+                .execute(
+                    &c.prepare_cached("UPDATE tern_message SET lease_until = $2 WHERE owner = $1")
+                        .await
+                        .map_err(db_err)?,
+                    &args,
+                )
+                .await
+                .map_err(db_err)?;
+            let s = c
+                .execute(
+                    &c.prepare_cached("UPDATE tern_slot SET lease_until = $2 WHERE owner = $1")
+                        .await
+                        .map_err(db_err)?,
+                    &args,
+                )
+                .await
+                .map_err(db_err)?;
             Ok(m + s)
         })
         .await
@@ -838,9 +890,14 @@ impl Leases for PgQueue {
     async fn flush(&self) -> Result<u64, QueueError> {
         within(async {
             let c = self.client().await?;
-            c.execute("UPDATE tern_message SET due = 0, force = true WHERE due < $1", &[&i64::MAX])
-                .await
-                .map_err(db_err)
+            c.execute(
+                &c.prepare_cached("UPDATE tern_message SET due = 0, force = true WHERE due < $1")
+                    .await
+                    .map_err(db_err)?,
+                &[&i64::MAX],
+            )
+            .await
+            .map_err(db_err)
         })
         .await
     }
@@ -869,8 +926,12 @@ impl Leases for PgQueue {
             within(async {
                 let c = self.client().await?;
                 c.execute(
-                    "INSERT INTO tern_slot (dest, slot) SELECT $1, g FROM generate_series(0, $2 - 1) g
+                    &c.prepare_cached(
+                        "INSERT INTO tern_slot (dest, slot) SELECT $1, g FROM generate_series(0, $2 - 1) g
                      ON CONFLICT DO NOTHING",
+                    )
+                    .await
+                    .map_err(db_err)?,
                     &[&dest, &max],
                 )
                 .await
@@ -888,12 +949,16 @@ impl Leases for PgQueue {
             let got = within(async {
                 let c = self.client().await?;
                 c.query_opt(
-                    "UPDATE tern_slot SET owner = $3, lease_until = $4
+                    &c.prepare_cached(
+                        "UPDATE tern_slot SET owner = $3, lease_until = $4
                      WHERE (dest, slot) = (
                          SELECT dest, slot FROM tern_slot
                          WHERE dest = $1 AND slot < $2 AND (owner IS NULL OR lease_until < $5)
                          LIMIT 1 FOR UPDATE SKIP LOCKED)
                      RETURNING slot",
+                    )
+                    .await
+                    .map_err(db_err)?,
                     &[&dest, &max, &self.inner.options.node, &self.lease_until(), &now],
                 )
                 .await
