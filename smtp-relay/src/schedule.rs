@@ -462,6 +462,26 @@ impl Scheduler {
         }
         cancel.cancel();
         tasks.abort_all();
+        if let Some(leases) = self.queue.leases() {
+            // State kept in memory gets one more try: what it says was delivered must not be
+            // delivered again by the node that takes over.
+            let unsaved: Vec<QueuedMessage> =
+                ctx.unsaved.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, (m, _))| m).collect();
+            for msg in unsaved {
+                let due = next_due(&msg, &cfg).unwrap_or(0);
+                let stored =
+                    if msg.is_done() { self.queue.remove(&msg.id).await } else { leases.release(&msg, due).await };
+                if let Err(e) = stored {
+                    tracing::error!(id = %msg.id, error = %e, "state of a message lost at shutdown; its last attempt may be repeated");
+                }
+            }
+            // What was in flight is left as a crash would leave it, but for the others to take
+            // now rather than after the lease time.
+            match leases.release_all().await {
+                Ok(n) => tracing::info!(leases = n, "leases given back"),
+                Err(e) => tracing::warn!(error = %e, "leases not given back; they expire"),
+            }
+        }
         let (full, resumed) = ctx.remote.handshakes();
         tracing::info!(full, resumed, "outbound TLS handshakes");
     }

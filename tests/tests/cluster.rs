@@ -365,3 +365,31 @@ fn a_database_that_is_not_there_stops_the_start_with_one_line() {
     assert!(err.contains("queue database") && err.lines().count() <= 2, "{err}");
     assert!(!out.contains("listening"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_with_sigterm_gives_its_leases_back_at_once() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    // A next hop that never finishes: the node's deliveries hold their leases (30 s) when it stops.
+    let hop = hop(true, Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tern = node(dir.path(), &url, hop.addr, "30");
+    let live = Arc::new(Mutex::new(vec![tern.addr]));
+    let sent = Sent::default();
+    for w in send_load(live, 5, 1, sent.clone(), "t") {
+        w.await.unwrap();
+    }
+    let most = hop.most_at_once.clone();
+    wait_for("deliveries in flight", || most.load(Ordering::SeqCst) >= 3).await;
+    let held = |pg: &Postgres| {
+        let (code, out, err) = pg.sql("postgres", "SELECT count(*) FROM tern_message WHERE owner IS NOT NULL");
+        assert_eq!(code, 0, "{err}");
+        out.trim().parse::<u64>().unwrap()
+    };
+    assert!(held(&pg) >= 3, "deliveries in flight hold leases");
+    assert!(tern.terminate().success());
+    assert_eq!(queued(&pg), 5, "nothing delivered, nothing lost");
+    assert_eq!(held(&pg), 0, "every lease given back: another node takes them now, not in 30 s");
+    let (code, out, err) = pg.sql("postgres", "SELECT count(*) FROM tern_slot WHERE owner IS NOT NULL");
+    assert_eq!((code, out.trim()), (0, "0"), "{err}");
+}

@@ -294,6 +294,9 @@ pub trait Leases: Send + Sync {
     async fn confirm(&self, id: &str) -> Result<bool, QueueError>;
     /// Extends every lease this node holds (messages and slots); returns how many.
     async fn renew(&self) -> Result<u64, QueueError>;
+    /// Gives back every lease this node holds, messages and slots, as it stops: other nodes take
+    /// its messages at once instead of after the lease time. Returns how many.
+    async fn release_all(&self) -> Result<u64, QueueError>;
     /// Makes every message due now, every pending recipient included; returns how many.
     async fn flush(&self) -> Result<u64, QueueError>;
     /// Counts of the whole shared queue.

@@ -887,6 +887,23 @@ impl Leases for PgQueue {
         .await
     }
 
+    async fn release_all(&self) -> Result<u64, QueueError> {
+        within(async {
+            let c = self.client().await?;
+            let node = &self.inner.options.node;
+            let m = c
+                .execute("UPDATE tern_message SET owner = NULL, lease_until = 0 WHERE owner = $1", &[node])
+                .await
+                .map_err(db_err)?;
+            let s = c
+                .execute("UPDATE tern_slot SET owner = NULL, lease_until = 0 WHERE owner = $1", &[node])
+                .await
+                .map_err(db_err)?;
+            Ok(m + s)
+        })
+        .await
+    }
+
     async fn flush(&self) -> Result<u64, QueueError> {
         within(async {
             let c = self.client().await?;
