@@ -1011,6 +1011,62 @@ mod tests {
     }
 
     #[test]
+    fn the_queue_alone_says_when_a_message_is_due() {
+        use crate::queue::RcptRecord;
+        use smtp_proto::{ForwardPath, Path, Reply};
+        let rcpt = |next: u64| {
+            let mut r = RcptRecord::new(ForwardPath::Path(Path::parse("<a@b.test>").unwrap()), Default::default());
+            r.next_attempt = next;
+            r
+        };
+        let mut m = QueuedMessage {
+            id: "Q".into(),
+            verb: Default::default(),
+            from: smtp_proto::ReversePath::Null,
+            params: Default::default(),
+            arrival: 1,
+            client: None,
+            helo: None,
+            recipients: vec![rcpt(700), rcpt(500), rcpt(900)],
+            delay_warned: false,
+            trusted: false,
+        };
+        assert_eq!(due_of(&m), 500, "the earliest pending recipient");
+        m.recipients[1].status = RcptStatus::Delivered;
+        assert_eq!(due_of(&m), 0, "an outcome not yet notified is due now");
+        m.recipients[1].notified = true;
+        assert_eq!(due_of(&m), 700);
+        m.recipients[0].status = RcptStatus::Failed(Reply::new(550, None, "no"));
+        m.recipients[0].notified = true;
+        m.recipients[2].status = RcptStatus::Delivered;
+        m.recipients[2].notified = true;
+        assert_eq!(due_of(&m), 0, "done: due for removal");
+        // A row's envelope and state back into the message; damage is an error, not a guess.
+        let (envelope, _) = encode_header(&m, 4);
+        let back = decode_row(&envelope, Some(&encode_state(&m))).unwrap();
+        assert_eq!(back.recipients, m.recipients);
+        assert!(decode_row(&envelope, None).unwrap().recipients.iter().all(|r| r.status == RcptStatus::Pending));
+        assert!(decode_row(b"garbage", None).is_err());
+        assert!(decode_row(&envelope, Some(b"garbage")).is_err());
+    }
+
+    #[test]
+    fn database_errors_keep_their_causes_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let e = db_err(Outer(std::io::Error::other("connection refused")));
+        assert_eq!(e.to_string(), "queue database: outer: connection refused");
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer: connection refused")]
+        struct Said(#[source] std::io::Error);
+        let e = db_err(Said(std::io::Error::other("connection refused")));
+        assert_eq!(e.to_string(), "queue database: outer: connection refused", "not repeated");
+        assert_eq!(big(u64::MAX), i64::MAX);
+        assert_eq!(big(5), 5);
+    }
+
+    #[test]
     fn every_schema_version_has_its_migration() {
         assert_eq!(MIGRATIONS.len(), SCHEMA_VERSION as usize);
     }
