@@ -393,3 +393,45 @@ async fn a_node_stopped_with_sigterm_gives_its_leases_back_at_once() {
     let (code, out, err) = pg.sql("postgres", "SELECT count(*) FROM tern_slot WHERE owner IS NOT NULL");
     assert_eq!((code, out.trim()), (0, "0"), "{err}");
 }
+
+/// `tern queue ARGS --queue URL` from `dir`: (exit code, stdout, stderr).
+fn queue_cli(url: &str, dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    run_bounded(
+        std::process::Command::new(tern_bin()).arg("queue").args(args).args(["--queue", url, "--data-dir"]).arg(dir),
+        b"",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tern_queue_shows_counts_and_deletes_on_the_shared_queue() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let hop = hop(false, Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tern = node(dir.path(), &url, hop.addr, "30");
+    let live = Arc::new(Mutex::new(vec![tern.addr]));
+    for w in send_load(live, 3, 1, Sent::default(), "q") {
+        w.await.unwrap();
+    }
+    let other = tempfile::tempdir().unwrap();
+    let ids = listed(&url, other.path());
+    assert_eq!(ids.len(), 3, "seen from another data directory too");
+    let (code, out, err) = queue_cli(&url, other.path(), &["show", "--json", &ids[0]]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["id"].as_str(), Some(ids[0].as_str()));
+    assert_eq!(v["recipients"][0]["to"].as_str(), Some("<x@far.test>"));
+    assert!(v["headers"].as_str().unwrap().contains("X-Token: q-0-"), "{v}");
+    let (code, out, err) = queue_cli(&url, other.path(), &["stats", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["messages"].as_u64(), v["recipients"]["pending"].as_u64()), (Some(3), Some(3)), "{v}");
+    let (code, out, err) = queue_cli(&url, other.path(), &["delete", &ids[1]]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(listed(&url, other.path()), vec![ids[0].clone(), ids[2].clone()]);
+    let (code, _, err) = queue_cli(&url, other.path(), &["delete", &ids[1]]);
+    assert!(code != 0 && err.contains("no queued message") && err.lines().count() == 1, "{err}");
+    let (code, _, err) = queue_cli(&url, other.path(), &["show", &ids[1]]);
+    assert!(code != 0 && err.contains("no queued message"), "{err}");
+    assert!(tern.terminate().success());
+}
