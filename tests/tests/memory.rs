@@ -1,6 +1,8 @@
 //! The memory bound of the message path: 20 concurrent 20 MiB transfers into `tern serve` keep
 //! the server within 64 MiB of its idle size, during and after. Half of them go to one
-//! mailbox (delivered on receipt), half to two (through the spool, then both Maildirs).
+//! mailbox (delivered on receipt), half to two (through the queue, then both Maildirs). The
+//! same with the queue in PostgreSQL: the data goes into the database in chunks and comes
+//! back one chunk at a time.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,12 +26,27 @@ fn rss_kb(pid: u32) -> u64 {
 async fn twenty_concurrent_20_mib_messages_stay_within_64_mib() {
     let dir = tempfile::tempdir().unwrap();
     let tern = Tern::serve(dir.path(), &["--max-message-size", "30000000"]);
+    let queue = dir.path().join("queue/msg");
+    twenty_big(tern, dir.path(), || std::fs::read_dir(&queue).map(|d| d.count() == 0).unwrap_or(false)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_within_64_mib_on_a_postgresql_queue() {
+    let pg = tests::pg::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tern = Tern::serve(dir.path(), &["--max-message-size", "30000000", "--queue", &pg.url()]);
+    twenty_big(tern, dir.path(), || pg.sql("postgres", "SELECT count(*) FROM tern_message").1.trim() == "0").await;
+}
+
+/// Sends the twenty messages to `tern` (data in `dir`) and checks its memory until they are
+/// delivered and `queue_empty` says the queue is empty.
+async fn twenty_big(tern: Tern, dir: &std::path::Path, queue_empty: impl FnMut() -> bool) {
     let pid = tern.child.id();
     // Idle, after one small message went all the way through.
     let (mut c, _) = Raw::connect(tern.addr).await;
     c.cmd("EHLO c\r\n").await;
     assert!(c.send_mail("MAIL", "a@x.test", &["u@mx.test"], "Subject: warm\r\n\r\nup").await.starts_with("250"));
-    wait_until("first delivery", || maildir_files(dir.path(), "u").len() == 1).await;
+    wait_until("first delivery", || maildir_files(dir, "u").len() == 1).await;
     let idle = rss_kb(pid);
     let peak = Arc::new(AtomicU64::new(idle));
     let stop = Arc::new(AtomicBool::new(false));
@@ -67,18 +84,17 @@ async fn twenty_concurrent_20_mib_messages_stay_within_64_mib() {
         assert!(r.starts_with("250"), "{r}");
     }
     wait_until("every big message delivered", || {
-        maildir_files(dir.path(), "u").len() == CLIENTS + 1 && maildir_files(dir.path(), "v").len() == CLIENTS / 2
+        maildir_files(dir, "u").len() == CLIENTS + 1 && maildir_files(dir, "v").len() == CLIENTS / 2
     })
     .await;
-    let queue = dir.path().join("queue/msg");
-    wait_until("the queue emptied", || std::fs::read_dir(&queue).map(|d| d.count() == 0).unwrap_or(false)).await;
+    wait_until("the queue emptied", queue_empty).await;
     stop.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
     let (peak, after) = (peak.load(Ordering::Relaxed), rss_kb(pid));
     eprintln!("RSS idle {idle} kB, peak {peak} kB, after delivery {after} kB");
     assert!(peak <= idle + BOUND_KB, "peak {peak} kB vs idle {idle} kB");
     assert!(after <= idle + BOUND_KB, "after delivery {after} kB vs idle {idle} kB");
-    let sizes: Vec<u64> = maildir_files(dir.path(), "u").iter().map(|f| std::fs::metadata(f).unwrap().len()).collect();
+    let sizes: Vec<u64> = maildir_files(dir, "u").iter().map(|f| std::fs::metadata(f).unwrap().len()).collect();
     assert!(sizes.iter().filter(|s| **s > SIZE as u64 - 2 * 1024 * 1024).count() == CLIENTS, "{sizes:?}");
     assert!(tern.terminate().success());
 }
