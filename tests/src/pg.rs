@@ -14,6 +14,8 @@ pub struct Postgres {
     /// Its TCP port on 127.0.0.1.
     pub port: u16,
     as_postgres: bool,
+    /// Extra server settings (`-c NAME=VALUE ...`).
+    extra: String,
 }
 
 /// The directory of PostgreSQL's server programs (the newest installed version).
@@ -39,17 +41,49 @@ fn free_port() -> u16 {
 impl Postgres {
     /// Creates a database cluster and starts it (fsync on: the durability tests rely on it).
     pub fn start() -> Postgres {
+        let pg = Postgres::init();
+        pg.start_again();
+        pg
+    }
+
+    /// The same, accepting only TLS connections over TCP, with this certificate and key (PEM).
+    pub fn start_tls(cert: &Path, key: &Path) -> Postgres {
+        let mut pg = Postgres::init();
+        for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+            let dest = pg.dir.path().join(to);
+            std::fs::copy(from, &dest).expect("copy certificate");
+            std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+            if pg.as_postgres {
+                let (code, _, err) = run_bounded(Command::new("chown").arg("postgres:").arg(&dest), b"");
+                assert_eq!(code, 0, "chown: {err}");
+            }
+        }
+        let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\n";
+        let hba_path = pg.dir.path().join("pg_hba.conf");
+        std::fs::write(&hba_path, hba).expect("pg_hba.conf");
+        if pg.as_postgres {
+            let (code, _, err) = run_bounded(Command::new("chown").arg("postgres:").arg(&hba_path), b"");
+            assert_eq!(code, 0, "chown: {err}");
+        }
+        let d = pg.dir.path().display();
+        pg.extra = format!(
+            "-c ssl=on -c ssl_cert_file={d}/server.crt -c ssl_key_file={d}/server.key -c hba_file={d}/pg_hba.conf"
+        );
+        pg.start_again();
+        pg
+    }
+
+    fn init() -> Postgres {
         let dir = tempfile::Builder::new().prefix("tern-pg").tempdir().expect("tempdir");
         let as_postgres = is_root();
         if as_postgres {
             let (code, _, err) = run_bounded(Command::new("chown").arg("postgres:").arg(dir.path()), b"");
             assert_eq!(code, 0, "chown: {err}");
         }
-        let pg = Postgres { bin: bin_dir(), port: free_port(), dir, as_postgres };
+        let pg = Postgres { bin: bin_dir(), port: free_port(), dir, as_postgres, extra: String::new() };
         let data = pg.data();
         let (code, out, err) = pg.run("initdb", &["-D", &data, "-A", "trust", "-U", "tern", "-E", "UTF8", "--no-sync"]);
         assert_eq!(code, 0, "initdb failed: {out}{err}");
-        pg.start_again();
         pg
     }
 
@@ -73,9 +107,10 @@ impl Postgres {
     /// Starts the server (again) on the same port and data.
     pub fn start_again(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=64MB",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=64MB {}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.extra
         );
         let log = self.dir.path().join("log").display().to_string();
         let (code, out, err) =

@@ -219,3 +219,26 @@ async fn a_lost_database_fails_writes_and_they_work_again_when_it_returns() {
     ids.sort();
     assert_eq!(q.list().await.unwrap(), ids, "nothing lost, nothing doubled");
 }
+
+#[tokio::test]
+async fn tls_to_the_database_is_verified_with_rustls() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, _, _) = tests::hop::certificate(certs.path(), "db", &["127.0.0.1"]);
+    let pg = Postgres::start_tls(&cert, &certs.path().join("db.key"));
+    let base = format!("postgres://tern@127.0.0.1:{}/postgres", pg.port);
+    // The server's certificate, trusted by its CA file: TLS, and the queue works.
+    let url = format!("{base}?sslmode=require&sslrootcert={}", cert.display());
+    let q = PgQueue::connect(&url, options("a", Duration::from_secs(30))).await.unwrap();
+    let id = q.enqueue(msg(&["x@dest.test"]), "over TLS\r\n".into()).await.unwrap().id;
+    assert_eq!(q.list().await.unwrap(), [id]);
+    // Not trusted (the web PKI does not know it): refused, not used without verification.
+    match PgQueue::connect(&format!("{base}?sslmode=require"), options("b", Duration::from_secs(30))).await {
+        Err(QueueError::Database(e)) => assert!(e.to_lowercase().contains("certificate"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    // Without TLS the server (hostssl only) says no.
+    match PgQueue::connect(&format!("{base}?sslmode=disable"), options("c", Duration::from_secs(30))).await {
+        Err(QueueError::Database(e)) => assert!(e.contains("pg_hba.conf"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+}
