@@ -59,6 +59,9 @@ const SLOT_IDLE: Duration = Duration::from_millis(200);
 /// A node hands a slot back to the other nodes after holding it this long, busy or not.
 const SLOT_HOLD: Duration = Duration::from_secs(2);
 
+/// Statement parameters.
+type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
+
 /// Advisory lock key taken while the schema is migrated (one node at a time).
 const MIGRATION_LOCK: i64 = 0x7465_726e_0001;
 
@@ -241,35 +244,15 @@ impl PgQueue {
 
     /// The schema version the database holds.
     pub async fn schema_version(&self) -> Result<i32, QueueError> {
-        within(async {
-            let c = self.inner.pool.get().await.map_err(db_err)?;
-            let row = c
-                .query_one(&c.prepare_cached("SELECT max(version) FROM tern_schema").await.map_err(db_err)?, &[])
-                .await
-                .map_err(db_err)?;
-            Ok(row.get::<_, Option<i32>>(0).unwrap_or(0))
-        })
-        .await
+        let row = self.row("SELECT max(version) FROM tern_schema", &[]).await?;
+        Ok(row.and_then(|r| r.get::<_, Option<i32>>(0)).unwrap_or(0))
     }
 
     /// Removes data chunks older than an hour that no message owns (writers that died).
     async fn tidy(&self) {
-        let r = within(async {
-            let c = self.inner.pool.get().await.map_err(db_err)?;
-            c.execute(
-                &c.prepare_cached(
-                    "DELETE FROM tern_chunk c WHERE written < $1 AND NOT EXISTS
-                     (SELECT 1 FROM tern_message m WHERE m.id = c.id)",
-                )
-                .await
-                .map_err(db_err)?,
-                &[&(now_ms() - 3_600_000)],
-            )
-            .await
-            .map_err(db_err)
-        })
-        .await;
-        match r {
+        let sql = "DELETE FROM tern_chunk c WHERE written < $1 AND NOT EXISTS
+                   (SELECT 1 FROM tern_message m WHERE m.id = c.id)";
+        match self.exec(sql, &[&(now_ms() - 3_600_000)]).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(chunks = n, "removed data of messages never committed"),
             Err(e) => tracing::warn!(error = %e, "could not tidy the queue"),
@@ -292,6 +275,32 @@ impl PgQueue {
     fn lease_until(&self) -> i64 {
         now_ms().saturating_add(big(super::millis(self.inner.options.lease)))
     }
+
+    /// Runs one statement (prepared once per pooled connection) within the time limit: how many
+    /// rows it changed.
+    async fn exec(&self, sql: &str, params: Params<'_>) -> Result<u64, QueueError> {
+        within(async {
+            let c = self.client().await?;
+            let st = c.prepare_cached(sql).await.map_err(db_err)?;
+            c.execute(&st, params).await.map_err(db_err)
+        })
+        .await
+    }
+
+    /// Runs one query the same way: its rows.
+    async fn rows(&self, sql: &str, params: Params<'_>) -> Result<Vec<tokio_postgres::Row>, QueueError> {
+        within(async {
+            let c = self.client().await?;
+            let st = c.prepare_cached(sql).await.map_err(db_err)?;
+            c.query(&st, params).await.map_err(db_err)
+        })
+        .await
+    }
+
+    /// The first row of a query, if any.
+    async fn row(&self, sql: &str, params: Params<'_>) -> Result<Option<tokio_postgres::Row>, QueueError> {
+        Ok(self.rows(sql, params).await?.into_iter().next())
+    }
 }
 
 /// Creates or migrates the schema under an advisory lock; refuses a newer one.
@@ -299,14 +308,14 @@ async fn migrate(pool: &Pool, existing_only: bool) -> Result<(), QueueError> {
     within(async {
         let mut c = pool.get().await.map_err(db_err)?;
         let tx = c.transaction().await.map_err(db_err)?;
-        tx.execute(&tx.prepare_cached("SELECT pg_advisory_xact_lock($1)").await.map_err(db_err)?, &[&MIGRATION_LOCK]).await.map_err(db_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(db_err)?;
         let exists: bool = tx
             .query_one("SELECT to_regclass('tern_schema') IS NOT NULL", &[])
             .await
             .map_err(db_err)?
             .get(0);
         let found = if exists {
-            let row = tx.query_one(&tx.prepare_cached("SELECT max(version) FROM tern_schema").await.map_err(db_err)?, &[]).await.map_err(db_err)?;
+            let row = tx.query_one("SELECT max(version) FROM tern_schema", &[]).await.map_err(db_err)?;
             row.get::<_, Option<i32>>(0).unwrap_or(0)
         } else {
             0
@@ -329,8 +338,8 @@ async fn migrate(pool: &Pool, existing_only: bool) -> Result<(), QueueError> {
             tx.batch_execute(sql).await.map_err(db_err)?;
             tracing::info!(version = v + 1, "queue schema migrated");
         }
-        tx.execute(&tx.prepare_cached("DELETE FROM tern_schema").await.map_err(db_err)?, &[]).await.map_err(db_err)?;
-        tx.execute(&tx.prepare_cached("INSERT INTO tern_schema (version) VALUES ($1)").await.map_err(db_err)?, &[&SCHEMA_VERSION]).await.map_err(db_err)?;
+        tx.execute("DELETE FROM tern_schema", &[]).await.map_err(db_err)?;
+        tx.execute("INSERT INTO tern_schema (version) VALUES ($1)", &[&SCHEMA_VERSION]).await.map_err(db_err)?;
         tx.commit().await.map_err(db_err)
     })
     .await
@@ -431,13 +440,7 @@ impl Drop for PgWriter {
         let (q, id) = (self.queue.clone(), self.id.clone());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = within(async {
-                    let c = q.client().await?;
-                    c.execute(&c.prepare_cached("DELETE FROM tern_chunk WHERE id = $1").await.map_err(db_err)?, &[&id])
-                        .await
-                        .map_err(db_err)
-                })
-                .await;
+                let _ = q.exec("DELETE FROM tern_chunk WHERE id = $1", &[&id]).await;
             });
         }
     }
@@ -533,16 +536,11 @@ fn due_of(msg: &QueuedMessage) -> u64 {
 impl ChunkSource for PgQueue {
     async fn chunk(&self, id: &str, seq: u32) -> std::io::Result<Option<Bytes>> {
         let seq = i32::try_from(seq).map_err(std::io::Error::other)?;
-        within(async {
-            let c = self.client().await?;
-            let row = c
-                .query_opt("SELECT data FROM tern_chunk WHERE id = $1 AND seq = $2", &[&id, &seq])
-                .await
-                .map_err(db_err)?;
-            Ok(row.map(|r| Bytes::from(r.get::<_, Vec<u8>>(0))))
-        })
-        .await
-        .map_err(std::io::Error::other)
+        let row = self
+            .row("SELECT data FROM tern_chunk WHERE id = $1 AND seq = $2", &[&id, &seq])
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok(row.map(|r| Bytes::from(r.get::<_, Vec<u8>>(0))))
     }
 }
 
@@ -575,34 +573,20 @@ impl Queue for PgQueue {
     }
 
     async fn load(&self, id: &str) -> Result<QueuedMessage, QueueError> {
-        within(async {
-            let c = self.client().await?;
-            let row = c
-                .query_opt("SELECT envelope, state FROM tern_message WHERE id = $1", &[&id])
-                .await
-                .map_err(db_err)?
-                .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
-            let (envelope, state): (Vec<u8>, Option<Vec<u8>>) = (row.get(0), row.get(1));
-            decode_row(&envelope, state.as_deref()).map_err(|reason| QueueError::Corrupt {
-                id: id.to_string(),
-                reason,
-                envelope: None,
-            })
+        let row = self.row("SELECT envelope, state FROM tern_message WHERE id = $1", &[&id]).await?;
+        let row = row.ok_or_else(|| QueueError::NotFound(id.to_string()))?;
+        let (envelope, state): (Vec<u8>, Option<Vec<u8>>) = (row.get(0), row.get(1));
+        decode_row(&envelope, state.as_deref()).map_err(|reason| QueueError::Corrupt {
+            id: id.to_string(),
+            reason,
+            envelope: None,
         })
-        .await
     }
 
     async fn body(&self, id: &str) -> Result<StoredBody, QueueError> {
-        let (size, chunks) = within(async {
-            let c = self.client().await?;
-            let row = c
-                .query_opt("SELECT size, chunks FROM tern_message WHERE id = $1", &[&id])
-                .await
-                .map_err(db_err)?
-                .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
-            Ok((row.get::<_, i64>(0), row.get::<_, i32>(1)))
-        })
-        .await?;
+        let row = self.row("SELECT size, chunks FROM tern_message WHERE id = $1", &[&id]).await?;
+        let row = row.ok_or_else(|| QueueError::NotFound(id.to_string()))?;
+        let (size, chunks): (i64, i32) = (row.get(0), row.get(1));
         if chunks <= 1 {
             let data = self.chunk(id, 0).await?.unwrap_or_default();
             return Ok(StoredBody::Memory(data));
@@ -611,39 +595,19 @@ impl Queue for PgQueue {
     }
 
     async fn update(&self, msg: &QueuedMessage) -> Result<(), QueueError> {
-        let n = within(async {
-            let c = self.client().await?;
-            c.execute(
-                &c.prepare_cached("UPDATE tern_message SET state = $2, due = $3 WHERE id = $1")
-                    .await
-                    .map_err(db_err)?,
-                &[&msg.id, &encode_state(msg), &big(due_of(msg))],
-            )
-            .await
-            .map_err(db_err)
-        })
-        .await?;
-        if n == 0 {
-            return Err(QueueError::NotFound(msg.id.clone()));
+        let sql = "UPDATE tern_message SET state = $2, due = $3 WHERE id = $1";
+        match self.exec(sql, &[&msg.id, &encode_state(msg), &big(due_of(msg))]).await? {
+            0 => Err(QueueError::NotFound(msg.id.clone())),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     async fn remove(&self, id: &str) -> Result<(), QueueError> {
         // One statement: the row and its data go together (one round trip, one commit).
-        let n: i64 = within(async {
-            let c = self.client().await?;
-            let st = c
-                .prepare_cached(
-                    "WITH m AS (DELETE FROM tern_message WHERE id = $1 RETURNING id),
-                          d AS (DELETE FROM tern_chunk WHERE id = $1)
-                     SELECT count(*) FROM m",
-                )
-                .await
-                .map_err(db_err)?;
-            Ok(c.query_one(&st, &[&id]).await.map_err(db_err)?.get(0))
-        })
-        .await?;
+        let sql = "WITH m AS (DELETE FROM tern_message WHERE id = $1 RETURNING id),
+                        d AS (DELETE FROM tern_chunk WHERE id = $1)
+                   SELECT count(*) FROM m";
+        let n: i64 = self.row(sql, &[&id]).await?.map_or(0, |r| r.get(0));
         if n == 0 {
             return Err(QueueError::NotFound(id.to_string()));
         }
@@ -736,21 +700,8 @@ impl PgQueue {
 
     /// Gives a destination slot back to every node; whether the database took it.
     async fn release_slot(&self, (dest, slot): &(String, i32)) -> bool {
-        within(async {
-            let c = self.client().await?;
-            c.execute(
-                &c.prepare_cached(
-                    "UPDATE tern_slot SET owner = NULL, lease_until = 0 WHERE dest = $1 AND slot = $2 AND owner = $3",
-                )
-                .await
-                .map_err(db_err)?,
-                &[dest, slot, &self.inner.options.node],
-            )
-            .await
-            .map_err(db_err)
-        })
-        .await
-        .is_ok()
+        let sql = "UPDATE tern_slot SET owner = NULL, lease_until = 0 WHERE dest = $1 AND slot = $2 AND owner = $3";
+        self.exec(sql, &[dest, slot, &self.inner.options.node]).await.is_ok()
     }
 
     /// An idle slot of `dest` this node still holds, if any.
@@ -774,26 +725,14 @@ impl Leases for PgQueue {
 
     async fn claim(&self, limit: usize) -> Result<Vec<Claim>, QueueError> {
         let now = now_ms();
-        let rows = within(async {
-            let c = self.client().await?;
-            c.query(
-                &c.prepare_cached(
-                    "WITH c AS (
-                     SELECT id, force FROM tern_message
-                     WHERE due <= $1 AND (owner IS NULL OR lease_until < $1)
-                     ORDER BY due LIMIT $2::int8 FOR UPDATE SKIP LOCKED)
-                 UPDATE tern_message m SET owner = $3, lease_until = $4, force = false
-                 FROM c WHERE m.id = c.id
-                 RETURNING m.id, m.envelope, m.state, c.force",
-                )
-                .await
-                .map_err(db_err)?,
-                &[&now, &(limit as i64), &self.inner.options.node, &self.lease_until()],
-            )
-            .await
-            .map_err(db_err)
-        })
-        .await?;
+        let sql = "WITH c AS (
+                       SELECT id, force FROM tern_message
+                       WHERE due <= $1 AND (owner IS NULL OR lease_until < $1)
+                       ORDER BY due LIMIT $2::int8 FOR UPDATE SKIP LOCKED)
+                   UPDATE tern_message m SET owner = $3, lease_until = $4, force = false
+                   FROM c WHERE m.id = c.id
+                   RETURNING m.id, m.envelope, m.state, c.force";
+        let rows = self.rows(sql, &[&now, &(limit as i64), &self.inner.options.node, &self.lease_until()]).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let (id, envelope, state, force): (String, Vec<u8>, Option<Vec<u8>>, bool) =
@@ -803,18 +742,8 @@ impl Leases for PgQueue {
                 Err(e) => {
                     // Parked, not claimed again and again; `tern queue list` shows it.
                     tracing::error!(%id, error = %e, "damaged queue row set aside");
-                    let _ = within(async {
-                        let c = self.client().await?;
-                        c.execute(
-                            &c.prepare_cached("UPDATE tern_message SET due = $2, owner = NULL WHERE id = $1")
-                                .await
-                                .map_err(db_err)?,
-                            &[&id, &i64::MAX],
-                        )
-                        .await
-                        .map_err(db_err)
-                    })
-                    .await;
+                    let park = "UPDATE tern_message SET due = $2, owner = NULL WHERE id = $1";
+                    let _ = self.exec(park, &[&id, &i64::MAX]).await;
                 }
             }
         }
@@ -822,117 +751,44 @@ impl Leases for PgQueue {
     }
 
     async fn release(&self, msg: &QueuedMessage, due: u64) -> Result<(), QueueError> {
-        let n = within(async {
-            let c = self.client().await?;
-            c.execute(
-                &c.prepare_cached(
-                    "UPDATE tern_message
-                 SET state = $2, due = CASE WHEN force THEN 0 ELSE $3::int8 END, owner = NULL, lease_until = 0
-                 WHERE id = $1 AND owner = $4",
-                )
-                .await
-                .map_err(db_err)?,
-                &[&msg.id, &encode_state(msg), &big(due), &self.inner.options.node],
-            )
-            .await
-            .map_err(db_err)
-        })
-        .await?;
-        if n == 0 {
-            return Err(QueueError::NotFound(msg.id.clone()));
+        let sql = "UPDATE tern_message
+                   SET state = $2, due = CASE WHEN force THEN 0 ELSE $3::int8 END, owner = NULL, lease_until = 0
+                   WHERE id = $1 AND owner = $4";
+        match self.exec(sql, &[&msg.id, &encode_state(msg), &big(due), &self.inner.options.node]).await? {
+            0 => Err(QueueError::NotFound(msg.id.clone())),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     async fn confirm(&self, id: &str) -> Result<bool, QueueError> {
-        let n = within(async {
-            let c = self.client().await?;
-            c.execute(
-                &c.prepare_cached("UPDATE tern_message SET lease_until = $3 WHERE id = $1 AND owner = $2")
-                    .await
-                    .map_err(db_err)?,
-                &[&id, &self.inner.options.node, &self.lease_until()],
-            )
-            .await
-            .map_err(db_err)
-        })
-        .await?;
-        Ok(n == 1)
+        let sql = "UPDATE tern_message SET lease_until = $3 WHERE id = $1 AND owner = $2";
+        Ok(self.exec(sql, &[&id, &self.inner.options.node, &self.lease_until()]).await? == 1)
     }
 
     async fn renew(&self) -> Result<u64, QueueError> {
-        within(async {
-            let c = self.client().await?;
-            let args: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&self.inner.options.node, &self.lease_until()];
-            let m = c
-                .execute(
-                    &c.prepare_cached("UPDATE tern_message SET lease_until = $2 WHERE owner = $1")
-                        .await
-                        .map_err(db_err)?,
-                    &args,
-                )
-                .await
-                .map_err(db_err)?;
-            let s = c
-                .execute(
-                    &c.prepare_cached("UPDATE tern_slot SET lease_until = $2 WHERE owner = $1")
-                        .await
-                        .map_err(db_err)?,
-                    &args,
-                )
-                .await
-                .map_err(db_err)?;
-            Ok(m + s)
-        })
-        .await
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&self.inner.options.node, &self.lease_until()];
+        let m = self.exec("UPDATE tern_message SET lease_until = $2 WHERE owner = $1", &args).await?;
+        Ok(m + self.exec("UPDATE tern_slot SET lease_until = $2 WHERE owner = $1", &args).await?)
     }
 
     async fn release_all(&self) -> Result<u64, QueueError> {
-        within(async {
-            let c = self.client().await?;
-            let node = &self.inner.options.node;
-            let m = c
-                .execute("UPDATE tern_message SET owner = NULL, lease_until = 0 WHERE owner = $1", &[node])
-                .await
-                .map_err(db_err)?;
-            let s = c
-                .execute("UPDATE tern_slot SET owner = NULL, lease_until = 0 WHERE owner = $1", &[node])
-                .await
-                .map_err(db_err)?;
-            Ok(m + s)
-        })
-        .await
+        let node = &self.inner.options.node;
+        let m = self.exec("UPDATE tern_message SET owner = NULL, lease_until = 0 WHERE owner = $1", &[node]).await?;
+        Ok(m + self.exec("UPDATE tern_slot SET owner = NULL, lease_until = 0 WHERE owner = $1", &[node]).await?)
     }
 
     async fn flush(&self) -> Result<u64, QueueError> {
-        within(async {
-            let c = self.client().await?;
-            c.execute(
-                &c.prepare_cached("UPDATE tern_message SET due = 0, force = true WHERE due < $1")
-                    .await
-                    .map_err(db_err)?,
-                &[&i64::MAX],
-            )
-            .await
-            .map_err(db_err)
-        })
-        .await
+        self.exec("UPDATE tern_message SET due = 0, force = true WHERE due < $1", &[&i64::MAX]).await
     }
 
     async fn census(&self) -> Result<QueueCensus, QueueError> {
-        within(async {
-            let c = self.client().await?;
-            let row = c
-                .query_one("SELECT count(*), coalesce(sum(size), 0)::bigint, min(arrival) FROM tern_message", &[])
-                .await
-                .map_err(db_err)?;
-            Ok(QueueCensus {
-                messages: row.get::<_, i64>(0) as u64,
-                bytes: row.get::<_, i64>(1) as u64,
-                oldest: row.get::<_, Option<i64>>(2).map(|a| a as u64),
-            })
+        let sql = "SELECT count(*), coalesce(sum(size), 0)::bigint, min(arrival) FROM tern_message";
+        let row = self.row(sql, &[]).await?.ok_or_else(|| QueueError::Database("no census row".into()))?;
+        Ok(QueueCensus {
+            messages: row.get::<_, i64>(0) as u64,
+            bytes: row.get::<_, i64>(1) as u64,
+            oldest: row.get::<_, Option<i64>>(2).map(|a| a as u64),
         })
-        .await
     }
 
     async fn slot(&self, dest: &str, max: usize) -> Result<Box<dyn SlotLease>, QueueError> {
@@ -940,48 +796,23 @@ impl Leases for PgQueue {
         let key = (dest.to_string(), max as usize);
         let known = self.inner.slot_rows.lock().unwrap_or_else(|e| e.into_inner()).contains(&key);
         if !known {
-            within(async {
-                let c = self.client().await?;
-                c.execute(
-                    &c.prepare_cached(
-                        "INSERT INTO tern_slot (dest, slot) SELECT $1, g FROM generate_series(0, $2 - 1) g
-                     ON CONFLICT DO NOTHING",
-                    )
-                    .await
-                    .map_err(db_err)?,
-                    &[&dest, &max],
-                )
-                .await
-                .map_err(db_err)
-            })
-            .await?;
+            let sql = "INSERT INTO tern_slot (dest, slot) SELECT $1, g FROM generate_series(0, $2 - 1) g
+                       ON CONFLICT DO NOTHING";
+            self.exec(sql, &[&dest, &max]).await?;
             self.inner.slot_rows.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
         }
         if let Some(s) = self.idle_slot(dest, max) {
             return Ok(Box::new(s));
         }
+        let take = "UPDATE tern_slot SET owner = $3, lease_until = $4
+                    WHERE (dest, slot) = (
+                        SELECT dest, slot FROM tern_slot
+                        WHERE dest = $1 AND slot < $2 AND (owner IS NULL OR lease_until < $5)
+                        LIMIT 1 FOR UPDATE SKIP LOCKED)
+                    RETURNING slot";
         let mut wait = Duration::from_millis(10);
         loop {
-            let now = now_ms();
-            let got = within(async {
-                let c = self.client().await?;
-                c.query_opt(
-                    &c.prepare_cached(
-                        "UPDATE tern_slot SET owner = $3, lease_until = $4
-                     WHERE (dest, slot) = (
-                         SELECT dest, slot FROM tern_slot
-                         WHERE dest = $1 AND slot < $2 AND (owner IS NULL OR lease_until < $5)
-                         LIMIT 1 FOR UPDATE SKIP LOCKED)
-                     RETURNING slot",
-                    )
-                    .await
-                    .map_err(db_err)?,
-                    &[&dest, &max, &self.inner.options.node, &self.lease_until(), &now],
-                )
-                .await
-                .map_err(db_err)
-            })
-            .await?;
+            let got = self.row(take, &[&dest, &max, &self.inner.options.node, &self.lease_until(), &now_ms()]).await?;
             if let Some(row) = got {
                 let taken = tokio::time::Instant::now();
                 return Ok(Box::new(PgSlot { queue: self.clone(), dest: dest.to_string(), slot: row.get(0), taken }));
