@@ -32,7 +32,8 @@ run() {
   for i in $(seq "$nodes"); do
     mkdir -p "$WORK/$name-$i"
     "$TERN" serve --data-dir "$WORK/$name-$i" --listen "127.0.0.1:$((2700 + i))" --hostname mx.test \
-      --route far.test=127.0.0.1:2799 --outbound-tls none "$@" >"$WORK/$name-$i.log" 2>&1 &
+      --route far.test=127.0.0.1:2799 --outbound-tls none --metrics-listen "127.0.0.1:$((2750 + i))" "$@" \
+      >"$WORK/$name-$i.log" 2>&1 &
     started+=($!)
     wait_port $((2700 + i))
   done
@@ -45,12 +46,19 @@ run() {
   done
   for b in "${benches[@]}"; do wait "$b"; done
   t1=$(date +%s.%N)
+  # Messages per database commit (the committers' batching), summed over the nodes.
+  local commits=0 committed=0 c m
+  for i in $(seq "$nodes"); do
+    c=$(curl -s "http://127.0.0.1:$((2750 + i))/metrics" | awk '/^tern_queue_db_commits_total/ {print $2}')
+    m=$(curl -s "http://127.0.0.1:$((2750 + i))/metrics" | awk '/^tern_queue_db_committed_messages_total/ {print $2}')
+    commits=$((commits + ${c:-0})) committed=$((committed + ${m:-0}))
+  done
   for p in "${started[@]}"; do kill -TERM "$p"; wait "$p" || true; done
   # "tern bench: N sent, M accepted in S s" per node: the acknowledged ones count.
   local accepted p99
   accepted=$(cat "$WORK/$name-bench-"*.txt | awk '/accepted in/ {s += $5} END {print s + 0}')
   p99=$(cat "$WORK/$name-bench-"*.txt | awk '/latency ms/ {print $8}' | sort -n | tail -1)
-  echo "$name: $(rate "$accepted" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')") of $((per * nodes)) sent; worst node's p99 latency $p99 ms"
+  echo "$name: $(rate "$accepted" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')") of $((per * nodes)) sent; worst node's p99 latency $p99 ms$( [ "$commits" -gt 0 ] && awk -v m="$committed" -v c="$commits" 'BEGIN { printf "; %.1f messages per commit", m / c }')"
 }
 
 db() { as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U tern -d postgres -qc "CREATE DATABASE $1"; echo "postgres://tern@127.0.0.1:$PGPORT/$1"; }

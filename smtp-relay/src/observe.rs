@@ -74,6 +74,18 @@ const METRICS: &[(&str, Kind, &str, &[&[(&str, &str)]])] = &[
     ("tern_queue_bytes", Kind::Gauge, "Octets of message data in the queue.", &[&[]]),
     ("tern_queue_oldest_message_age_seconds", Kind::Gauge, "Age of the oldest queued message.", &[&[]]),
     (
+        "tern_queue_db_commits_total",
+        Kind::Counter,
+        "Transactions that stored new messages in a shared (PostgreSQL) queue.",
+        &[&[]],
+    ),
+    (
+        "tern_queue_db_committed_messages_total",
+        Kind::Counter,
+        "Messages those transactions stored: over tern_queue_db_commits_total, messages per commit.",
+        &[&[]],
+    ),
+    (
         "tern_outbound_tls_total",
         Kind::Counter,
         "Outbound sessions, by TLS result: validated, encrypted without validation, plaintext, \

@@ -378,7 +378,10 @@ async fn committer(pool: Pool, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending
             }
         }
         let result = within(commit_batch(&pool, &batch)).await;
-        metrics::histogram!("tern_queue_commit_batch_messages").record(batch.len() as f64);
+        if result.is_ok() {
+            metrics::counter!("tern_queue_db_commits_total").increment(1);
+            metrics::counter!("tern_queue_db_committed_messages_total").increment(batch.len() as u64);
+        }
         for p in batch {
             let r = match &result {
                 Ok(()) => Ok(()),
