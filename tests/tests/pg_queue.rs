@@ -153,14 +153,21 @@ async fn a_lease_lets_one_node_work_on_a_message_until_it_expires() {
     assert_eq!((census.messages, census.bytes), (1, 4));
 }
 
+/// A slot, or a failure after [`WAIT`] (never a hang).
+async fn bounded(
+    f: impl std::future::Future<Output = Result<Box<dyn smtp_relay::queue::SlotLease>, QueueError>>,
+) -> Box<dyn smtp_relay::queue::SlotLease> {
+    tokio::time::timeout(WAIT, f).await.expect("a free slot in time").unwrap()
+}
+
 #[tokio::test]
 async fn destination_slots_are_shared_by_the_nodes() {
     let pg = Postgres::start();
     let a = PgQueue::connect(&pg.url(), options("a", Duration::from_secs(30))).await.unwrap();
     let b = PgQueue::connect(&pg.url(), options("b", Duration::from_secs(30))).await.unwrap();
-    let s1 = a.slot("mx.dest.test:25", 2).await.unwrap();
-    let _s2 = b.slot("mx.dest.test:25", 2).await.unwrap();
-    let other = a.slot("mx.other.test:25", 2).await.unwrap();
+    let s1 = bounded(a.slot("mx.dest.test:25", 2)).await;
+    let _s2 = bounded(b.slot("mx.dest.test:25", 2)).await;
+    let other = bounded(a.slot("mx.other.test:25", 2)).await;
     let third = tokio::spawn(async move { b.slot("mx.dest.test:25", 2).await.map(|_| ()) });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!third.is_finished(), "a third connection to a destination limited to two");
