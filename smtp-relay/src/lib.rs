@@ -4,8 +4,8 @@
 //! exists, terminals for SEND/SOML/SAML, VRFY/EXPN, AUTH) and [`RelayMail`] (a durable enqueue
 //! before `250`) — and the [`Scheduler`] that delivers queued mail: local Maildir with a
 //! `Return-Path:` line, live terminals (RFC 788), or the next hop over SMTP through
-//! `smtp-client`, with retries, expiry and delivery status notifications (RFC 3464) sent with a
-//! null reverse-path.
+//! `smtp-client`, or a mail store over LMTP, with retries, expiry and delivery status
+//! notifications (RFC 3464) sent with a null reverse-path.
 //!
 //! It is not a protocol implementation (that is `smtp-proto`) and does no socket handling of
 //! its own beyond the local control socket.
@@ -13,7 +13,8 @@
 //! # One message, end to end
 //! `smtp-server` calls [`RelayMail`] when the data starts. The relay routes each recipient
 //! once ([`route::Route`]) and streams the body, chunk by chunk, into the queue
-//! ([`Queue::create`]; `queue/fs.rs` writes blocks off the async threads) or, for a message
+//! ([`Queue::create`]; `queue/fs.rs` writes blocks off the async threads, [`PgQueue`] writes
+//! chunks into PostgreSQL for a queue shared by several nodes, with leases) or, for a message
 //! for one local mailbox, straight into that Maildir. Only when the message is durable does the
 //! `250` go out; the scheduler then gets it in hand ([`Accepted`]: envelope, routes, body
 //! handle), with no re-read. [`schedule`] is the queue loop (a due-time index, back-off,
