@@ -93,6 +93,9 @@ async fn messages_go_in_and_come_out_whole_small_and_streamed() {
 
     q.remove(&stored.id).await.unwrap();
     assert!(matches!(q.remove(&stored.id).await, Err(QueueError::NotFound(_))));
+    let mut gone = m.clone();
+    gone.id = stored.id.clone();
+    assert!(matches!(q.update(&gone).await, Err(QueueError::NotFound(_))), "no state for a removed message");
     assert!(matches!(q.load(&stored.id).await, Err(QueueError::NotFound(_))));
     assert_eq!(count(&pg, "SELECT count(*) FROM tern_chunk"), 1, "only the small message's data is left");
 }
@@ -248,4 +251,38 @@ async fn tls_to_the_database_is_verified_with_rustls() {
         Err(QueueError::Database(e)) => assert!(e.contains("pg_hba.conf"), "{e}"),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_messages_share_commits_within_the_batch_limits() {
+    use smtp_relay::queue::{PG_BATCH_BYTES, PG_BATCH_MESSAGES, PG_CHUNK};
+    let pg = Postgres::start();
+    let q = PgQueue::connect(&pg.url(), options("a", Duration::from_secs(30))).await.unwrap();
+    // 300 small messages at once: fewer commits than messages, none over the message limit.
+    let small = (0..300).map(|i| {
+        let q = q.clone();
+        tokio::spawn(async move { q.enqueue(msg(&["x@dest.test"]), format!("m{i}\r\n").into()).await.unwrap() })
+    });
+    for t in small.collect::<Vec<_>>() {
+        t.await.unwrap();
+    }
+    let s = q.commit_stats();
+    eprintln!("300 small messages: {s:?}");
+    assert_eq!(s.messages, 300);
+    assert!(s.commits < 300, "no batching: {s:?}");
+    assert!(s.most_messages <= PG_BATCH_MESSAGES as u64, "{s:?}");
+    // 60 messages of one chunk each at once (15 MiB in all): batches stop near the byte limit.
+    let body = bytes::Bytes::from(vec![b'x'; PG_CHUNK - 10]);
+    let big = (0..60).map(|_| {
+        let (q, body) = (q.clone(), body.clone());
+        tokio::spawn(async move { q.enqueue(msg(&["x@dest.test"]), body).await.unwrap() })
+    });
+    for t in big.collect::<Vec<_>>() {
+        t.await.unwrap();
+    }
+    let s = q.commit_stats();
+    eprintln!("then 60 one-chunk messages: {s:?}");
+    assert_eq!(s.messages, 360);
+    assert!(s.most_bytes < (PG_BATCH_BYTES + PG_CHUNK) as u64, "a batch over the byte limit: {s:?}");
+    assert_eq!(q.list().await.unwrap().len(), 360, "every message stored once");
 }

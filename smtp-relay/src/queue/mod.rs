@@ -23,7 +23,10 @@ use smtp_proto::{ForwardPath, MailVerb, Reply, ReversePath};
 
 pub use body::{ChunkSource, StoredBody};
 pub use fs::FsQueue;
-pub use pg::{PgOptions, PgQueue, SCHEMA_VERSION};
+pub use pg::{
+    CommitStats, PgOptions, PgQueue, BATCH_BYTES as PG_BATCH_BYTES, BATCH_MESSAGES as PG_BATCH_MESSAGES,
+    CHUNK as PG_CHUNK, SCHEMA_VERSION,
+};
 pub use record::RecordError;
 
 /// A queue id: letters and digits, unique across restarts.

@@ -46,9 +46,10 @@ pub const CHUNK: usize = 256 * 1024;
 /// The most an envelope may take (as in the file spool: about 20 000 long recipients).
 const MAX_ENVELOPE: usize = 4 * 1024 * 1024 - 64;
 
-/// The most messages, and octets, one commit takes.
-const BATCH_MESSAGES: usize = 256;
-const BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// The most messages one commit takes.
+pub const BATCH_MESSAGES: usize = 256;
+/// A commit takes no more messages once it carries this many data octets.
+pub const BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 /// How long one database operation may take before it counts as failed.
 const OP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -120,6 +121,19 @@ impl PgOptions {
     }
 }
 
+/// How the committers have batched new messages so far.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Transactions that stored new messages.
+    pub commits: u64,
+    /// Messages they stored.
+    pub messages: u64,
+    /// The most messages one transaction stored.
+    pub most_messages: u64,
+    /// The most data octets one transaction carried with its rows.
+    pub most_bytes: u64,
+}
+
 /// The PostgreSQL queue. Cheap to clone.
 #[derive(Clone)]
 pub struct PgQueue {
@@ -134,6 +148,8 @@ struct Inner {
     counter: AtomicU32,
     /// Messages waiting for the committer.
     commits: mpsc::Sender<Pending>,
+    /// What the committers did.
+    stats: Arc<Mutex<CommitStats>>,
     /// Destinations whose slot rows exist.
     slot_rows: Mutex<std::collections::HashSet<(String, usize)>>,
     /// Slots this node holds but is not using: (destination, slot) → (taken at, idle since).
@@ -226,6 +242,7 @@ impl PgQueue {
                 tag: rand::random(),
                 counter: AtomicU32::new(0),
                 commits,
+                stats: Arc::default(),
                 slot_rows: Mutex::default(),
                 idle_slots: Mutex::default(),
             }),
@@ -233,13 +250,18 @@ impl PgQueue {
         // Two committers: one sends a batch while the other waits for its flush.
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..2 {
-            let (pool, rx) = (q.inner.pool.clone(), rx.clone());
-            tokio::spawn(committer(pool, rx));
+            let (pool, rx, stats) = (q.inner.pool.clone(), rx.clone(), q.inner.stats.clone());
+            tokio::spawn(committer(pool, rx, stats));
         }
         if !q.inner.options.existing_only {
             q.tidy().await;
         }
         Ok(q)
+    }
+
+    /// How the committers have batched new messages so far.
+    pub fn commit_stats(&self) -> CommitStats {
+        *self.inner.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The schema version the database holds.
@@ -359,13 +381,14 @@ struct Pending {
 }
 
 /// Commits waiting messages in batches: one transaction, one flush, for all of them.
-async fn committer(pool: Pool, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>) {
+async fn committer(pool: Pool, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>, stats: Arc<Mutex<CommitStats>>) {
     loop {
         let mut batch = Vec::new();
+        let mut bytes;
         {
             let mut rx = rx.lock().await;
             let Some(first) = rx.recv().await else { return };
-            let mut bytes = first.last.as_ref().map_or(0, |(_, b)| b.len());
+            bytes = first.last.as_ref().map_or(0, |(_, b)| b.len());
             batch.push(first);
             while batch.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
                 match rx.try_recv() {
@@ -381,6 +404,11 @@ async fn committer(pool: Pool, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending
         if result.is_ok() {
             metrics::counter!("tern_queue_db_commits_total").increment(1);
             metrics::counter!("tern_queue_db_committed_messages_total").increment(batch.len() as u64);
+            let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+            s.commits += 1;
+            s.messages += batch.len() as u64;
+            s.most_messages = s.most_messages.max(batch.len() as u64);
+            s.most_bytes = s.most_bytes.max(bytes as u64);
         }
         for p in batch {
             let r = match &result {
