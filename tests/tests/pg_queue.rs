@@ -166,17 +166,30 @@ async fn bounded(
 #[tokio::test]
 async fn destination_slots_are_shared_by_the_nodes() {
     let pg = Postgres::start();
-    let a = PgQueue::connect(&pg.url(), options("a", Duration::from_secs(30))).await.unwrap();
-    let b = PgQueue::connect(&pg.url(), options("b", Duration::from_secs(30))).await.unwrap();
+    // Leases far longer than the test: only a release frees a slot, never an expiry.
+    let long = Duration::from_secs(3600);
+    let a = PgQueue::connect(&pg.url(), options("a", long)).await.unwrap();
+    let b = PgQueue::connect(&pg.url(), options("b", long)).await.unwrap();
     let s1 = bounded(a.slot("mx.dest.test:25", 2)).await;
     let _s2 = bounded(b.slot("mx.dest.test:25", 2)).await;
     let other = bounded(a.slot("mx.other.test:25", 2)).await;
-    let third = tokio::spawn(async move { b.slot("mx.dest.test:25", 2).await.map(|_| ()) });
+    let b2 = b.clone();
+    let third = tokio::spawn(async move { b2.slot("mx.dest.test:25", 2).await.map(|_| ()) });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!third.is_finished(), "a third connection to a destination limited to two");
     drop(s1);
     tokio::time::timeout(WAIT, third).await.expect("slot given back").unwrap().unwrap();
+    // Slots dropped and left idle go back to the database: only the one still held stays taken.
     drop(other);
+    let owners = || pg.sql("postgres", "SELECT count(*) FROM tern_slot WHERE owner IS NOT NULL").1.trim().to_string();
+    let start = std::time::Instant::now();
+    while owners() != "1" {
+        assert!(start.elapsed() < WAIT, "an idle slot was never released: {} held", owners());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Shutting a node down gives back what it holds.
+    assert!(b.release_all().await.unwrap() >= 1);
+    assert_eq!(owners(), "0");
 }
 
 #[tokio::test]
