@@ -123,8 +123,10 @@ async fn a_lease_lets_one_node_work_on_a_message_until_it_expires() {
     let b = PgQueue::connect(&pg.url(), options("b", Duration::from_millis(1500))).await.unwrap();
     let id = a.enqueue(msg(&["x@dest.test"]), "hi\r\n".into()).await.unwrap().id;
     // The accepting node holds it.
+    assert_eq!((a.node(), a.lease_time()), ("a", Duration::from_millis(1500)));
     assert!(b.claim(10).await.unwrap().is_empty(), "A's fresh message is A's");
     assert!(a.renew().await.unwrap() >= 1);
+    assert!(a.confirm(&id).await.unwrap() && !b.confirm(&id).await.unwrap(), "only the holder may deliver");
     // A gives it back with its state, due now: B takes it, and A no longer can.
     let mut m = a.load(&id).await.unwrap();
     m.recipients[0].attempts = 1;
@@ -133,6 +135,7 @@ async fn a_lease_lets_one_node_work_on_a_message_until_it_expires() {
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].msg.recipients[0].attempts, got[0].force), (1, false));
     assert!(a.claim(10).await.unwrap().is_empty(), "B holds it");
+    assert!(!a.confirm(&id).await.unwrap(), "A gave it back: A must not deliver it now");
     // B dies (no renewal): after the lease time A resumes it, and B's late state is refused.
     let start = std::time::Instant::now();
     let again = loop {
