@@ -190,8 +190,15 @@ async fn destination_slots_are_shared_by_the_nodes() {
         assert!(start.elapsed() < WAIT, "an idle slot was never released: {} held", owners());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A slot kept idle for one destination is never reused for another.
+    drop(bounded(a.slot("mx.x.test:25", 1)).await);
+    let y = bounded(a.slot("mx.y.test:25", 1)).await;
+    let (_, held, _) = pg.sql("postgres", "SELECT count(*) FROM tern_slot WHERE dest = 'mx.y.test:25' AND owner = 'a'");
+    assert_eq!(held.trim(), "1", "mx.y.test's own slot is taken");
+    drop(y);
     // Shutting a node down gives back what it holds.
     assert!(b.release_all().await.unwrap() >= 1);
+    a.release_all().await.unwrap();
     assert_eq!(owners(), "0");
 }
 
