@@ -127,6 +127,12 @@ async fn a_lease_lets_one_node_work_on_a_message_until_it_expires() {
     assert!(b.claim(10).await.unwrap().is_empty(), "A's fresh message is A's");
     assert!(a.renew().await.unwrap() >= 1);
     assert!(a.confirm(&id).await.unwrap() && !b.confirm(&id).await.unwrap(), "only the holder may deliver");
+    // Renewed, a lease outlives its time: B still cannot take it after twice the lease time.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(a.renew().await.unwrap() >= 1);
+        assert!(b.claim(10).await.unwrap().is_empty(), "a renewed lease was taken");
+    }
     // A gives it back with its state, due now: B takes it, and A no longer can.
     let mut m = a.load(&id).await.unwrap();
     m.recipients[0].attempts = 1;
