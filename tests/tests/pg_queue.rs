@@ -299,6 +299,7 @@ async fn concurrent_messages_share_commits_within_the_batch_limits() {
     eprintln!("300 small messages: {s:?}");
     assert_eq!(s.messages, 300);
     assert!(s.commits < 300, "no batching: {s:?}");
+    assert!(s.commits >= 2, "300 messages cannot fit one commit of at most {PG_BATCH_MESSAGES}: {s:?}");
     assert!(s.most_messages <= PG_BATCH_MESSAGES as u64, "{s:?}");
     // 60 messages of one chunk each at once (15 MiB in all): batches stop near the byte limit.
     let body = bytes::Bytes::from(vec![b'x'; PG_CHUNK - 10]);
