@@ -217,6 +217,13 @@ async fn a_newer_schema_is_refused_and_an_absent_database_is_an_error() {
     q.enqueue(msg(&["x@dest.test"]), "hi\r\n".into()).await.unwrap();
     let again = PgQueue::connect(&pg.url(), options("b", Duration::from_secs(30))).await.unwrap();
     assert_eq!(again.list().await.unwrap().len(), 1);
+    // Synchronous commit for tern's sessions even where the server's default is off.
+    let (code, _, err) = pg.sql("postgres", "ALTER SYSTEM SET synchronous_commit = off");
+    assert_eq!(code, 0, "{err}");
+    pg.sql("postgres", "SELECT pg_reload_conf()");
+    let fresh = PgQueue::connect(&pg.url(), options("s", Duration::from_secs(30))).await.unwrap();
+    let rows = fresh.sessions_synchronous_commit().await.unwrap();
+    assert_eq!(rows, "on");
     let (code, _, err) = pg.sql("postgres", "UPDATE tern_schema SET version = 99");
     assert_eq!(code, 0, "{err}");
     match PgQueue::connect(&pg.url(), options("c", Duration::from_secs(30))).await {

@@ -219,7 +219,14 @@ impl PgQueue {
     /// the database cannot be reached or holds a newer schema.
     pub async fn connect(url: &str, options: PgOptions) -> Result<PgQueue, QueueError> {
         let (url, ca) = split_root_cert(url);
-        let config = tokio_postgres::Config::from_str(&url).map_err(db_err)?;
+        let mut config = tokio_postgres::Config::from_str(&url).map_err(db_err)?;
+        // Our sessions commit synchronously whatever the server's default says: a `250` waits
+        // for the flush (only data chunks opt out, covered by their message's commit).
+        let session = match config.get_options() {
+            Some(o) => format!("-c synchronous_commit=on {o}"),
+            None => "-c synchronous_commit=on".to_string(),
+        };
+        config.options(&session);
         let verify = ca.map_or(smtp_client::CertVerify::WebPki, smtp_client::CertVerify::CaFile);
         let tls_config = smtp_client::tls::client_config_for(&verify, rustls::DEFAULT_VERSIONS)
             .map_err(|e| QueueError::Database(format!("TLS: {e}")))?;
@@ -262,6 +269,13 @@ impl PgQueue {
     /// How the committers have batched new messages so far.
     pub fn commit_stats(&self) -> CommitStats {
         *self.inner.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The `synchronous_commit` setting of this queue's database sessions (`on` unless the
+    /// URL's options override it).
+    pub async fn sessions_synchronous_commit(&self) -> Result<String, QueueError> {
+        let row = self.row("SHOW synchronous_commit", &[]).await?;
+        Ok(row.map(|r| r.get::<_, String>(0)).unwrap_or_default())
     }
 
     /// The schema version the database holds.
