@@ -350,6 +350,8 @@ impl Scheduler {
         // given back): its lease is held, so it is worked on as soon as that pass ends.
         let mut claimed_again: HashMap<QueueId, crate::queue::Claim> = HashMap::new();
         let mut backlog = false;
+        // Claimed leases wait for slots: a node holds about what it can deliver soon.
+        let claim_room = cfg.max_deliveries.saturating_mul(5).min(CLAIM_BATCH);
         let mut resumed = 0usize;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut index = Index::default();
@@ -399,7 +401,7 @@ impl Scheduler {
                         continue;
                     }
                     in_flight.remove(&d.id);
-                    if backlog && tasks.len() < cfg.max_deliveries.saturating_mul(5).min(CLAIM_BATCH) / 2 {
+                    if backlog && tasks.len() < claim_room / 2 {
                         backlog = false;
                         claim_tick.reset_immediately();
                     }
@@ -433,9 +435,8 @@ impl Scheduler {
                 },
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 _ = claim_tick.tick(), if shared => {
-                    // Claimed leases wait for slots: take about what can be delivered soon.
-                    let room = (cfg.max_deliveries.saturating_mul(5)).min(CLAIM_BATCH).saturating_sub(tasks.len());
-                    let leases = self.queue.leases().expect("shared");
+                    let Some(leases) = self.queue.leases() else { continue };
+                    let room = claim_room.saturating_sub(tasks.len());
                     let got = claims.take(leases, room).await;
                     // A full claim: there is more due; claim again as soon as there is room.
                     backlog = room > 0 && got.len() == room;
